@@ -1,0 +1,26 @@
+# Row-major BLAS on top of scipy.linalg.cython_blas (Fortran, column-major, LP64).
+# A row-major (m, n) matrix is a column-major (n, m) one: each wrapper swaps operands
+# instead of copying. Dims are C int. No checks: callers validate shapes first.
+from cython cimport floating
+
+cpdef enum BLAS_Trans:
+    NoTrans = 110  # ord('n')
+    Trans = 116    # ord('t')
+
+cdef void _gemm(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
+                floating alpha, const floating *A, int lda,
+                const floating *B, int ldb,
+                floating beta, floating *C, int ldc) noexcept nogil
+
+cdef void _gemv(BLAS_Trans ta, int m, int n, floating alpha,
+                const floating *A, int lda, const floating *x,
+                floating beta, floating *y) noexcept nogil
+
+cdef void _gemm_split(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
+                      floating alpha, const floating *A, int lda,
+                      const floating *B, int ldb,
+                      floating beta, floating *C, int ldc,
+                      int n_threads, bint split_cols) noexcept nogil
+
+cdef void chunk_bounds(int n, int n_chunks, int chunk, int align,
+                       int *start, int *stop) noexcept nogil

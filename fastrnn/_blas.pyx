@@ -1,0 +1,97 @@
+"""Row-major GEMM/GEMV over scipy's BLAS, plus a GEMM split across OpenMP threads.
+
+Why scipy.linalg.cython_blas: it is a well-kept OpenBLAS that arrives with a wheel, so
+nothing is linked at build time and no headers are needed. Row-major is handled by
+swapping operands (C^T = B^T A^T), as scikit-learn's _cython_blas does.
+
+Threads: the kernels call BLAS only with BLAS limited to one thread (the Python layer
+does that with threadpoolctl) and parallelise themselves with OpenMP, so BLAS's own
+pthread pool never runs inside, or next to, an OpenMP region.
+"""
+from cython.parallel cimport prange
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
+
+
+cdef void _gemm(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
+                floating alpha, const floating *A, int lda,
+                const floating *B, int ldb,
+                floating beta, floating *C, int ldc) noexcept nogil:
+    """C (m, n) = alpha * op(A) (m, k) @ op(B) (k, n) + beta * C, all row-major."""
+    cdef char ta_ = ta
+    cdef char tb_ = tb
+    # column-major view: C^T (n, m) = op(B)^T (n, k) @ op(A)^T (k, m)
+    if floating is float:
+        sgemm(&tb_, &ta_, &n, &m, &k, &alpha, <float *>B, &ldb, <float *>A, &lda,
+              &beta, C, &ldc)
+    else:
+        dgemm(&tb_, &ta_, &n, &m, &k, &alpha, <double *>B, &ldb, <double *>A, &lda,
+              &beta, C, &ldc)
+
+
+cdef void _gemv(BLAS_Trans ta, int m, int n, floating alpha,
+                const floating *A, int lda, const floating *x,
+                floating beta, floating *y) noexcept nogil:
+    """y = alpha * op(A) @ x + beta * y, A row-major (m, n), unit strides."""
+    # a row-major (m, n) A is a column-major (n, m) A^T: flip the transpose flag
+    cdef char t_ = b't' if ta == NoTrans else b'n'
+    cdef int one = 1
+    if floating is float:
+        sgemv(&t_, &n, &m, &alpha, <float *>A, &lda, <float *>x, &one, &beta, y, &one)
+    else:
+        dgemv(&t_, &n, &m, &alpha, <double *>A, &lda, <double *>x, &one, &beta, y, &one)
+
+
+cdef void chunk_bounds(int n, int n_chunks, int chunk, int align,
+                       int *start, int *stop) noexcept nogil:
+    """Split range(n) into n_chunks pieces whose sizes are multiples of `align`
+    (SIMD width) except the last; a chunk may be empty."""
+    cdef int per = (n + n_chunks - 1) // n_chunks
+    per = ((per + align - 1) // align) * align
+    start[0] = min(n, chunk * per)
+    stop[0] = min(n, start[0] + per)
+
+
+cdef void _gemm_split(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
+                      floating alpha, const floating *A, int lda,
+                      const floating *B, int ldb,
+                      floating beta, floating *C, int ldc,
+                      int n_threads, bint split_cols) noexcept nogil:
+    """_gemm with C's rows (or columns) split across n_threads OpenMP threads, each
+    calling single-threaded BLAS on its block. Must not be called inside prange."""
+    cdef int tid, lo, hi
+    if n_threads <= 1:
+        _gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
+        return
+    for tid in prange(n_threads, schedule='static', num_threads=n_threads):
+        if split_cols:
+            chunk_bounds(n, n_threads, tid, 16, &lo, &hi)
+            if hi > lo:
+                # C[:, lo:hi] = op(A) @ op(B)[:, lo:hi]
+                _gemm(ta, tb, m, hi - lo, k, alpha, A, lda,
+                      B + (lo if tb == NoTrans else <Py_ssize_t>lo * ldb), ldb,
+                      beta, C + lo, ldc)
+        else:
+            chunk_bounds(m, n_threads, tid, 4, &lo, &hi)
+            if hi > lo:
+                # C[lo:hi] = op(A)[lo:hi] @ op(B)
+                _gemm(ta, tb, hi - lo, n, k, alpha,
+                      A + (<Py_ssize_t>lo * lda if ta == NoTrans else lo), lda,
+                      B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+
+
+def _gemm_memview(BLAS_Trans ta, BLAS_Trans tb, floating alpha,
+                  const floating[:, ::1] A, const floating[:, ::1] B,
+                  floating beta, floating[:, ::1] C, int n_threads=1, bint split_cols=False):
+    """Test hook: C = alpha * op(A) @ op(B) + beta * C on C-contiguous 2-D arrays."""
+    cdef int m = C.shape[0], n = C.shape[1]
+    cdef int k = A.shape[1] if ta == NoTrans else A.shape[0]
+    with nogil:
+        _gemm_split(ta, tb, m, n, k, alpha, &A[0, 0], A.shape[1], &B[0, 0], B.shape[1],
+                    beta, &C[0, 0], C.shape[1], n_threads, split_cols)
+
+
+def _gemv_memview(BLAS_Trans ta, floating alpha, const floating[:, ::1] A,
+                  const floating[::1] x, floating beta, floating[::1] y):
+    """Test hook: y = alpha * op(A) @ x + beta * y."""
+    with nogil:
+        _gemv(ta, A.shape[0], A.shape[1], alpha, &A[0, 0], A.shape[1], &x[0], beta, &y[0])

@@ -1,0 +1,374 @@
+# GRU kernels over a whole sequence, both published forms.
+#
+# T = time steps, B = batch, I = input size, H = hidden size, G = 3 gate blocks in
+# PyTorch's order (r, z, n), GH = 3H. Arrays are time-major, C-contiguous:
+#   x (T, B, I); gates (T, B, GH): input projection in, post-activation (r, z, n) out;
+#   hbuf (T+1, B, H): [0] = h0, [t+1] = state after step t; W_ih (GH, I), W_hh (GH, H).
+#
+#   r = sigmoid(x W_ir.T + b_ir + h_{t-1} W_hr.T + b_hr)
+#   z = sigmoid(x W_iz.T + b_iz + h_{t-1} W_hz.T + b_hz)
+#   reset_after (PyTorch, cuDNN, ONNX linear_before_reset=1):
+#       n = tanh(x W_in.T + b_in + r * (h_{t-1} W_hn.T + b_hn))     hn (T, B, H) cached
+#   reset before (Cho et al. 2014, ONNX default, Keras reset_after=False):
+#       n = tanh(x W_in.T + b_in + (r * h_{t-1}) W_hn.T + b_hn)     rh (T, B, H) cached
+#   h_t = (1 - z) * n + z * h_{t-1}
+#
+# bias_x (GH,) is what the input-projection GEMM starts from: b_ih + b_hh for every block
+# except, with reset_after, the n block, where b_hn sits inside r * (...) and is added per step.
+#
+# Parallelism: OpenMP over hidden units inside a step; reset-before needs every r before the
+# n product, so its step is two parallel regions. BLAS is single-threaded.
+include "_kernel_common.pxi"
+
+
+cdef struct GRUShape:
+    int T, B, I, H, GH
+
+
+cdef void gru_rz_units(GRUShape s, floating *gates, const floating *h_prev,
+                       const floating *W_hh, int t, int j0, int j1) noexcept nogil:
+    """gates[t][:, r and z blocks, j0:j1] += h_prev @ W_h{r,z}[j0:j1].T (pre-activation)."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, k
+    cdef floating *a = gates + <Py_ssize_t>t * B * GH
+    if n == H:
+        if B == 1:
+            _gemv(NoTrans, 2 * H, H, <floating>1, W_hh, H, h_prev, <floating>1, a)
+        else:
+            _gemm(NoTrans, Trans, B, 2 * H, H, <floating>1, h_prev, H, W_hh, H, <floating>1, a, GH)
+        return
+    for k in range(2):
+        if B == 1:
+            _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>(k * H + j0) * H, H, h_prev,
+                  <floating>1, a + k * H + j0)
+        else:
+            _gemm(NoTrans, Trans, B, n, H, <floating>1, h_prev, H,
+                  W_hh + <Py_ssize_t>(k * H + j0) * H, H, <floating>1, a + k * H + j0, GH)
+
+
+cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floating *hn,
+                               const floating *W_hh, const floating *b_hn,
+                               const long long *lengths, int t, int j0, int j1) noexcept nogil:
+    """reset_after forward step t, units [j0, j1)."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H
+    cdef const floating *h_prev = hbuf + t * BH
+    cdef floating *h = hbuf + (t + 1) * BH
+    cdef floating *hn_t = hn + t * BH
+    cdef floating *a
+    cdef floating *hnb
+    if n <= 0:
+        return
+    gru_rz_units(s, gates, h_prev, W_hh, t, j0, j1)
+    # hn[t][:, j0:j1] = h_prev @ W_hn[j0:j1].T
+    if B == 1:
+        _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>(2 * H + j0) * H, H, h_prev,
+              <floating>0, hn_t + j0)
+    else:
+        _gemm(NoTrans, Trans, B, n, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>(2 * H + j0) * H,
+              H, <floating>0, hn_t + j0, H)
+    for b in range(B):
+        if not step_is_valid(lengths, t, b):
+            memset(h + b * H + j0, 0, n * sizeof(floating))
+            continue
+        a = gates + (<Py_ssize_t>t * B + b) * GH
+        hnb = hn_t + b * H
+        sigmoid_inplace(a + j0, n)            # r
+        sigmoid_inplace(a + H + j0, n)        # z
+        for j in range(j0, j1):
+            hnb[j] += b_hn[j]
+            a[2 * H + j] += a[j] * hnb[j]     # a_n + r * (W_hn h + b_hn)
+        tanh_into(a + 2 * H + j0, a + 2 * H + j0, n)
+        for j in range(j0, j1):
+            h[b * H + j] = (1 - a[H + j]) * a[2 * H + j] + a[H + j] * h_prev[b * H + j]
+
+
+cdef void gru_before_rz_units(GRUShape s, floating *gates, const floating *hbuf, floating *rh,
+                              const floating *W_hh, const long long *lengths,
+                              int t, int j0, int j1) noexcept nogil:
+    """reset-before forward step t, first half: r, z and rh = r * h_prev for units [j0, j1)."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H
+    cdef const floating *h_prev = hbuf + t * BH
+    cdef floating *rh_t = rh + t * BH
+    cdef floating *a
+    if n <= 0:
+        return
+    gru_rz_units(s, gates, h_prev, W_hh, t, j0, j1)
+    for b in range(B):
+        if not step_is_valid(lengths, t, b):
+            memset(rh_t + b * H + j0, 0, n * sizeof(floating))
+            continue
+        a = gates + (<Py_ssize_t>t * B + b) * GH
+        sigmoid_inplace(a + j0, n)            # r
+        sigmoid_inplace(a + H + j0, n)        # z
+        for j in range(j0, j1):
+            rh_t[b * H + j] = a[j] * h_prev[b * H + j]
+
+
+cdef void gru_before_n_units(GRUShape s, floating *gates, floating *hbuf, const floating *rh,
+                             const floating *W_hh, const long long *lengths,
+                             int t, int j0, int j1) noexcept nogil:
+    """reset-before forward step t, second half: n and h_t for units [j0, j1)."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H
+    cdef const floating *h_prev = hbuf + t * BH
+    cdef floating *h = hbuf + (t + 1) * BH
+    cdef const floating *rh_t = rh + t * BH
+    cdef floating *a = gates + <Py_ssize_t>t * B * GH
+    if n <= 0:
+        return
+    # a[:, n block, j0:j1] += rh[t] @ W_hn[j0:j1].T
+    if B == 1:
+        _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>(2 * H + j0) * H, H, rh_t,
+              <floating>1, a + 2 * H + j0)
+    else:
+        _gemm(NoTrans, Trans, B, n, H, <floating>1, rh_t, H, W_hh + <Py_ssize_t>(2 * H + j0) * H,
+              H, <floating>1, a + 2 * H + j0, GH)
+    for b in range(B):
+        if not step_is_valid(lengths, t, b):
+            memset(h + b * H + j0, 0, n * sizeof(floating))
+            continue
+        a = gates + (<Py_ssize_t>t * B + b) * GH
+        tanh_into(a + 2 * H + j0, a + 2 * H + j0, n)
+        for j in range(j0, j1):
+            h[b * H + j] = (1 - a[H + j]) * a[2 * H + j] + a[H + j] * h_prev[b * H + j]
+
+
+def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activation r, z, n
+                floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): [0] = h0 in
+                floating[:, :, ::1] side,           # OUT (T, B, H): hn (reset_after) or rh (before)
+                const floating[:, :, ::1] x,        # IN (T, B, I)
+                const floating[:, ::1] W_ih,        # IN (GH, I)
+                const floating[:, ::1] W_hh,        # IN (GH, H)
+                const floating[::1] bias_x,         # IN (GH,) see module header
+                const floating[::1] b_hh,           # IN (GH,)
+                const long long[::1] lengths,       # IN (B,) or None
+                bint reset_after, int n_threads):
+    cdef GRUShape s
+    s.T = x.shape[0]; s.B = x.shape[1]; s.I = x.shape[2]; s.H = W_hh.shape[1]; s.GH = 3 * s.H
+    cdef int t, tid, j0, j1
+    cdef floating *g = &gates[0, 0, 0]
+    cdef floating *hb = &hbuf[0, 0, 0]
+    cdef floating *sd = &side[0, 0, 0]
+    cdef const floating *Whh = &W_hh[0, 0]
+    cdef const floating *b_hn = &b_hh[0] + 2 * s.H
+    cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
+    cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
+    with nogil:
+        # gates = x @ W_ih.T + bias_x, one GEMM for all steps
+        fill_rows(g, &bias_x[0], <Py_ssize_t>s.T * s.B, s.GH)
+        _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
+                    &W_ih[0, 0], s.I, <floating>1, g, s.GH, n_threads, False)
+        for t in range(s.T):
+            if nt == 1:
+                if reset_after:
+                    gru_after_step_units(s, g, hb, sd, Whh, b_hn, len_ptr, t, 0, s.H)
+                else:
+                    gru_before_rz_units(s, g, hb, sd, Whh, len_ptr, t, 0, s.H)
+                    gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, 0, s.H)
+            elif reset_after:
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
+                    gru_after_step_units(s, g, hb, sd, Whh, b_hn, len_ptr, t, j0, j1)
+            else:
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
+                    gru_before_rz_units(s, g, hb, sd, Whh, len_ptr, t, j0, j1)
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
+                    gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, j0, j1)
+
+
+cdef void gru_carry_rz_units(GRUShape s, floating *dh_carry, const floating *dgx_next,
+                             const floating *W_hh, int j0, int j1) noexcept nogil:
+    """dh_carry[:, j0:j1] += dgx[t+1][:, r,z blocks] (B, 2H) @ W_h{r,z}[:, j0:j1] (2H, n)."""
+    _gemm(NoTrans, NoTrans, s.B, j1 - j0, 2 * s.H, <floating>1, dgx_next, s.GH, W_hh + j0, s.H,
+          <floating>1, dh_carry + j0, s.H)
+
+
+cdef void gru_after_backstep_units(GRUShape s, floating *dgx, floating *dghn, floating *dh_carry,
+                                   const floating *dhs, const floating *gates,
+                                   const floating *hbuf, const floating *hn,
+                                   const floating *W_hh, const long long *lengths,
+                                   int t, int j0, int j1) noexcept nogil:
+    """reset_after backward step t, units [j0, j1). dgx = d pre-activations (r, z, n) on the
+    input side; dghn = d (W_hn h + b_hn) = dn_pre * r on the recurrent side."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H, row
+    cdef const floating *G
+    cdef floating *dG
+    cdef floating r, z, nv, hp, dh, dn_pre
+    if n <= 0:
+        return
+    if t + 1 < s.T:
+        gru_carry_rz_units(s, dh_carry, dgx + (t + 1) * BH * 3, W_hh, j0, j1)
+        # dh_carry[:, j0:j1] += dghn[t+1] @ W_hn[:, j0:j1]
+        _gemm(NoTrans, NoTrans, B, n, H, <floating>1, dghn + (t + 1) * BH, H,
+              W_hh + <Py_ssize_t>2 * H * H + j0, H, <floating>1, dh_carry + j0, H)
+    for b in range(B):
+        row = <Py_ssize_t>t * B + b
+        G = gates + row * GH
+        dG = dgx + row * GH
+        if not step_is_valid(lengths, t, b):
+            memset(dG + j0, 0, n * sizeof(floating))
+            memset(dG + H + j0, 0, n * sizeof(floating))
+            memset(dG + 2 * H + j0, 0, n * sizeof(floating))
+            memset(dghn + row * H + j0, 0, n * sizeof(floating))
+            continue
+        for j in range(j0, j1):
+            r = G[j]
+            z = G[H + j]
+            nv = G[2 * H + j]
+            hp = hbuf[row * H + j]                              # h_{t-1}
+            dh = dh_carry[b * H + j]
+            if dhs != NULL:
+                dh = dh + dhs[row * H + j]
+            dn_pre = dh * (1 - z) * (1 - nv * nv)                # d a_n
+            dG[2 * H + j] = dn_pre
+            dG[H + j] = dh * (hp - nv) * z * (1 - z)             # d a_z
+            dG[j] = dn_pre * hn[row * H + j] * r * (1 - r)       # d a_r
+            dghn[row * H + j] = dn_pre * r
+            dh_carry[b * H + j] = dh * z                         # direct path through z * h_prev
+
+
+cdef void gru_before_backstep1_units(GRUShape s, floating *dgx, floating *dh_carry,
+                                     const floating *dhs, const floating *gates,
+                                     const floating *hbuf, const floating *W_hh,
+                                     const long long *lengths, int t, int j0, int j1) noexcept nogil:
+    """reset-before backward step t, first half: d a_n, d a_z, direct dh for units [j0, j1)."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H, row
+    cdef const floating *G
+    cdef floating *dG
+    cdef floating z, nv, hp, dh
+    if n <= 0:
+        return
+    if t + 1 < s.T:
+        gru_carry_rz_units(s, dh_carry, dgx + (t + 1) * BH * 3, W_hh, j0, j1)
+    for b in range(B):
+        row = <Py_ssize_t>t * B + b
+        G = gates + row * GH
+        dG = dgx + row * GH
+        if not step_is_valid(lengths, t, b):
+            memset(dG + H + j0, 0, n * sizeof(floating))
+            memset(dG + 2 * H + j0, 0, n * sizeof(floating))
+            continue
+        for j in range(j0, j1):
+            z = G[H + j]
+            nv = G[2 * H + j]
+            hp = hbuf[row * H + j]
+            dh = dh_carry[b * H + j]
+            if dhs != NULL:
+                dh = dh + dhs[row * H + j]
+            dG[2 * H + j] = dh * (1 - z) * (1 - nv * nv)         # d a_n
+            dG[H + j] = dh * (hp - nv) * z * (1 - z)             # d a_z
+            dh_carry[b * H + j] = dh * z
+
+
+cdef void gru_before_backstep2_units(GRUShape s, floating *dgx, floating *dh_carry,
+                                     floating *drh, const floating *gates, const floating *hbuf,
+                                     const floating *W_hh, const long long *lengths,
+                                     int t, int j0, int j1) noexcept nogil:
+    """reset-before backward step t, second half: d(rh) = d a_n @ W_hn, then d a_r."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H, row
+    cdef const floating *G
+    cdef floating *dG
+    cdef floating r
+    if n <= 0:
+        return
+    # drh[:, j0:j1] = dgx[t][:, n block] (B, H) @ W_hn[:, j0:j1] (H, n)
+    _gemm(NoTrans, NoTrans, B, n, H, <floating>1, dgx + t * BH * 3 + 2 * H, GH,
+          W_hh + <Py_ssize_t>2 * H * H + j0, H, <floating>0, drh + j0, H)
+    for b in range(B):
+        row = <Py_ssize_t>t * B + b
+        G = gates + row * GH
+        dG = dgx + row * GH
+        if not step_is_valid(lengths, t, b):
+            memset(dG + j0, 0, n * sizeof(floating))
+            continue
+        for j in range(j0, j1):
+            r = G[j]
+            dG[j] = drh[b * H + j] * hbuf[row * H + j] * r * (1 - r)   # d a_r
+            dh_carry[b * H + j] += drh[b * H + j] * r                 # through r * h_prev
+
+
+def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
+                 floating[:, ::1] dh0,               # INOUT (B, H): dh_n in, dh0 out
+                 floating[:, ::1] dW_ih,             # INOUT (GH, I), accumulated
+                 floating[:, ::1] dW_hh,             # INOUT (GH, H), accumulated
+                 floating[::1] db_ih,                # INOUT (GH,), accumulated
+                 floating[::1] db_hh,                # INOUT (GH,), accumulated
+                 floating[:, :, ::1] dgx,            # OUT (T, B, GH) workspace
+                 floating[:, :, ::1] dside,          # OUT (T, B, H) workspace: dghn (after) / unused
+                 floating[:, ::1] drh,               # OUT (B, H) workspace (reset-before)
+                 const floating[:, :, ::1] dhs,      # IN (T, B, H) or None
+                 const floating[:, :, ::1] x,        # IN (T, B, I)
+                 const floating[:, :, ::1] gates,    # IN (T, B, GH) from forward
+                 const floating[:, :, ::1] hbuf,     # IN (T+1, B, H) from forward
+                 const floating[:, :, ::1] side,     # IN (T, B, H) hn or rh from forward
+                 const floating[:, ::1] W_ih,        # IN (GH, I)
+                 const floating[:, ::1] W_hh,        # IN (GH, H)
+                 const long long[::1] lengths,       # IN (B,) or None
+                 bint reset_after, int n_threads):
+    cdef GRUShape s
+    s.T = x.shape[0]; s.B = x.shape[1]; s.I = x.shape[2]; s.H = W_hh.shape[1]; s.GH = 3 * s.H
+    cdef int t, tid, j0, j1, H = s.H
+    cdef Py_ssize_t TB = <Py_ssize_t>s.T * s.B
+    cdef floating *dG = &dgx[0, 0, 0]
+    cdef floating *dS = &dside[0, 0, 0]
+    cdef const floating *Whh = &W_hh[0, 0]
+    cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
+    cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
+    cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
+    with nogil:
+        for t in range(s.T - 1, -1, -1):
+            if nt == 1:
+                if reset_after:
+                    gru_after_backstep_units(s, dG, dS, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
+                                             &hbuf[0, 0, 0], &side[0, 0, 0], Whh, len_ptr, t, 0, H)
+                else:
+                    gru_before_backstep1_units(s, dG, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
+                                               &hbuf[0, 0, 0], Whh, len_ptr, t, 0, H)
+                    gru_before_backstep2_units(s, dG, &dh0[0, 0], &drh[0, 0], &gates[0, 0, 0],
+                                               &hbuf[0, 0, 0], Whh, len_ptr, t, 0, H)
+            elif reset_after:
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    gru_after_backstep_units(s, dG, dS, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
+                                             &hbuf[0, 0, 0], &side[0, 0, 0], Whh, len_ptr, t, j0, j1)
+            else:
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    gru_before_backstep1_units(s, dG, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
+                                               &hbuf[0, 0, 0], Whh, len_ptr, t, j0, j1)
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    gru_before_backstep2_units(s, dG, &dh0[0, 0], &drh[0, 0], &gates[0, 0, 0],
+                                               &hbuf[0, 0, 0], Whh, len_ptr, t, j0, j1)
+        # dh0 += dgx[0][:, r,z] @ W_h{r,z}  (+ dghn[0] @ W_hn with reset_after)
+        _gemm_split(NoTrans, NoTrans, s.B, H, 2 * H, <floating>1, dG, s.GH, Whh, H,
+                    <floating>1, &dh0[0, 0], H, n_threads, True)
+        if reset_after:
+            _gemm_split(NoTrans, NoTrans, s.B, H, H, <floating>1, dS, H, Whh + 2 * H * H, H,
+                        <floating>1, &dh0[0, 0], H, n_threads, True)
+        # dW_ih += dgx.T @ x;  dx = dgx @ W_ih;  db_ih += dgx.sum(0)
+        _gemm_split(Trans, NoTrans, s.GH, s.I, s.T * s.B, <floating>1, dG, s.GH, &x[0, 0, 0], s.I,
+                    <floating>1, &dW_ih[0, 0], s.I, n_threads, False)
+        _gemm_split(NoTrans, NoTrans, s.T * s.B, s.I, s.GH, <floating>1, dG, s.GH, &W_ih[0, 0], s.I,
+                    <floating>0, &dx[0, 0, 0], s.I, n_threads, False)
+        colsum_into(&db_ih[0], dG, TB, s.GH, s.GH, n_threads)
+        # dW_hh[r,z] += dgx[:, r,z].T @ h_prev;  db_hh[r,z] += dgx[:, r,z].sum(0)
+        _gemm_split(Trans, NoTrans, 2 * H, H, s.T * s.B, <floating>1, dG, s.GH, &hbuf[0, 0, 0], H,
+                    <floating>1, &dW_hh[0, 0], H, n_threads, False)
+        colsum_into(&db_hh[0], dG, TB, 2 * H, s.GH, n_threads)
+        if reset_after:
+            # dW_hn += dghn.T @ h_prev;  db_hn += dghn.sum(0)
+            _gemm_split(Trans, NoTrans, H, H, s.T * s.B, <floating>1, dS, H, &hbuf[0, 0, 0], H,
+                        <floating>1, &dW_hh[2 * H, 0], H, n_threads, False)
+            colsum_into(&db_hh[2 * H], dS, TB, H, H, n_threads)
+        else:
+            # dW_hn += d a_n.T @ rh;  db_hn += d a_n.sum(0)
+            _gemm_split(Trans, NoTrans, H, H, s.T * s.B, <floating>1, dG + 2 * H, s.GH,
+                        &side[0, 0, 0], H, <floating>1, &dW_hh[2 * H, 0], H, n_threads, False)
+            colsum_into(&db_hh[2 * H], dG + 2 * H, TB, H, s.GH, n_threads)

@@ -1,0 +1,281 @@
+# LSTM kernels over a whole sequence: plain, peephole (any subset of p_i, p_f, p_o),
+# and coupled input-forget gates (CIFG).
+#
+# T = time steps, B = batch, I = input size, H = hidden size,
+# G = gate blocks: 4 in PyTorch's order (i, f, g, o); coupled: 3, order (i, g, o), f = 1 - i.
+# GH = G * H. Arrays are time-major, C-contiguous:
+#   x (T, B, I); gates (T, B, GH): input projection in, post-activation gates out;
+#   hbuf, cbuf (T+1, B, H): [0] = h0 / c0, [t+1] = state after step t;
+#   tcbuf (T, B, H) = tanh(c_t), cached for backward; W_ih (GH, I), W_hh (GH, H),
+#   bias (GH,) = b_ih + b_hh; peepholes p_i, p_f, p_o (H,) or None.
+#
+#   i = sigmoid(a_i + p_i * c_{t-1})      f = sigmoid(a_f + p_f * c_{t-1})   (coupled: f = 1 - i)
+#   g = tanh(a_g)                         c_t = f * c_{t-1} + i * g
+#   o = sigmoid(a_o + p_o * c_t)          h_t = o * tanh(c_t)
+#   a = x_t @ W_ih.T + h_{t-1} @ W_hh.T + bias
+#
+# Parallelism: OpenMP over hidden units inside a step (a thread owns units [j0, j1) of
+# every gate block and every row, so the GEMM and the gate math of a step need no barrier
+# between them); over rows or columns in the hoisted GEMMs. BLAS is single-threaded.
+include "_kernel_common.pxi"
+
+
+cdef struct LSTMShape:
+    int T, B, I, H, GH
+    int off_i, off_f, off_g, off_o   # gate block offsets inside a GH row; off_f = -1 if coupled
+    bint coupled
+
+
+cdef LSTMShape make_shape(int T, int B, int I, int H, bint coupled) noexcept nogil:
+    cdef LSTMShape s
+    s.T = T; s.B = B; s.I = I; s.H = H; s.coupled = coupled
+    if coupled:
+        s.GH = 3 * H; s.off_i = 0; s.off_f = -1; s.off_g = H; s.off_o = 2 * H
+    else:
+        s.GH = 4 * H; s.off_i = 0; s.off_f = H; s.off_g = 2 * H; s.off_o = 3 * H
+    return s
+
+
+cdef void lstm_step_units(LSTMShape s, floating *gates, floating *hbuf, floating *cbuf,
+                          floating *tcbuf, const floating *W_hh,
+                          const floating *p_i, const floating *p_f, const floating *p_o,
+                          const long long *lengths, int t, int j0, int j1) noexcept nogil:
+    """Forward step t for hidden units [j0, j1) of every row."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j, k, G = GH // H
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H
+    cdef floating *a = gates + <Py_ssize_t>t * B * GH   # (B, GH) this step
+    cdef const floating *h_prev = hbuf + t * BH         # (B, H)
+    cdef floating *h = hbuf + (t + 1) * BH
+    cdef const floating *c_prev = cbuf + t * BH
+    cdef floating *c = cbuf + (t + 1) * BH
+    cdef floating *tc = tcbuf + t * BH
+    cdef floating *ai
+    cdef floating *af
+    cdef floating *ag
+    cdef floating *ao
+    cdef const floating *cp
+    cdef floating *cb
+    cdef floating *tcb
+    cdef floating *hb
+    if n <= 0:
+        return
+    # a[:, block k, j0:j1] += h_prev @ W_hh[block k, j0:j1].T
+    if n == H:
+        if B == 1:
+            _gemv(NoTrans, GH, H, <floating>1, W_hh, H, h_prev, <floating>1, a)
+        else:
+            _gemm(NoTrans, Trans, B, GH, H, <floating>1, h_prev, H, W_hh, H, <floating>1, a, GH)
+    else:
+        for k in range(G):
+            if B == 1:
+                _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>(k * H + j0) * H, H,
+                      h_prev, <floating>1, a + k * H + j0)
+            else:
+                _gemm(NoTrans, Trans, B, n, H, <floating>1, h_prev, H,
+                      W_hh + <Py_ssize_t>(k * H + j0) * H, H, <floating>1, a + k * H + j0, GH)
+    for b in range(B):
+        cb = c + <Py_ssize_t>b * H + j0
+        hb = h + <Py_ssize_t>b * H + j0
+        tcb = tc + <Py_ssize_t>b * H + j0
+        if not step_is_valid(lengths, t, b):
+            # padding: zero output; the held state is read back from the last valid step
+            memset(hb, 0, n * sizeof(floating))
+            memset(cb, 0, n * sizeof(floating))
+            memset(tcb, 0, n * sizeof(floating))
+            continue
+        ai = a + <Py_ssize_t>b * GH + s.off_i + j0
+        ag = a + <Py_ssize_t>b * GH + s.off_g + j0
+        ao = a + <Py_ssize_t>b * GH + s.off_o + j0
+        cp = c_prev + <Py_ssize_t>b * H + j0
+        if p_i != NULL:
+            for j in range(n):
+                ai[j] += p_i[j0 + j] * cp[j]
+        sigmoid_inplace(ai, n)
+        tanh_into(ag, ag, n)
+        if s.coupled:
+            for j in range(n):
+                cb[j] = (1 - ai[j]) * cp[j] + ai[j] * ag[j]
+        else:
+            af = a + <Py_ssize_t>b * GH + s.off_f + j0
+            if p_f != NULL:
+                for j in range(n):
+                    af[j] += p_f[j0 + j] * cp[j]
+            sigmoid_inplace(af, n)
+            for j in range(n):
+                cb[j] = af[j] * cp[j] + ai[j] * ag[j]
+        tanh_into(tcb, cb, n)
+        if p_o != NULL:
+            for j in range(n):
+                ao[j] += p_o[j0 + j] * cb[j]
+        sigmoid_inplace(ao, n)
+        for j in range(n):
+            hb[j] = ao[j] * tcb[j]
+
+
+def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activation gates
+                 floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): [0] = h0 in
+                 floating[:, :, ::1] cbuf,           # INOUT (T+1, B, H): [0] = c0 in
+                 floating[:, :, ::1] tcbuf,          # OUT (T, B, H) tanh(c_t)
+                 const floating[:, :, ::1] x,        # IN (T, B, I)
+                 const floating[:, ::1] W_ih,        # IN (GH, I)
+                 const floating[:, ::1] W_hh,        # IN (GH, H)
+                 const floating[::1] bias,           # IN (GH,) = b_ih + b_hh
+                 const floating[::1] p_i,            # IN (H,) or None
+                 const floating[::1] p_f,            # IN (H,) or None
+                 const floating[::1] p_o,            # IN (H,) or None
+                 const long long[::1] lengths,       # IN (B,) or None
+                 bint coupled, int n_threads):
+    cdef LSTMShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1], coupled)
+    cdef int t, tid, j0, j1
+    cdef floating *g = &gates[0, 0, 0]
+    cdef const floating *pi = NULL if p_i is None else &p_i[0]
+    cdef const floating *pf = NULL if p_f is None else &p_f[0]
+    cdef const floating *po = NULL if p_o is None else &p_o[0]
+    cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
+    cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
+    with nogil:
+        # gates = x @ W_ih.T + bias, one GEMM for all steps
+        fill_rows(g, &bias[0], <Py_ssize_t>s.T * s.B, s.GH)
+        _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
+                    &W_ih[0, 0], s.I, <floating>1, g, s.GH, n_threads, False)
+        for t in range(s.T):
+            if nt == 1:
+                lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0],
+                                &W_hh[0, 0], pi, pf, po, len_ptr, t, 0, s.H)
+            else:
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
+                    lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0],
+                                    &W_hh[0, 0], pi, pf, po, len_ptr, t, j0, j1)
+
+
+cdef void lstm_backstep_units(LSTMShape s, floating *dgates, floating *dh_carry,
+                              floating *dc_carry, const floating *dhs,
+                              const floating *gates, const floating *cbuf,
+                              const floating *tcbuf, const floating *W_hh,
+                              const floating *p_i, const floating *p_f, const floating *p_o,
+                              const long long *lengths, int t, int j0, int j1) noexcept nogil:
+    """Backward step t for units [j0, j1): first the recurrent term of step t+1 into
+    dh_carry, then the gate gradients of step t. dh_carry, dc_carry (B, H) hold the
+    gradient w.r.t. the state after step t; rows past their length pass it through."""
+    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
+    cdef Py_ssize_t BH = <Py_ssize_t>B * H, row
+    cdef const floating *G
+    cdef floating *dG
+    cdef floating i, f, g, o, cp, cv, tc, dh, dc, do_pre, di_pre, df_pre, dg_pre, dcp
+    if n <= 0:
+        return
+    if t + 1 < s.T:
+        # dh_carry[:, j0:j1] += dgates[t+1] (B, GH) @ W_hh[:, j0:j1] (GH, n)
+        _gemm(NoTrans, NoTrans, B, n, GH, <floating>1, dgates + <Py_ssize_t>(t + 1) * B * GH, GH,
+              W_hh + j0, H, <floating>1, dh_carry + j0, H)
+    for b in range(B):
+        row = <Py_ssize_t>t * B + b
+        G = gates + row * GH
+        dG = dgates + row * GH
+        if not step_is_valid(lengths, t, b):
+            memset(dG + s.off_i + j0, 0, n * sizeof(floating))
+            memset(dG + s.off_g + j0, 0, n * sizeof(floating))
+            memset(dG + s.off_o + j0, 0, n * sizeof(floating))
+            if not s.coupled:
+                memset(dG + s.off_f + j0, 0, n * sizeof(floating))
+            continue
+        for j in range(j0, j1):
+            i = G[s.off_i + j]
+            g = G[s.off_g + j]
+            o = G[s.off_o + j]
+            f = (1 - i) if s.coupled else G[s.off_f + j]
+            cp = cbuf[row * H + j]            # c_{t-1}
+            tc = tcbuf[row * H + j]           # tanh(c_t)
+            dh = dh_carry[b * H + j]
+            if dhs != NULL:
+                dh = dh + dhs[row * H + j]
+            do_pre = dh * tc * o * (1 - o)                    # d a_o
+            dc = dc_carry[b * H + j] + dh * o * (1 - tc * tc)
+            if p_o != NULL:
+                dc = dc + do_pre * p_o[j]                     # o looked at c_t
+            dg_pre = dc * i * (1 - g * g)                     # d a_g
+            dcp = dc * f                                      # through the forget path
+            if s.coupled:
+                di_pre = dc * (g - cp) * i * (1 - i)          # c = (1-i) c_prev + i g
+            else:
+                di_pre = dc * g * i * (1 - i)
+                df_pre = dc * cp * f * (1 - f)
+                dG[s.off_f + j] = df_pre
+                if p_f != NULL:
+                    dcp = dcp + df_pre * p_f[j]
+            if p_i != NULL:
+                dcp = dcp + di_pre * p_i[j]
+            dG[s.off_i + j] = di_pre
+            dG[s.off_g + j] = dg_pre
+            dG[s.off_o + j] = do_pre
+            dc_carry[b * H + j] = dcp
+            dh_carry[b * H + j] = 0          # refilled by the next step's recurrent GEMM
+
+
+def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
+                  floating[:, ::1] dh0,               # INOUT (B, H): dh_n in, dh0 out
+                  floating[:, ::1] dc0,               # INOUT (B, H): dc_n in, dc0 out
+                  floating[:, ::1] dW_ih,             # INOUT (GH, I), accumulated
+                  floating[:, ::1] dW_hh,             # INOUT (GH, H), accumulated
+                  floating[::1] db,                   # INOUT (GH,), accumulated (= d b_ih = d b_hh)
+                  floating[::1] dp_i,                 # INOUT (H,) or None, accumulated
+                  floating[::1] dp_f,                 # INOUT (H,) or None, accumulated
+                  floating[::1] dp_o,                 # INOUT (H,) or None, accumulated
+                  floating[:, :, ::1] dgates,         # OUT (T, B, GH) workspace: d pre-activations
+                  const floating[:, :, ::1] dhs,      # IN (T, B, H) or None
+                  const floating[:, :, ::1] x,        # IN (T, B, I)
+                  const floating[:, :, ::1] gates,    # IN (T, B, GH) from forward
+                  const floating[:, :, ::1] hbuf,     # IN (T+1, B, H) from forward
+                  const floating[:, :, ::1] cbuf,     # IN (T+1, B, H) from forward
+                  const floating[:, :, ::1] tcbuf,    # IN (T, B, H) from forward
+                  const floating[:, ::1] W_ih,        # IN (GH, I)
+                  const floating[:, ::1] W_hh,        # IN (GH, H)
+                  const floating[::1] p_i,            # IN (H,) or None
+                  const floating[::1] p_f,            # IN (H,) or None
+                  const floating[::1] p_o,            # IN (H,) or None
+                  const long long[::1] lengths,       # IN (B,) or None
+                  bint coupled, int n_threads):
+    cdef LSTMShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1], coupled)
+    cdef int t, tid, j0, j1
+    cdef Py_ssize_t TB = <Py_ssize_t>s.T * s.B, BH = <Py_ssize_t>s.B * s.H
+    cdef floating *dG = &dgates[0, 0, 0]
+    cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
+    cdef const floating *pi = NULL if p_i is None else &p_i[0]
+    cdef const floating *pf = NULL if p_f is None else &p_f[0]
+    cdef const floating *po = NULL if p_o is None else &p_o[0]
+    cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
+    cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
+    with nogil:
+        for t in range(s.T - 1, -1, -1):
+            if nt == 1:
+                lstm_backstep_units(s, dG, &dh0[0, 0], &dc0[0, 0], dhs_ptr, &gates[0, 0, 0],
+                                    &cbuf[0, 0, 0], &tcbuf[0, 0, 0], &W_hh[0, 0], pi, pf, po,
+                                    len_ptr, t, 0, s.H)
+            else:
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
+                    lstm_backstep_units(s, dG, &dh0[0, 0], &dc0[0, 0], dhs_ptr, &gates[0, 0, 0],
+                                        &cbuf[0, 0, 0], &tcbuf[0, 0, 0], &W_hh[0, 0], pi, pf, po,
+                                        len_ptr, t, j0, j1)
+        # dh0 += dgates[0] @ W_hh
+        _gemm_split(NoTrans, NoTrans, s.B, s.H, s.GH, <floating>1, dG, s.GH, &W_hh[0, 0], s.H,
+                    <floating>1, &dh0[0, 0], s.H, n_threads, True)
+        # dW_ih += dgates.T (GH, T*B) @ x (T*B, I)
+        _gemm_split(Trans, NoTrans, s.GH, s.I, s.T * s.B, <floating>1, dG, s.GH, &x[0, 0, 0], s.I,
+                    <floating>1, &dW_ih[0, 0], s.I, n_threads, False)
+        # dW_hh += dgates.T @ h_prev, h_prev = hbuf[:T] (T*B, H)
+        _gemm_split(Trans, NoTrans, s.GH, s.H, s.T * s.B, <floating>1, dG, s.GH, &hbuf[0, 0, 0], s.H,
+                    <floating>1, &dW_hh[0, 0], s.H, n_threads, False)
+        # dx = dgates @ W_ih  (T*B, GH) @ (GH, I)
+        _gemm_split(NoTrans, NoTrans, s.T * s.B, s.I, s.GH, <floating>1, dG, s.GH, &W_ih[0, 0], s.I,
+                    <floating>0, &dx[0, 0, 0], s.I, n_threads, False)
+        # db += dgates.sum(axis=(0, 1))
+        colsum_into(&db[0], dG, TB, s.GH, s.GH, n_threads)
+        # peepholes: dp_i += (d a_i * c_{t-1}).sum, dp_f likewise, dp_o += (d a_o * c_t).sum
+        if pi != NULL:
+            coldot_into(&dp_i[0], dG + s.off_i, s.GH, &cbuf[0, 0, 0], TB, s.H, n_threads)
+        if pf != NULL and not coupled:
+            coldot_into(&dp_f[0], dG + s.off_f, s.GH, &cbuf[0, 0, 0], TB, s.H, n_threads)
+        if po != NULL:
+            coldot_into(&dp_o[0], dG + s.off_o, s.GH, &cbuf[0, 0, 0] + BH, TB, s.H, n_threads)

@@ -1,0 +1,39 @@
+"""OpenMP status and thread-count resolution."""
+import os
+
+from ._openmp cimport FASTRNN_OPENMP_ENABLED, omp_get_max_threads
+
+
+def openmp_enabled():
+    """True when the kernels were compiled with OpenMP (parallel over threads)."""
+    return bool(FASTRNN_OPENMP_ENABLED)
+
+
+def cpu_count():
+    """CPUs this process may run on (affinity-aware where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def effective_n_threads(n_threads=None):
+    """Resolve a user's ``n_threads`` to a positive thread count.
+
+    None: OpenMP's default (``OMP_NUM_THREADS`` when set), capped at the CPUs available.
+    -1: all CPUs; -2: all but one, and so on (scikit-learn's convention). Positive: as given.
+    Without OpenMP the answer is always 1.
+    """
+    if n_threads is not None:
+        if isinstance(n_threads, bool) or not isinstance(n_threads, (int,)) and not hasattr(n_threads, "__index__"):
+            raise TypeError(f"n_threads must be an int or None, got {type(n_threads).__name__}")
+        n_threads = int(n_threads)
+        if n_threads == 0:
+            raise ValueError("n_threads=0 is not a thread count; use None, -1 or a positive int")
+    if not FASTRNN_OPENMP_ENABLED:
+        return 1
+    if n_threads is None:
+        return max(1, min(omp_get_max_threads(), cpu_count()))
+    if n_threads < 0:
+        return max(1, cpu_count() + 1 + n_threads)
+    return n_threads

@@ -1,0 +1,149 @@
+# Vanilla RNN kernels over a whole sequence.
+#
+# T = time steps, B = batch, I = input size, H = hidden size (G = 1 gate block).
+# Arrays are time-major, C-contiguous:
+#   x (T, B, I), hbuf (T+1, B, H) with hbuf[0] = h0 and hbuf[t+1] = output of step t,
+#   W_ih (H, I), W_hh (H, H), bias (H,) = b_ih + b_hh.
+#   h_t = act(x_t @ W_ih.T + h_{t-1} @ W_hh.T + bias),  act = tanh or relu.
+#
+# Parallelism: OpenMP over hidden units inside a step (each thread owns units [j0, j1)
+# of every batch row and computes them with a single-threaded BLAS call), and over rows
+# or columns of the hoisted GEMMs. BLAS must be limited to one thread by the caller.
+include "_kernel_common.pxi"
+
+
+cdef enum:
+    ACT_TANH = 0
+    ACT_RELU = 1
+
+
+cdef void rnn_step_units(floating *hbuf, const floating *W_hh, const long long *lengths,
+                         int t, int B, int H, int act, int j0, int j1) noexcept nogil:
+    """Step t for hidden units [j0, j1) of every row."""
+    cdef floating *h_prev = hbuf + <Py_ssize_t>t * B * H   # (B, H)
+    cdef floating *h = h_prev + <Py_ssize_t>B * H          # (B, H), holds x-projection + bias
+    cdef int n = j1 - j0, b, j
+    cdef floating *hb
+    if n <= 0:
+        return
+    # h[:, j0:j1] += h_prev @ W_hh[j0:j1].T
+    if B == 1:
+        _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>j0 * H, H, h_prev, <floating>1, h + j0)
+    else:
+        _gemm(NoTrans, Trans, B, n, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>j0 * H, H,
+              <floating>1, h + j0, H)
+    for b in range(B):
+        hb = h + <Py_ssize_t>b * H + j0
+        if not step_is_valid(lengths, t, b):
+            memset(hb, 0, n * sizeof(floating))
+        elif act == ACT_TANH:
+            tanh_into(hb, hb, n)
+        else:
+            for j in range(n):
+                hb[j] = hb[j] if hb[j] > 0 else 0
+
+
+def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0] = h0 in, outputs out
+                const floating[:, :, ::1] x,          # IN (T, B, I)
+                const floating[:, ::1] W_ih,          # IN (H, I)
+                const floating[:, ::1] W_hh,          # IN (H, H)
+                const floating[::1] bias,             # IN (H,) = b_ih + b_hh
+                const long long[::1] lengths,         # IN (B,) or None
+                int act, int n_threads):
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[0]
+    cdef int t, tid, j0, j1
+    cdef Py_ssize_t r, TB = <Py_ssize_t>T * B
+    cdef floating *hb = &hbuf[0, 0, 0]
+    cdef floating *out = hb + <Py_ssize_t>B * H        # (T*B, H)
+    cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
+    cdef int nt = max(1, min(n_threads, (H + 7) // 8))
+    with nogil:
+        # out = x @ W_ih.T + bias, one GEMM for all steps
+        fill_rows(out, &bias[0], TB, H)
+        _gemm_split(NoTrans, Trans, T * B, H, I, <floating>1, &x[0, 0, 0], I, &W_ih[0, 0], I,
+                    <floating>1, out, H, n_threads, False)
+        for t in range(T):
+            if nt == 1:
+                rnn_step_units(hb, &W_hh[0, 0], len_ptr, t, B, H, act, 0, H)
+            else:
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    rnn_step_units(hb, &W_hh[0, 0], len_ptr, t, B, H, act, j0, j1)
+
+
+cdef void rnn_backstep_units(floating *dpre, floating *dh_carry, const floating *dpre_next,
+                             const floating *dhs, const floating *hbuf, const floating *W_hh,
+                             const long long *lengths, int t, int T, int B, int H, int act,
+                             int j0, int j1) noexcept nogil:
+    """Backward step t for units [j0, j1): finish dh_carry with the recurrent term of
+    step t+1, then dpre[t] = dh * act'(h_t)."""
+    cdef int n = j1 - j0, b, j
+    cdef floating dh, hv
+    cdef const floating *h = hbuf + <Py_ssize_t>(t + 1) * B * H   # (B, H) outputs of step t
+    if n <= 0:
+        return
+    if t + 1 < T:
+        # dh_carry[:, j0:j1] += dpre[t+1] @ W_hh[:, j0:j1]  (rows held at t+1 add zero)
+        _gemm(NoTrans, NoTrans, B, n, H, <floating>1, dpre_next, H, W_hh + j0, H,
+              <floating>1, dh_carry + j0, H)
+    for b in range(B):
+        if not step_is_valid(lengths, t, b):
+            memset(dpre + <Py_ssize_t>b * H + j0, 0, n * sizeof(floating))
+            continue   # padding: the carried gradient passes through unchanged
+        for j in range(j0, j1):
+            dh = dh_carry[b * H + j]
+            if dhs != NULL:
+                dh = dh + dhs[(<Py_ssize_t>t * B + b) * H + j]
+            hv = h[b * H + j]
+            if act == ACT_TANH:
+                dpre[b * H + j] = dh * (1 - hv * hv)
+            else:
+                dpre[b * H + j] = dh if hv > 0 else 0
+            dh_carry[b * H + j] = 0
+
+
+def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I)
+                 floating[:, ::1] dh0,                # OUT (B, H); holds dh_n on entry
+                 floating[:, ::1] dW_ih,              # INOUT (H, I), accumulated
+                 floating[:, ::1] dW_hh,              # INOUT (H, H), accumulated
+                 floating[::1] db,                    # INOUT (H,), accumulated (d b_ih = d b_hh)
+                 floating[:, :, ::1] dpre,            # OUT (T, B, H) workspace: d pre-activation
+                 const floating[:, :, ::1] dhs,       # IN (T, B, H) or None
+                 const floating[:, :, ::1] x,         # IN (T, B, I)
+                 const floating[:, :, ::1] hbuf,      # IN (T+1, B, H) from forward
+                 const floating[:, ::1] W_ih,         # IN (H, I)
+                 const floating[:, ::1] W_hh,         # IN (H, H)
+                 const long long[::1] lengths,        # IN (B,) or None
+                 int act, int n_threads):
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[0]
+    cdef int t, tid, j0, j1, j
+    cdef Py_ssize_t r, TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
+    cdef floating *dp = &dpre[0, 0, 0]
+    cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
+    cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
+    cdef int nt = max(1, min(n_threads, (H + 7) // 8))
+    cdef floating acc
+    with nogil:
+        for t in range(T - 1, -1, -1):
+            if nt == 1:
+                rnn_backstep_units(dp + t * BH, &dh0[0, 0], dp + (t + 1) * BH, dhs_ptr,
+                                   &hbuf[0, 0, 0], &W_hh[0, 0], len_ptr, t, T, B, H, act, 0, H)
+            else:
+                for tid in prange(nt, schedule='static', num_threads=nt):
+                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    rnn_backstep_units(dp + t * BH, &dh0[0, 0], dp + (t + 1) * BH, dhs_ptr,
+                                       &hbuf[0, 0, 0], &W_hh[0, 0], len_ptr, t, T, B, H, act, j0, j1)
+        # dh0 += dpre[0] @ W_hh
+        _gemm_split(NoTrans, NoTrans, B, H, H, <floating>1, dp, H, &W_hh[0, 0], H,
+                    <floating>1, &dh0[0, 0], H, n_threads, True)
+        # dW_ih += dpre.T (H, T*B) @ x (T*B, I)
+        _gemm_split(Trans, NoTrans, H, I, T * B, <floating>1, dp, H, &x[0, 0, 0], I,
+                    <floating>1, &dW_ih[0, 0], I, n_threads, False)
+        # dW_hh += dpre.T @ h_prev, h_prev = hbuf[:T] (T*B, H)
+        _gemm_split(Trans, NoTrans, H, H, T * B, <floating>1, dp, H, &hbuf[0, 0, 0], H,
+                    <floating>1, &dW_hh[0, 0], H, n_threads, False)
+        # dx = dpre @ W_ih  (T*B, H) @ (H, I)
+        _gemm_split(NoTrans, NoTrans, T * B, I, H, <floating>1, dp, H, &W_ih[0, 0], I,
+                    <floating>0, &dx[0, 0, 0], I, n_threads, False)
+        # db += dpre.sum(axis=(0, 1))
+        colsum_into(&db[0], dp, TB, H, H, n_threads)

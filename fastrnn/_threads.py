@@ -1,0 +1,62 @@
+"""Thread control: how many OpenMP threads a kernel uses, and keeping BLAS serial under it.
+
+The kernels parallelise with OpenMP and call BLAS from inside their parallel regions, so
+BLAS's own thread pool must be limited to one thread while a kernel runs (an OpenMP thread
+calling a multi-threaded OpenBLAS oversubscribes the cores or serialises on its lock).
+"""
+import os
+import threading
+
+from ._openmp import effective_n_threads, openmp_enabled  # noqa: F401  (re-exported)
+
+
+class _SerialBLAS:
+    """Context manager: scipy's OpenBLAS runs on one thread inside it.
+
+    Reference-counted across Python threads, so concurrent kernel calls from several
+    threads neither restore the thread count under each other's feet nor pay for a
+    set/restore each. Only the BLAS that scipy.linalg.cython_blas calls is touched (numpy's
+    copy keeps its own setting); when it cannot be identified, every BLAS is limited.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._libs = None
+        self._saved = []
+
+    def _find_libs(self):
+        from threadpoolctl import ThreadpoolController
+        import scipy
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library we call)
+        blas = [lib for lib in ThreadpoolController().lib_controllers
+                if lib.user_api == "blas"]
+        scipy_dir = os.path.dirname(os.path.realpath(scipy.__file__))
+        ours = [lib for lib in blas
+                if os.path.realpath(lib.filepath).startswith(scipy_dir)]  # scipy/ and scipy.libs/
+        return ours or blas
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                if self._libs is None:
+                    self._libs = self._find_libs()
+                self._saved = []
+                for lib in self._libs:
+                    n = lib.num_threads
+                    self._saved.append(n)
+                    if n != 1:
+                        lib.set_num_threads(1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lib, n in zip(self._libs, self._saved):
+                    if n != 1:
+                        lib.set_num_threads(n)
+
+
+serial_blas = _SerialBLAS()

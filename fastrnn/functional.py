@@ -1,0 +1,315 @@
+"""Whole-sequence forward and backward of every cell, on the compiled kernels.
+
+Same signatures and semantics as :mod:`fastrnn.reference` (the numpy oracle), plus
+``n_threads`` and, in backward, ``grads`` to accumulate into.
+
+Layout: time-major, ``x (T, B, I)``, states ``(B, H)``, weights row-major as PyTorch stores
+them, ``W_ih (G*H, I)``, ``W_hh (G*H, H)``, ``b_ih, b_hh (G*H,)``; gate order LSTM
+(i, f, g, o), coupled LSTM (i, g, o), GRU (r, z, n). ``lengths (B,)``: steps past a row's
+length hold its state and give zero output. float32 and float64; every floating input
+must have the weights' dtype (no silent casts).
+
+Outputs ``hs`` are views into the cache; modify them in place only after backward.
+Backward accumulates into ``grads`` when given (zero it yourself), which makes truncated
+BPTT and gradient accumulation free; without ``grads`` it returns fresh zeros-based ones.
+"""
+import numpy as np
+
+from . import _gru, _lstm, _rnn
+from ._threads import effective_n_threads, serial_blas
+
+__all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
+           "gru_forward", "gru_backward"]
+
+_INT32_MAX = 2**31 - 1
+
+
+class Cache:
+    """What backward needs from forward; opaque to callers."""
+    __slots__ = ("cell", "dtype", "T", "B", "I", "H", "x", "hbuf", "cbuf", "tcbuf", "gates",
+                 "side", "W_ih", "W_hh", "p_i", "p_f", "p_o", "lengths", "variant", "n_threads")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+
+# ---- validation at the Python boundary -----------------------------------------------
+
+def _dtype_of(W_ih):
+    if not isinstance(W_ih, np.ndarray):
+        raise TypeError(f"W_ih must be a numpy array, got {type(W_ih).__name__}")
+    if W_ih.dtype not in (np.float32, np.float64):
+        raise TypeError(f"weights must be float32 or float64, got W_ih.dtype={W_ih.dtype}")
+    return W_ih.dtype
+
+
+def _array(name, a, dtype, shape):
+    """A C-contiguous array of `dtype` and `shape` (a copy when needed; never the caller's
+    array modified). Python lists are taken in `dtype`; arrays of another dtype are refused."""
+    if isinstance(a, (list, tuple)):
+        a = np.asarray(a, dtype=dtype)
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {np.dtype(dtype)} "
+                        f"(the weights' dtype); convert with .astype(np.{np.dtype(dtype)})")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}")
+    return np.ascontiguousarray(a)
+
+
+def _optional(name, a, dtype, shape):
+    return None if a is None else _array(name, a, dtype, shape)
+
+
+def _sizes(x, W_ih, W_hh, G, cell):
+    if not isinstance(x, np.ndarray) and not isinstance(x, (list, tuple)):
+        raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+    xs = np.shape(x)
+    if len(xs) != 3:
+        raise ValueError(f"x must be 3-D (T, B, I), got shape {xs}")
+    T, B, I = xs
+    if np.ndim(W_hh) != 2 or np.shape(W_hh)[0] % G or np.shape(W_hh)[0] != G * np.shape(W_hh)[1]:
+        raise ValueError(f"{cell}: W_hh must have shape ({G}*H, H), got {np.shape(W_hh)}")
+    H = np.shape(W_hh)[1]
+    if H < 1 or I < 1:
+        raise ValueError(f"{cell}: hidden size and input size must be >= 1, got H={H}, I={I}")
+    if np.shape(W_ih) != (G * H, I):
+        raise ValueError(f"{cell}: W_ih has shape {np.shape(W_ih)}, expected ({G * H}, {I}) "
+                         f"for input size {I} and hidden size {H}")
+    if T * B * max(G * H, I) > _INT32_MAX or (T + 1) * B * H > _INT32_MAX:
+        raise ValueError(f"{cell}: T*B*{max(G * H, I)} = {T * B * max(G * H, I)} exceeds the "
+                         "kernels' 32-bit index range; split the batch or the sequence")
+    return T, B, I, H
+
+
+def _lengths(lengths, T, B):
+    if lengths is None:
+        return None
+    lengths = np.asarray(lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one per batch row), got {lengths.shape}")
+    if B and (lengths.min() < 0 or lengths.max() > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got min {lengths.min()}, max {lengths.max()}")
+    return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def _state(name, s, dtype, B, H):
+    if s is None:
+        return np.zeros((B, H), dtype)
+    return _array(name, s, dtype, (B, H))
+
+
+def _final_state(buf, lengths, T):
+    """State after each row's last valid step: buf[lengths[b], b], a fresh (B, H) array."""
+    if lengths is None:
+        return buf[T].copy()
+    return buf[lengths, np.arange(buf.shape[1])]
+
+
+def _upstream(name, g, dtype, shape):
+    return None if g is None else _array(name, g, dtype, shape)
+
+
+def _grads(grads, shapes, dtype):
+    """Accumulate into the caller's arrays, or into fresh zeros. shapes: name -> shape."""
+    if grads is None:
+        return {k: np.zeros(shape, dtype) for k, shape in shapes.items()}
+    for k, shape in shapes.items():
+        g = grads.get(k)
+        if not isinstance(g, np.ndarray) or g.shape != shape or g.dtype != dtype \
+                or not g.flags.c_contiguous or not g.flags.writeable:
+            raise ValueError(f"grads[{k!r}] must be a writeable C-contiguous {np.dtype(dtype)} "
+                             f"array of shape {shape}")
+    return grads
+
+
+def _param_shapes(c):
+    GH = c.W_ih.shape[0]
+    shapes = {"W_ih": c.W_ih.shape, "W_hh": c.W_hh.shape, "b_ih": (GH,), "b_hh": (GH,)}
+    for name in ("p_i", "p_f", "p_o"):
+        if getattr(c, name) is not None:
+            shapes[name] = (c.H,)
+    return shapes
+
+
+# ---- vanilla RNN ---------------------------------------------------------------------
+
+_ACTS = {"tanh": 0, "relu": 1}
+
+
+def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh",
+                n_threads=None):
+    """h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh), act = tanh or relu.
+
+    Returns ``hs (T, B, H), h_n (B, H), cache``."""
+    if nonlinearity not in _ACTS:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    dtype = _dtype_of(W_ih)
+    T, B, I, H = _sizes(x, W_ih, W_hh, 1, "rnn")
+    x = _array("x", x, dtype, (T, B, I))
+    W_ih = _array("W_ih", W_ih, dtype, (H, I))
+    W_hh = _array("W_hh", W_hh, dtype, (H, H))
+    bias = _array("b_ih", b_ih, dtype, (H,)) + _array("b_hh", b_hh, dtype, (H,))
+    lengths = _lengths(lengths, T, B)
+    hbuf = np.empty((T + 1, B, H), dtype)
+    hbuf[0] = _state("h0", h0, dtype, B, H)
+    nt = effective_n_threads(n_threads)
+    if T and B:
+        with serial_blas:
+            _rnn.rnn_forward(hbuf, x, W_ih, W_hh, bias, lengths, _ACTS[nonlinearity], nt)
+    cache = Cache(cell="rnn", dtype=dtype, T=T, B=B, I=I, H=H, x=x, hbuf=hbuf, W_ih=W_ih,
+                  W_hh=W_hh, lengths=lengths, variant=nonlinearity, n_threads=nt)
+    return hbuf[1:], _final_state(hbuf, lengths, T), cache
+
+
+def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None):
+    """Backward of :func:`rnn_forward`. ``dhs (T, B, H)`` and ``dh_n (B, H)`` may be None
+    (zeros). Returns ``dx (T, B, I), dh0 (B, H), grads`` with keys W_ih, W_hh, b_ih, b_hh;
+    gradients are accumulated into ``grads`` when given."""
+    c = _check_cache(cache, "rnn")
+    T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
+    dhs = _upstream("dhs", dhs, dtype, (T, B, H))
+    dh = _state("dh_n", dh_n, dtype, B, H).copy()
+    grads = _grads(grads, _param_shapes(c), dtype)
+    dx = np.zeros((T, B, I), dtype)
+    if T and B:
+        db = np.zeros(H, dtype)
+        dpre = np.empty((T, B, H), dtype)
+        with serial_blas:
+            _rnn.rnn_backward(dx, dh, grads["W_ih"], grads["W_hh"], db, dpre, dhs, c.x, c.hbuf,
+                              c.W_ih, c.W_hh, c.lengths, _ACTS[c.variant],
+                              _threads(n_threads, c))
+        grads["b_ih"] += db
+        grads["b_hh"] += db
+    return dx, dh, grads
+
+
+def _check_cache(cache, cell):
+    if not isinstance(cache, Cache) or cache.cell != cell:
+        raise TypeError(f"cache must be the cache returned by fastrnn.functional.{cell}_forward")
+    return cache
+
+
+def _threads(n_threads, cache):
+    return cache.n_threads if n_threads is None else effective_n_threads(n_threads)
+
+
+# ---- LSTM ----------------------------------------------------------------------------
+
+def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None,
+                 coupled=False, lengths=None, n_threads=None):
+    """LSTM over a sequence; peepholes ``p_i, p_f, p_o (H,)`` each optional (i and f look
+    at c_{t-1}, o at c_t); ``coupled=True`` stores three gate blocks (i, g, o), f = 1 - i.
+
+    Returns ``hs (T, B, H), h_n (B, H), c_n (B, H), cache``."""
+    G = 3 if coupled else 4
+    if coupled and p_f is not None:
+        raise ValueError("coupled LSTM has no forget gate of its own (f = 1 - i): p_f must be None")
+    dtype = _dtype_of(W_ih)
+    T, B, I, H = _sizes(x, W_ih, W_hh, G, "lstm (coupled)" if coupled else "lstm")
+    x = _array("x", x, dtype, (T, B, I))
+    W_ih = _array("W_ih", W_ih, dtype, (G * H, I))
+    W_hh = _array("W_hh", W_hh, dtype, (G * H, H))
+    bias = _array("b_ih", b_ih, dtype, (G * H,)) + _array("b_hh", b_hh, dtype, (G * H,))
+    p_i = _optional("p_i", p_i, dtype, (H,))
+    p_f = _optional("p_f", p_f, dtype, (H,))
+    p_o = _optional("p_o", p_o, dtype, (H,))
+    lengths = _lengths(lengths, T, B)
+    hbuf = np.empty((T + 1, B, H), dtype)
+    cbuf = np.empty((T + 1, B, H), dtype)
+    hbuf[0] = _state("h0", h0, dtype, B, H)
+    cbuf[0] = _state("c0", c0, dtype, B, H)
+    gates = np.empty((T, B, G * H), dtype)
+    tcbuf = np.empty((T, B, H), dtype)
+    nt = effective_n_threads(n_threads)
+    if T and B:
+        with serial_blas:
+            _lstm.lstm_forward(gates, hbuf, cbuf, tcbuf, x, W_ih, W_hh, bias, p_i, p_f, p_o,
+                               lengths, coupled, nt)
+    cache = Cache(cell="lstm", dtype=dtype, T=T, B=B, I=I, H=H, x=x, hbuf=hbuf, cbuf=cbuf,
+                  tcbuf=tcbuf, gates=gates, W_ih=W_ih, W_hh=W_hh, p_i=p_i, p_f=p_f, p_o=p_o,
+                  lengths=lengths, variant=coupled, n_threads=nt)
+    return hbuf[1:], _final_state(hbuf, lengths, T), _final_state(cbuf, lengths, T), cache
+
+
+def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None):
+    """Backward of :func:`lstm_forward`. Returns ``dx, dh0, dc0, grads`` with keys W_ih,
+    W_hh, b_ih, b_hh and p_i / p_f / p_o for the peepholes in use; accumulates into
+    ``grads`` when given."""
+    c = _check_cache(cache, "lstm")
+    T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
+    dhs = _upstream("dhs", dhs, dtype, (T, B, H))
+    dh = _state("dh_n", dh_n, dtype, B, H).copy()
+    dc = _state("dc_n", dc_n, dtype, B, H).copy()
+    grads = _grads(grads, _param_shapes(c), dtype)
+    dx = np.zeros((T, B, I), dtype)
+    if T and B:
+        db = np.zeros(c.W_ih.shape[0], dtype)
+        dgates = np.empty_like(c.gates)
+        with serial_blas:
+            _lstm.lstm_backward(dx, dh, dc, grads["W_ih"], grads["W_hh"], db,
+                                grads.get("p_i") if c.p_i is not None else None,
+                                grads.get("p_f") if c.p_f is not None else None,
+                                grads.get("p_o") if c.p_o is not None else None,
+                                dgates, dhs, c.x, c.gates, c.hbuf, c.cbuf, c.tcbuf, c.W_ih,
+                                c.W_hh, c.p_i, c.p_f, c.p_o, c.lengths, c.variant,
+                                _threads(n_threads, c))
+        grads["b_ih"] += db
+        grads["b_hh"] += db
+    return dx, dh, dc, grads
+
+
+# ---- GRU -----------------------------------------------------------------------------
+
+def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n_threads=None):
+    """GRU over a sequence, gate order (r, z, n). ``reset_after=True``: PyTorch's form,
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); False: Cho et al. 2014,
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn). Returns ``hs, h_n, cache``."""
+    dtype = _dtype_of(W_ih)
+    T, B, I, H = _sizes(x, W_ih, W_hh, 3, "gru")
+    x = _array("x", x, dtype, (T, B, I))
+    W_ih = _array("W_ih", W_ih, dtype, (3 * H, I))
+    W_hh = _array("W_hh", W_hh, dtype, (3 * H, H))
+    b_ih = _array("b_ih", b_ih, dtype, (3 * H,))
+    b_hh = _array("b_hh", b_hh, dtype, (3 * H,))
+    bias_x = b_ih + b_hh
+    if reset_after:
+        bias_x[2 * H:] = b_ih[2 * H:]     # b_hn is applied inside r * (...), per step
+    lengths = _lengths(lengths, T, B)
+    hbuf = np.empty((T + 1, B, H), dtype)
+    hbuf[0] = _state("h0", h0, dtype, B, H)
+    gates = np.empty((T, B, 3 * H), dtype)
+    side = np.empty((T, B, H), dtype)
+    nt = effective_n_threads(n_threads)
+    if T and B:
+        with serial_blas:
+            _gru.gru_forward(gates, hbuf, side, x, W_ih, W_hh, bias_x, b_hh, lengths,
+                             bool(reset_after), nt)
+    cache = Cache(cell="gru", dtype=dtype, T=T, B=B, I=I, H=H, x=x, hbuf=hbuf, gates=gates,
+                  side=side, W_ih=W_ih, W_hh=W_hh, lengths=lengths, variant=bool(reset_after),
+                  n_threads=nt)
+    return hbuf[1:], _final_state(hbuf, lengths, T), cache
+
+
+def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None):
+    """Backward of :func:`gru_forward`. Returns ``dx, dh0, grads`` (W_ih, W_hh, b_ih, b_hh);
+    accumulates into ``grads`` when given."""
+    c = _check_cache(cache, "gru")
+    T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
+    dhs = _upstream("dhs", dhs, dtype, (T, B, H))
+    dh = _state("dh_n", dh_n, dtype, B, H).copy()
+    grads = _grads(grads, _param_shapes(c), dtype)
+    dx = np.zeros((T, B, I), dtype)
+    if T and B:
+        dgx = np.empty_like(c.gates)
+        dside = np.empty((T, B, H), dtype) if c.variant else np.empty((1, 1, 1), dtype)
+        drh = np.empty((B, H), dtype)
+        with serial_blas:
+            _gru.gru_backward(dx, dh, grads["W_ih"], grads["W_hh"], grads["b_ih"], grads["b_hh"],
+                              dgx, dside, drh, dhs, c.x, c.gates, c.hbuf, c.side, c.W_ih,
+                              c.W_hh, c.lengths, c.variant, _threads(n_threads, c))
+    return dx, dh, grads
