@@ -22,5 +22,8 @@ cdef void _gemm_split(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
                       floating beta, floating *C, int ldc,
                       int n_threads, bint split_cols) noexcept nogil
 
-cdef void chunk_bounds(int n, int n_chunks, int chunk, int align,
-                       int *start, int *stop) noexcept nogil
+# Chunk `chunk` of range(n) split into n_chunks pieces whose sizes are multiples of `align`
+# (SIMD width) except the last; a chunk may be empty. Returned by value, not through
+# pointers: inside prange, Cython makes a variable thread-private only when it is assigned.
+cdef int chunk_start(int n, int n_chunks, int chunk, int align) noexcept nogil
+cdef int chunk_stop(int n, int n_chunks, int chunk, int align) noexcept nogil

@@ -41,14 +41,17 @@ cdef void _gemv(BLAS_Trans ta, int m, int n, floating alpha,
         dgemv(&t_, &n, &m, &alpha, <double *>A, &lda, <double *>x, &one, &beta, y, &one)
 
 
-cdef void chunk_bounds(int n, int n_chunks, int chunk, int align,
-                       int *start, int *stop) noexcept nogil:
-    """Split range(n) into n_chunks pieces whose sizes are multiples of `align`
-    (SIMD width) except the last; a chunk may be empty."""
+cdef inline int _chunk_size(int n, int n_chunks, int align) noexcept nogil:
     cdef int per = (n + n_chunks - 1) // n_chunks
-    per = ((per + align - 1) // align) * align
-    start[0] = min(n, chunk * per)
-    stop[0] = min(n, start[0] + per)
+    return ((per + align - 1) // align) * align
+
+
+cdef int chunk_start(int n, int n_chunks, int chunk, int align) noexcept nogil:
+    return min(n, chunk * _chunk_size(n, n_chunks, align))
+
+
+cdef int chunk_stop(int n, int n_chunks, int chunk, int align) noexcept nogil:
+    return min(n, (chunk + 1) * _chunk_size(n, n_chunks, align))
 
 
 cdef void _gemm_split(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
@@ -64,14 +67,16 @@ cdef void _gemm_split(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
         return
     for tid in prange(n_threads, schedule='static', num_threads=n_threads):
         if split_cols:
-            chunk_bounds(n, n_threads, tid, 16, &lo, &hi)
+            lo = chunk_start(n, n_threads, tid, 16)
+            hi = chunk_stop(n, n_threads, tid, 16)
             if hi > lo:
                 # C[:, lo:hi] = op(A) @ op(B)[:, lo:hi]
                 _gemm(ta, tb, m, hi - lo, k, alpha, A, lda,
                       B + (lo if tb == NoTrans else <Py_ssize_t>lo * ldb), ldb,
                       beta, C + lo, ldc)
         else:
-            chunk_bounds(m, n_threads, tid, 4, &lo, &hi)
+            lo = chunk_start(m, n_threads, tid, 4)
+            hi = chunk_stop(m, n_threads, tid, 4)
             if hi > lo:
                 # C[lo:hi] = op(A)[lo:hi] @ op(B)
                 _gemm(ta, tb, hi - lo, n, k, alpha,
@@ -79,19 +84,25 @@ cdef void _gemm_split(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
                       B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
 
 
-def _gemm_memview(BLAS_Trans ta, BLAS_Trans tb, floating alpha,
+def _gemm_memview(BLAS_Trans ta, BLAS_Trans tb, double alpha,
                   const floating[:, ::1] A, const floating[:, ::1] B,
-                  floating beta, floating[:, ::1] C, int n_threads=1, bint split_cols=False):
-    """Test hook: C = alpha * op(A) @ op(B) + beta * C on C-contiguous 2-D arrays."""
+                  double beta, floating[:, ::1] C, int n_threads=1, bint split_cols=False):
+    """Test hook: C = alpha * op(A) @ op(B) + beta * C on C-contiguous 2-D arrays
+    (alpha, beta are taken in C's dtype)."""
     cdef int m = C.shape[0], n = C.shape[1]
     cdef int k = A.shape[1] if ta == NoTrans else A.shape[0]
     with nogil:
-        _gemm_split(ta, tb, m, n, k, alpha, &A[0, 0], A.shape[1], &B[0, 0], B.shape[1],
-                    beta, &C[0, 0], C.shape[1], n_threads, split_cols)
+        _gemm_split(ta, tb, m, n, k, <floating>alpha, &A[0, 0], A.shape[1], &B[0, 0], B.shape[1],
+                    <floating>beta, &C[0, 0], C.shape[1], n_threads, split_cols)
 
 
-def _gemv_memview(BLAS_Trans ta, floating alpha, const floating[:, ::1] A,
-                  const floating[::1] x, floating beta, floating[::1] y):
+def _gemv_memview(BLAS_Trans ta, double alpha, const floating[:, ::1] A,
+                  const floating[::1] x, double beta, floating[::1] y):
     """Test hook: y = alpha * op(A) @ x + beta * y."""
     with nogil:
-        _gemv(ta, A.shape[0], A.shape[1], alpha, &A[0, 0], A.shape[1], &x[0], beta, &y[0])
+        _gemv(ta, A.shape[0], A.shape[1], <floating>alpha, &A[0, 0], A.shape[1], &x[0],
+              <floating>beta, &y[0])
+
+
+# Python names for the enum values (the C names NoTrans/Trans shadow plain assignments)
+globals().update(NoTrans=BLAS_Trans.NoTrans, Trans=BLAS_Trans.Trans)

@@ -13,8 +13,8 @@
 #       n = tanh(x W_in.T + b_in + (r * h_{t-1}) W_hn.T + b_hn)     rh (T, B, H) cached
 #   h_t = (1 - z) * n + z * h_{t-1}
 #
-# bias_x (GH,) is what the input-projection GEMM starts from: b_ih + b_hh for every block
-# except, with reset_after, the n block, where b_hn sits inside r * (...) and is added per step.
+# bias_x (GH,) is added to the input projection inside the step: b_ih + b_hh for every block
+# except, with reset_after, the n block, where b_hn sits inside r * (...).
 #
 # Parallelism: OpenMP over hidden units inside a step; reset-before needs every r before the
 # n product, so its step is two parallel regions. BLAS is single-threaded.
@@ -46,7 +46,7 @@ cdef void gru_rz_units(GRUShape s, floating *gates, const floating *h_prev,
 
 
 cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floating *hn,
-                               const floating *W_hh, const floating *b_hn,
+                               const floating *W_hh, const floating *bias_x, const floating *b_hn,
                                const long long *lengths, int t, int j0, int j1) noexcept nogil:
     """reset_after forward step t, units [j0, j1)."""
     cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
@@ -72,6 +72,7 @@ cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floa
             continue
         a = gates + (<Py_ssize_t>t * B + b) * GH
         hnb = hn_t + b * H
+        add_block_bias(a, bias_x, H, j0, j1, 3)
         sigmoid_inplace(a + j0, n)            # r
         sigmoid_inplace(a + H + j0, n)        # z
         for j in range(j0, j1):
@@ -83,7 +84,8 @@ cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floa
 
 
 cdef void gru_before_rz_units(GRUShape s, floating *gates, const floating *hbuf, floating *rh,
-                              const floating *W_hh, const long long *lengths,
+                              const floating *W_hh, const floating *bias_x,
+                              const long long *lengths,
                               int t, int j0, int j1) noexcept nogil:
     """reset-before forward step t, first half: r, z and rh = r * h_prev for units [j0, j1)."""
     cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
@@ -99,6 +101,7 @@ cdef void gru_before_rz_units(GRUShape s, floating *gates, const floating *hbuf,
             memset(rh_t + b * H + j0, 0, n * sizeof(floating))
             continue
         a = gates + (<Py_ssize_t>t * B + b) * GH
+        add_block_bias(a, bias_x, H, j0, j1, 3)
         sigmoid_inplace(a + j0, n)            # r
         sigmoid_inplace(a + H + j0, n)        # z
         for j in range(j0, j1):
@@ -152,30 +155,33 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
     cdef floating *sd = &side[0, 0, 0]
     cdef const floating *Whh = &W_hh[0, 0]
     cdef const floating *b_hn = &b_hh[0] + 2 * s.H
+    cdef const floating *bx = &bias_x[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
     cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
     with nogil:
-        # gates = x @ W_ih.T + bias_x, one GEMM for all steps
-        fill_rows(g, &bias_x[0], <Py_ssize_t>s.T * s.B, s.GH)
+        # gates = x @ W_ih.T, one GEMM for all steps (bias_x added per step, in cache)
         _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
-                    &W_ih[0, 0], s.I, <floating>1, g, s.GH, n_threads, False)
+                    &W_ih[0, 0], s.I, <floating>0, g, s.GH, n_threads, False)
         for t in range(s.T):
             if nt == 1:
                 if reset_after:
-                    gru_after_step_units(s, g, hb, sd, Whh, b_hn, len_ptr, t, 0, s.H)
+                    gru_after_step_units(s, g, hb, sd, Whh, bx, b_hn, len_ptr, t, 0, s.H)
                 else:
-                    gru_before_rz_units(s, g, hb, sd, Whh, len_ptr, t, 0, s.H)
+                    gru_before_rz_units(s, g, hb, sd, Whh, bx, len_ptr, t, 0, s.H)
                     gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, 0, s.H)
             elif reset_after:
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
-                    gru_after_step_units(s, g, hb, sd, Whh, b_hn, len_ptr, t, j0, j1)
+                    j0 = chunk_start(s.H, nt, tid, 8)
+                    j1 = chunk_stop(s.H, nt, tid, 8)
+                    gru_after_step_units(s, g, hb, sd, Whh, bx, b_hn, len_ptr, t, j0, j1)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
-                    gru_before_rz_units(s, g, hb, sd, Whh, len_ptr, t, j0, j1)
+                    j0 = chunk_start(s.H, nt, tid, 8)
+                    j1 = chunk_stop(s.H, nt, tid, 8)
+                    gru_before_rz_units(s, g, hb, sd, Whh, bx, len_ptr, t, j0, j1)
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
+                    j0 = chunk_start(s.H, nt, tid, 8)
+                    j1 = chunk_stop(s.H, nt, tid, 8)
                     gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, j0, j1)
 
 
@@ -334,16 +340,19 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
                                                &hbuf[0, 0, 0], Whh, len_ptr, t, 0, H)
             elif reset_after:
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    j0 = chunk_start(H, nt, tid, 8)
+                    j1 = chunk_stop(H, nt, tid, 8)
                     gru_after_backstep_units(s, dG, dS, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
                                              &hbuf[0, 0, 0], &side[0, 0, 0], Whh, len_ptr, t, j0, j1)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    j0 = chunk_start(H, nt, tid, 8)
+                    j1 = chunk_stop(H, nt, tid, 8)
                     gru_before_backstep1_units(s, dG, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
                                                &hbuf[0, 0, 0], Whh, len_ptr, t, j0, j1)
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    j0 = chunk_start(H, nt, tid, 8)
+                    j1 = chunk_stop(H, nt, tid, 8)
                     gru_before_backstep2_units(s, dG, &dh0[0, 0], &drh[0, 0], &gates[0, 0, 0],
                                                &hbuf[0, 0, 0], Whh, len_ptr, t, j0, j1)
         # dh0 += dgx[0][:, r,z] @ W_h{r,z}  (+ dghn[0] @ W_hn with reset_after)

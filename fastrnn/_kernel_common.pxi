@@ -3,7 +3,7 @@
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
-from ._blas cimport _gemm, _gemv, _gemm_split, chunk_bounds, NoTrans, Trans
+from ._blas cimport _gemm, _gemv, _gemm_split, chunk_start, chunk_stop, NoTrans, Trans
 
 cdef extern from "fastrnn/activations.h" nogil:
     void fr_sigmoid_f32(float *y, const float *x, int n)
@@ -34,12 +34,13 @@ cdef inline bint step_is_valid(const long long *lengths, int t, int b) noexcept 
     return lengths == NULL or t < lengths[b]
 
 
-cdef inline void fill_rows(floating *out, const floating *row, Py_ssize_t n_rows,
-                           int n) noexcept nogil:
-    # out (n_rows, n) <- row (n,) broadcast: the bias under the input-projection GEMM
-    cdef Py_ssize_t r
-    for r in range(n_rows):
-        memcpy(out + r * n, row, n * sizeof(floating))
+cdef inline void add_block_bias(floating *a, const floating *bias, int H, int j0, int j1,
+                                int n_blocks) noexcept nogil:
+    # a[k*H + j] += bias[k*H + j] for gate blocks k < n_blocks and units j in [j0, j1)
+    cdef int k, j
+    for k in range(n_blocks):
+        for j in range(k * H + j0, k * H + j1):
+            a[j] += bias[j]
 
 
 cdef inline void colsum_into(floating *acc, const floating *A, Py_ssize_t n_rows, int n_cols,
@@ -48,7 +49,8 @@ cdef inline void colsum_into(floating *acc, const floating *A, Py_ssize_t n_rows
     cdef int tid, c0, c1, j
     cdef Py_ssize_t r
     for tid in prange(n_threads, schedule='static', num_threads=n_threads):
-        chunk_bounds(n_cols, n_threads, tid, 16, &c0, &c1)
+        c0 = chunk_start(n_cols, n_threads, tid, 16)
+        c1 = chunk_stop(n_cols, n_threads, tid, 16)
         for r in range(n_rows):
             for j in range(c0, c1):
                 acc[j] += A[r * lda + j]
@@ -60,7 +62,8 @@ cdef inline void coldot_into(floating *acc, const floating *A, int lda, const fl
     cdef int tid, c0, c1, j
     cdef Py_ssize_t r
     for tid in prange(n_threads, schedule='static', num_threads=n_threads):
-        chunk_bounds(n_cols, n_threads, tid, 16, &c0, &c1)
+        c0 = chunk_start(n_cols, n_threads, tid, 16)
+        c1 = chunk_stop(n_cols, n_threads, tid, 16)
         for r in range(n_rows):
             for j in range(c0, c1):
                 acc[j] += A[r * lda + j] * C[r * n_cols + j]

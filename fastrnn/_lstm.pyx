@@ -4,7 +4,7 @@
 # T = time steps, B = batch, I = input size, H = hidden size,
 # G = gate blocks: 4 in PyTorch's order (i, f, g, o); coupled: 3, order (i, g, o), f = 1 - i.
 # GH = G * H. Arrays are time-major, C-contiguous:
-#   x (T, B, I); gates (T, B, GH): input projection in, post-activation gates out;
+#   x (T, B, I); gates (T, B, GH): input projection, then post-activation gates;
 #   hbuf, cbuf (T+1, B, H): [0] = h0 / c0, [t+1] = state after step t;
 #   tcbuf (T, B, H) = tanh(c_t), cached for backward; W_ih (GH, I), W_hh (GH, H),
 #   bias (GH,) = b_ih + b_hh; peepholes p_i, p_f, p_o (H,) or None.
@@ -37,7 +37,7 @@ cdef LSTMShape make_shape(int T, int B, int I, int H, bint coupled) noexcept nog
 
 
 cdef void lstm_step_units(LSTMShape s, floating *gates, floating *hbuf, floating *cbuf,
-                          floating *tcbuf, const floating *W_hh,
+                          floating *tcbuf, const floating *W_hh, const floating *bias,
                           const floating *p_i, const floating *p_f, const floating *p_o,
                           const long long *lengths, int t, int j0, int j1) noexcept nogil:
     """Forward step t for hidden units [j0, j1) of every row."""
@@ -83,6 +83,11 @@ cdef void lstm_step_units(LSTMShape s, floating *gates, floating *hbuf, floating
             memset(cb, 0, n * sizeof(floating))
             memset(tcb, 0, n * sizeof(floating))
             continue
+        for k in range(G):
+            # bias here rather than under the input GEMM: one pass over cached data
+            # instead of two over the whole (T, B, GH) buffer
+            for j in range(k * H + j0, k * H + j1):
+                a[<Py_ssize_t>b * GH + j] += bias[j]
         ai = a + <Py_ssize_t>b * GH + s.off_i + j0
         ag = a + <Py_ssize_t>b * GH + s.off_g + j0
         ao = a + <Py_ssize_t>b * GH + s.off_o + j0
@@ -134,19 +139,19 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
     cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
     with nogil:
-        # gates = x @ W_ih.T + bias, one GEMM for all steps
-        fill_rows(g, &bias[0], <Py_ssize_t>s.T * s.B, s.GH)
+        # gates = x @ W_ih.T, one GEMM for all steps (bias added per step)
         _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
-                    &W_ih[0, 0], s.I, <floating>1, g, s.GH, n_threads, False)
+                    &W_ih[0, 0], s.I, <floating>0, g, s.GH, n_threads, False)
         for t in range(s.T):
             if nt == 1:
                 lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0],
-                                &W_hh[0, 0], pi, pf, po, len_ptr, t, 0, s.H)
+                                &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr, t, 0, s.H)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
+                    j0 = chunk_start(s.H, nt, tid, 8)
+                    j1 = chunk_stop(s.H, nt, tid, 8)
                     lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0],
-                                    &W_hh[0, 0], pi, pf, po, len_ptr, t, j0, j1)
+                                    &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr, t, j0, j1)
 
 
 cdef void lstm_backstep_units(LSTMShape s, floating *dgates, floating *dh_carry,
@@ -254,7 +259,8 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
                                     len_ptr, t, 0, s.H)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(s.H, nt, tid, 8, &j0, &j1)
+                    j0 = chunk_start(s.H, nt, tid, 8)
+                    j1 = chunk_stop(s.H, nt, tid, 8)
                     lstm_backstep_units(s, dG, &dh0[0, 0], &dc0[0, 0], dhs_ptr, &gates[0, 0, 0],
                                         &cbuf[0, 0, 0], &tcbuf[0, 0, 0], &W_hh[0, 0], pi, pf, po,
                                         len_ptr, t, j0, j1)

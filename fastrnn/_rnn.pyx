@@ -17,11 +17,12 @@ cdef enum:
     ACT_RELU = 1
 
 
-cdef void rnn_step_units(floating *hbuf, const floating *W_hh, const long long *lengths,
+cdef void rnn_step_units(floating *hbuf, const floating *W_hh, const floating *bias,
+                         const long long *lengths,
                          int t, int B, int H, int act, int j0, int j1) noexcept nogil:
     """Step t for hidden units [j0, j1) of every row."""
     cdef floating *h_prev = hbuf + <Py_ssize_t>t * B * H   # (B, H)
-    cdef floating *h = h_prev + <Py_ssize_t>B * H          # (B, H), holds x-projection + bias
+    cdef floating *h = h_prev + <Py_ssize_t>B * H          # (B, H), holds the x-projection
     cdef int n = j1 - j0, b, j
     cdef floating *hb
     if n <= 0:
@@ -36,7 +37,10 @@ cdef void rnn_step_units(floating *hbuf, const floating *W_hh, const long long *
         hb = h + <Py_ssize_t>b * H + j0
         if not step_is_valid(lengths, t, b):
             memset(hb, 0, n * sizeof(floating))
-        elif act == ACT_TANH:
+            continue
+        for j in range(n):
+            hb[j] += bias[j0 + j]
+        if act == ACT_TANH:
             tanh_into(hb, hb, n)
         else:
             for j in range(n):
@@ -58,17 +62,17 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
     cdef int nt = max(1, min(n_threads, (H + 7) // 8))
     with nogil:
-        # out = x @ W_ih.T + bias, one GEMM for all steps
-        fill_rows(out, &bias[0], TB, H)
+        # out = x @ W_ih.T, one GEMM for all steps (bias added per step, in cache)
         _gemm_split(NoTrans, Trans, T * B, H, I, <floating>1, &x[0, 0, 0], I, &W_ih[0, 0], I,
-                    <floating>1, out, H, n_threads, False)
+                    <floating>0, out, H, n_threads, False)
         for t in range(T):
             if nt == 1:
-                rnn_step_units(hb, &W_hh[0, 0], len_ptr, t, B, H, act, 0, H)
+                rnn_step_units(hb, &W_hh[0, 0], &bias[0], len_ptr, t, B, H, act, 0, H)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
-                    rnn_step_units(hb, &W_hh[0, 0], len_ptr, t, B, H, act, j0, j1)
+                    j0 = chunk_start(H, nt, tid, 8)
+                    j1 = chunk_stop(H, nt, tid, 8)
+                    rnn_step_units(hb, &W_hh[0, 0], &bias[0], len_ptr, t, B, H, act, j0, j1)
 
 
 cdef void rnn_backstep_units(floating *dpre, floating *dh_carry, const floating *dpre_next,
@@ -130,7 +134,8 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I)
                                    &hbuf[0, 0, 0], &W_hh[0, 0], len_ptr, t, T, B, H, act, 0, H)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
-                    chunk_bounds(H, nt, tid, 8, &j0, &j1)
+                    j0 = chunk_start(H, nt, tid, 8)
+                    j1 = chunk_stop(H, nt, tid, 8)
                     rnn_backstep_units(dp + t * BH, &dh0[0, 0], dp + (t + 1) * BH, dhs_ptr,
                                        &hbuf[0, 0, 0], &W_hh[0, 0], len_ptr, t, T, B, H, act, j0, j1)
         # dh0 += dpre[0] @ W_hh

@@ -12,6 +12,9 @@ must have the weights' dtype (no silent casts).
 Outputs ``hs`` are views into the cache; modify them in place only after backward.
 Backward accumulates into ``grads`` when given (zero it yourself), which makes truncated
 BPTT and gradient accumulation free; without ``grads`` it returns fresh zeros-based ones.
+Like PyTorch's ``retain_graph=False``, LSTM and GRU backward reuse the cached gate buffer
+for the gate gradients (no second (T, B, G*H) buffer, no page faults for it), so a cache can
+be backpropagated once; pass ``retain_cache=True`` to keep it usable.
 """
 import numpy as np
 
@@ -27,7 +30,8 @@ _INT32_MAX = 2**31 - 1
 class Cache:
     """What backward needs from forward; opaque to callers."""
     __slots__ = ("cell", "dtype", "T", "B", "I", "H", "x", "hbuf", "cbuf", "tcbuf", "gates",
-                 "side", "W_ih", "W_hh", "p_i", "p_f", "p_o", "lengths", "variant", "n_threads")
+                 "side", "W_ih", "W_hh", "p_i", "p_f", "p_o", "lengths", "variant", "n_threads",
+                 "consumed")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -191,7 +195,19 @@ def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None):
 def _check_cache(cache, cell):
     if not isinstance(cache, Cache) or cache.cell != cell:
         raise TypeError(f"cache must be the cache returned by fastrnn.functional.{cell}_forward")
+    if cache.consumed:
+        raise RuntimeError(f"{cell}_backward already ran on this cache and reused its buffers; "
+                           "run forward again, or pass retain_cache=True to backward")
     return cache
+
+
+def _gate_grad_buffer(cache, retain_cache):
+    """Where backward writes d(pre-activation gates): the cached gates themselves (each
+    element is read before it is overwritten), unless the cache must survive."""
+    if retain_cache:
+        return np.empty_like(cache.gates)
+    cache.consumed = True
+    return cache.gates
 
 
 def _threads(n_threads, cache):
@@ -236,10 +252,10 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None
     return hbuf[1:], _final_state(hbuf, lengths, T), _final_state(cbuf, lengths, T), cache
 
 
-def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None):
+def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None, retain_cache=False):
     """Backward of :func:`lstm_forward`. Returns ``dx, dh0, dc0, grads`` with keys W_ih,
     W_hh, b_ih, b_hh and p_i / p_f / p_o for the peepholes in use; accumulates into
-    ``grads`` when given."""
+    ``grads`` when given. Consumes the cache unless ``retain_cache=True``."""
     c = _check_cache(cache, "lstm")
     T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
     dhs = _upstream("dhs", dhs, dtype, (T, B, H))
@@ -249,13 +265,14 @@ def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None):
     dx = np.zeros((T, B, I), dtype)
     if T and B:
         db = np.zeros(c.W_ih.shape[0], dtype)
-        dgates = np.empty_like(c.gates)
+        gates = c.gates
+        dgates = _gate_grad_buffer(c, retain_cache)
         with serial_blas:
             _lstm.lstm_backward(dx, dh, dc, grads["W_ih"], grads["W_hh"], db,
                                 grads.get("p_i") if c.p_i is not None else None,
                                 grads.get("p_f") if c.p_f is not None else None,
                                 grads.get("p_o") if c.p_o is not None else None,
-                                dgates, dhs, c.x, c.gates, c.hbuf, c.cbuf, c.tcbuf, c.W_ih,
+                                dgates, dhs, c.x, gates, c.hbuf, c.cbuf, c.tcbuf, c.W_ih,
                                 c.W_hh, c.p_i, c.p_f, c.p_o, c.lengths, c.variant,
                                 _threads(n_threads, c))
         grads["b_ih"] += db
@@ -295,9 +312,9 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
     return hbuf[1:], _final_state(hbuf, lengths, T), cache
 
 
-def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None):
+def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=False):
     """Backward of :func:`gru_forward`. Returns ``dx, dh0, grads`` (W_ih, W_hh, b_ih, b_hh);
-    accumulates into ``grads`` when given."""
+    accumulates into ``grads`` when given. Consumes the cache unless ``retain_cache=True``."""
     c = _check_cache(cache, "gru")
     T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
     dhs = _upstream("dhs", dhs, dtype, (T, B, H))
@@ -305,11 +322,17 @@ def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None):
     grads = _grads(grads, _param_shapes(c), dtype)
     dx = np.zeros((T, B, I), dtype)
     if T and B:
-        dgx = np.empty_like(c.gates)
-        dside = np.empty((T, B, H), dtype) if c.variant else np.empty((1, 1, 1), dtype)
+        gates, side = c.gates, c.side
+        dgx = _gate_grad_buffer(c, retain_cache)
+        if not c.variant:
+            dside = np.empty((1, 1, 1), dtype)       # unused by the reset-before form
+        elif retain_cache:
+            dside = np.empty((T, B, H), dtype)
+        else:
+            dside = side    # d(W_hn h + b_hn) overwrites hn element by element, after its read
         drh = np.empty((B, H), dtype)
         with serial_blas:
             _gru.gru_backward(dx, dh, grads["W_ih"], grads["W_hh"], grads["b_ih"], grads["b_hh"],
-                              dgx, dside, drh, dhs, c.x, c.gates, c.hbuf, c.side, c.W_ih,
+                              dgx, dside, drh, dhs, c.x, gates, c.hbuf, side, c.W_ih,
                               c.W_hh, c.lengths, c.variant, _threads(n_threads, c))
     return dx, dh, grads

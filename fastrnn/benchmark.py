@@ -1,0 +1,141 @@
+"""Timing harness shared by ``bench/`` and ``fastrnn demo``: fastrnn against the numpy
+reference on the same inputs, checked before it is timed.
+
+Each case builds one set of weights and inputs, verifies fastrnn's outputs (and
+gradients, for training cases) against :mod:`fastrnn.reference`, then times the two
+alternately (warm-up first, medians reported), so drift in the machine hits both sides.
+"""
+import os
+import platform
+import time
+
+import numpy as np
+
+from . import functional as F
+from . import reference as R
+from ._openmp import cpu_count, openmp_enabled
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def machine_info():
+    """One-paragraph description of where a number was measured."""
+    from threadpoolctl import threadpool_info
+    model = platform.processor() or platform.machine()
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, "
+            f"{i['num_threads']} threads, {os.path.basename(i['filepath'])})"
+            for i in threadpool_info() if i["user_api"] == "blas"]
+    return {"cpu": model, "cores": cpu_count(), "simd": " ".join(simd) or "unknown",
+            "blas": "; ".join(blas), "openmp": openmp_enabled(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def sgemm_peak(n_threads, n=1024, repeats=5):
+    """Practical fp32 GEMM rate (GFLOP/s) of numpy's BLAS at n_threads: the yardstick."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    with threadpool_limits(n_threads, user_api="blas"):
+        a @ b
+        best = min(_once(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _once(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def make_case(cell, T, B, H, I=None, dtype=np.float32, seed=0, variant=None):
+    """Weights initialised like a trained model's scale (uniform +-1/sqrt(H)) and inputs."""
+    I = H if I is None else I
+    G = GATES[cell]
+    rng = np.random.default_rng(seed)
+    s = 1 / np.sqrt(H)
+    p = {"W_ih": rng.uniform(-s, s, (G * H, I)), "W_hh": rng.uniform(-s, s, (G * H, H)),
+         "b_ih": rng.uniform(-s, s, G * H), "b_hh": rng.uniform(-s, s, G * H)}
+    p = {k: v.astype(dtype) for k, v in p.items()}
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype) * 0.1
+    dhs = rng.standard_normal((T, B, H)).astype(dtype)
+    return {"cell": cell, "T": T, "B": B, "I": I, "H": H, "x": x, "h0": h0, "dhs": dhs,
+            "params": p, "variant": variant}
+
+
+def _forward(mod, c, **kw):
+    p = c["params"]
+    if c["cell"] == "lstm":
+        return mod.lstm_forward(c["x"], c["h0"], c["h0"], p["W_ih"], p["W_hh"], p["b_ih"],
+                                p["b_hh"], **kw)
+    if c["cell"] == "gru":
+        return mod.gru_forward(c["x"], c["h0"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], **kw)
+    return mod.rnn_forward(c["x"], c["h0"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], **kw)
+
+
+def _train(mod, c, **kw):
+    out = _forward(mod, c, **kw)
+    back = getattr(mod, c["cell"] + "_backward")
+    if c["cell"] == "lstm":
+        return out, back(c["dhs"], None, None, out[-1])
+    return out, back(c["dhs"], None, out[-1])
+
+
+def flops(c, train):
+    """Multiply-adds x2 of the GEMMs: forward 2 T B GH (I + H); backward twice that."""
+    fwd = 2 * c["T"] * c["B"] * GATES[c["cell"]] * c["H"] * (c["I"] + c["H"])
+    return 3 * fwd if train else fwd
+
+
+def verify(c, train, n_threads):
+    """Max abs difference between fastrnn and the reference; raises if out of tolerance."""
+    ours = _train(F, c, n_threads=n_threads) if train else _forward(F, c, n_threads=n_threads)
+    ref = _train(R, c) if train else _forward(R, c)
+    pairs = []
+    if train:
+        (of, ob), (rf, rb) = ours, ref
+        pairs += list(zip(of[:-1], rf[:-1])) + list(zip(ob[:-1], rb[:-1]))
+        pairs += [(ob[-1][k], rb[-1][k]) for k in rb[-1]]
+    else:
+        pairs += list(zip(ours[:-1], ref[:-1]))
+    worst = 0.0
+    for a, b in pairs:
+        scale = max(1.0, float(np.abs(b).max()) if b.size else 1.0)
+        err = float(np.abs(a - b).max()) / scale if b.size else 0.0
+        worst = max(worst, err)
+    tol = 1e-3 if c["x"].dtype == np.float32 else 1e-9
+    if not worst <= tol:
+        raise AssertionError(f"fastrnn disagrees with the reference on {c['cell']} "
+                             f"B={c['B']} H={c['H']}: relative error {worst:.2e} > {tol}")
+    return worst
+
+
+def compare(c, train=False, n_threads=1, repeats=7, min_time=0.2):
+    """Time fastrnn and the numpy reference alternately; medians in seconds."""
+    from threadpoolctl import threadpool_limits
+    err = verify(c, train, n_threads)
+    ours = (lambda: _train(F, c, n_threads=n_threads)) if train else \
+        (lambda: _forward(F, c, n_threads=n_threads))
+    ref = (lambda: _train(R, c)) if train else (lambda: _forward(R, c))
+    t_ours, t_ref = [], []
+    with threadpool_limits(n_threads, user_api="blas"):   # numpy's BLAS gets the same cores
+        ours(), ref()                                      # warm-up
+        inner = max(1, int(min_time / max(_once(ours), 1e-6) / repeats))
+        for _ in range(repeats):
+            t_ours.append(_once(lambda: [ours() for _ in range(inner)]) / inner)
+            t_ref.append(_once(ref))
+    return {"fastrnn": float(np.median(t_ours)), "numpy": float(np.median(t_ref)),
+            "max_rel_err": err, "gflops": flops(c, train) / float(np.median(t_ours)) / 1e9}
