@@ -139,3 +139,38 @@ def compare(c, train=False, n_threads=1, repeats=7, min_time=0.2):
             t_ref.append(_once(ref))
     return {"fastrnn": float(np.median(t_ours)), "numpy": float(np.median(t_ref)),
             "max_rel_err": err, "gflops": flops(c, train) / float(np.median(t_ours)) / 1e9}
+
+
+CORE_CASES = [  # (cell, batch, train, target speed-up over numpy at one thread, issue 2)
+    ("lstm", 1, False, 2.5), ("lstm", 64, False, 1.6), ("lstm", 32, True, 2.0),
+    ("gru", 1, False, 2.5), ("gru", 64, False, 1.6), ("gru", 32, True, 2.0),
+]
+
+
+def core_table(threads=(1, 2), T=100, H=256, cases=CORE_CASES, out=print):
+    """Run the core cases and return the markdown lines (printed as they come)."""
+    import datetime
+    info = machine_info()
+    lines = [f"Machine: {info['cpu']}, {info['cores']} cores ({info['simd']}); "
+             f"BLAS: {info['blas']}; OpenMP: {info['openmp']}; numpy {info['numpy']}, "
+             f"Python {info['python']}; {datetime.date.today()}", ""]
+    peaks = {n: sgemm_peak(n) for n in threads}
+    lines.append("sgemm 1024^3 peak (numpy's BLAS): " + ", ".join(
+        f"{n} thread{'s' * (n > 1)}: {p:.1f} GFLOP/s" for n, p in peaks.items()))
+    lines += ["", "| cell | case | threads | fastrnn ms | numpy ms | speed-up | target (1 thread) "
+              "| GFLOP/s | % of sgemm peak | max rel err |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for line in lines:
+        out(line)
+    for n in threads:
+        for cell, B, train, target in cases:
+            r = compare(make_case(cell, T, B, H), train=train, n_threads=n)
+            ratio = r["numpy"] / r["fastrnn"]
+            what = f"{'fwd+bwd' if train else 'forward'} T={T} B={B} H={H}"
+            goal = f"{target}x {'met' if ratio >= target else 'MISSED'}" if n == 1 else ""
+            row = (f"| {cell} | {what} | {n} | {r['fastrnn'] * 1e3:.2f} | {r['numpy'] * 1e3:.2f} "
+                   f"| {ratio:.2f}x | {goal} | {r['gflops']:.1f} | "
+                   f"{100 * r['gflops'] / peaks[n]:.0f}% | {r['max_rel_err']:.1e} |")
+            lines.append(row)
+            out(row)
+    return lines
