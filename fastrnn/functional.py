@@ -170,10 +170,12 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     return hbuf[1:], _final_state(hbuf, lengths, T), cache
 
 
-def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None):
+def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=True):
     """Backward of :func:`rnn_forward`. ``dhs (T, B, H)`` and ``dh_n (B, H)`` may be None
     (zeros). Returns ``dx (T, B, I), dh0 (B, H), grads`` with keys W_ih, W_hh, b_ih, b_hh;
-    gradients are accumulated into ``grads`` when given."""
+    gradients are accumulated into ``grads`` when given. The RNN cache holds only the
+    hidden states, which backward still needs, so it is never consumed (``retain_cache``
+    is accepted for the same signature as LSTM and GRU)."""
     c = _check_cache(cache, "rnn")
     T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
     dhs = _upstream("dhs", dhs, dtype, (T, B, H))
@@ -265,6 +267,7 @@ def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None, retain_cac
     dx = np.zeros((T, B, I), dtype)
     if T and B:
         db = np.zeros(c.W_ih.shape[0], dtype)
+        nt = _threads(n_threads, c)      # validated before the cache is consumed
         gates = c.gates
         dgates = _gate_grad_buffer(c, retain_cache)
         with serial_blas:
@@ -273,8 +276,7 @@ def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None, retain_cac
                                 grads.get("p_f") if c.p_f is not None else None,
                                 grads.get("p_o") if c.p_o is not None else None,
                                 dgates, dhs, c.x, gates, c.hbuf, c.cbuf, c.tcbuf, c.W_ih,
-                                c.W_hh, c.p_i, c.p_f, c.p_o, c.lengths, c.variant,
-                                _threads(n_threads, c))
+                                c.W_hh, c.p_i, c.p_f, c.p_o, c.lengths, c.variant, nt)
         grads["b_ih"] += db
         grads["b_hh"] += db
     return dx, dh, dc, grads
@@ -322,6 +324,7 @@ def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=Fals
     grads = _grads(grads, _param_shapes(c), dtype)
     dx = np.zeros((T, B, I), dtype)
     if T and B:
+        nt = _threads(n_threads, c)      # validated before the cache is consumed
         gates, side = c.gates, c.side
         dgx = _gate_grad_buffer(c, retain_cache)
         if not c.variant:
@@ -334,5 +337,5 @@ def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=Fals
         with serial_blas:
             _gru.gru_backward(dx, dh, grads["W_ih"], grads["W_hh"], grads["b_ih"], grads["b_hh"],
                               dgx, dside, drh, dhs, c.x, gates, c.hbuf, side, c.W_ih,
-                              c.W_hh, c.lengths, c.variant, _threads(n_threads, c))
+                              c.W_hh, c.lengths, c.variant, nt)
     return dx, dh, grads

@@ -6,19 +6,11 @@
 * ONNX Runtime LSTM (peepholes, input_forget) and GRU (linear_before_reset 0/1), float32.
 """
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
-try:
-    from fastrnn import reference as ref
-except ImportError:  # temporary fallback while the package itself does not import yet
-    _path = pathlib.Path(__file__).resolve().parents[1] / "fastrnn" / "reference.py"
-    _spec = importlib.util.spec_from_file_location("fastrnn_reference_fallback", _path)
-    ref = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(ref)
+from fastrnn import reference as ref
+from _helpers import CASES, assert_close, n_gates, reorder as _reorder, run_onnx as _run_onnx
 
 
 # ---------------------------------------------------------------------------
@@ -35,46 +27,9 @@ RAGGED = np.array([T, 0, 2])        # full length, zero length, partial
 RAGGED_NONZERO = np.array([T, 1, 2])  # for torch.pack_padded_sequence (lengths must be > 0)
 
 
-def assert_close(name, actual, expected, rtol, atol):
-    """assert_allclose with a message listing the first mismatching pairs and the max abs diff."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    bad = ~np.isclose(actual, expected, rtol=rtol, atol=atol)
-    if bad.any():
-        idx = np.argwhere(bad)[:5]
-        pairs = "\n".join(f"  {tuple(int(k) for k in j)}: got {float(actual[tuple(j)])!r}, "
-                          f"expected {float(expected[tuple(j)])!r}" for j in idx)
-        pytest.fail(f"{name}: {int(bad.sum())}/{bad.size} elements differ "
-                    f"(max abs diff {np.max(np.abs(actual - expected)):.3e}, rtol={rtol}, atol={atol})\n"
-                    f"{pairs}")
-
-
 # ---------------------------------------------------------------------------
 # uniform wrappers over the three cells
 # ---------------------------------------------------------------------------
-CASES = {
-    "rnn_tanh": dict(cell="rnn", nonlinearity="tanh"),
-    "rnn_relu": dict(cell="rnn", nonlinearity="relu"),
-    "lstm": dict(cell="lstm"),
-    "lstm_p_i": dict(cell="lstm", peepholes=("p_i",)),
-    "lstm_p_f": dict(cell="lstm", peepholes=("p_f",)),
-    "lstm_p_o": dict(cell="lstm", peepholes=("p_o",)),
-    "lstm_peep_all": dict(cell="lstm", peepholes=("p_i", "p_f", "p_o")),
-    "lstm_coupled": dict(cell="lstm", coupled=True),
-    "lstm_coupled_p_i_p_o": dict(cell="lstm", coupled=True, peepholes=("p_i", "p_o")),
-    "gru_reset_after": dict(cell="gru", reset_after=True),
-    "gru_reset_before": dict(cell="gru", reset_after=False),
-}
-
-
-def n_gates(case):
-    if case["cell"] == "rnn":
-        return 1
-    if case["cell"] == "lstm":
-        return 3 if case.get("coupled") else 4
-    return 3
-
-
 def make_inputs(case, rng, dtype=np.float64, t=T, b=B):
     """All differentiable inputs of a case, keyed by gradient name."""
     G = n_gates(case)
@@ -356,37 +311,6 @@ def test_matches_pytorch(name, lengths):
 # ---------------------------------------------------------------------------
 # ONNX Runtime cross-check (float32, forward only)
 # ---------------------------------------------------------------------------
-def _reorder(blocks, src, dst, fill=None):
-    """Re-stack the H-row gate blocks of ``blocks`` from order ``src`` to ``dst``.
-
-    A gate in ``dst`` but not in ``src`` is taken from ``fill`` (dict gate -> block).
-    """
-    parts = dict(zip(src, np.split(blocks, len(src), axis=0)))
-    parts.update(fill or {})
-    return np.concatenate([parts[g] for g in dst], axis=0)
-
-
-def _run_onnx(op, inputs, attrs, outputs):
-    """Run a single ONNX node on ONNX Runtime's CPU provider.
-
-    ``inputs`` is an ordered list of (name, array or None); None becomes an omitted optional input.
-    """
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper
-
-    given = [(n, v) for n, v in inputs if v is not None]
-    node = helper.make_node(op, [n if v is not None else "" for n, v in inputs], outputs, **attrs)
-    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
-    graph = helper.make_graph(
-        [node], f"{op.lower()}_test",
-        [helper.make_tensor_value_info(n, elem[v.dtype], v.shape) for n, v in given],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {n: v for n, v in given})
-
-
 def _compare_onnx(label, hs, finals, Y, finals_onnx, lengths):
     """Y is (T, 1, B, H); final states (1, B, H).
 

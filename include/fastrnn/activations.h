@@ -7,9 +7,11 @@
  *   sigmoid(x) = 1 / (1 + exp(-x)).
  *   tanh(x): |x| < 0.625: odd polynomial x + x^3 P(x^2) (Cephes tanhf), keeping relative
  *     accuracy near 0; otherwise sign(x) (1 - 2 / (exp(2|x|) + 1)).
- *   Error, measured against float64 over every float32 in [-20, 20] (tests/test_activations.py):
- *     sigmoid: absolute error < 2.0e-7 (about 2 ulp of 1);  tanh: absolute error < 2.5e-7,
- *     relative error < 8 ulp near 0. NaN in gives NaN out; +-Inf give the limits.
+ *   Error against float64, measured on 2,000,001 points in [-20, 20], a log sweep down to
+ *   1e-45 and every float32 around tanh's branch point (tests/test_activations.py, which
+ *   asserts these bounds): sigmoid max abs error 8.9e-8, max 3.1 ulp; tanh max abs error
+ *   8.0e-8, max 1.35 ulp. NaN in gives NaN out; +-Inf give the limits (sigmoid(-inf) is
+ *   4.6e-39, not 0, because exp's argument is clamped).
  *   Every element is computed by the same vector code (the tail goes through a padded
  *   8-lane buffer), so a value never depends on where it sits in the array.
  * float64: libm exp and tanh, exact to libm's accuracy (float64 is the checking dtype).
