@@ -61,7 +61,7 @@ def _demo(args):
     for cell in ("lstm", "gru"):
         for B, train in ((1, False), (32, False), (32, True)):
             r = compare(make_case(cell, 100, B, 128), train=train, n_threads=args.threads or 1,
-                        repeats=5, min_time=0.05)
+                        repeats=3, min_time=0.05)
             label = f"{cell} {'fwd+bwd' if train else 'forward'} B={B}"
             print(f"   {label:<28} {r['fastrnn'] * 1e3:8.2f}ms {r['numpy'] * 1e3:8.2f}ms "
                   f"{r['numpy'] / r['fastrnn']:8.2f}x")

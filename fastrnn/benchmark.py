@@ -2,8 +2,9 @@
 reference on the same inputs, checked before it is timed.
 
 Each case builds one set of weights and inputs, verifies fastrnn's outputs (and
-gradients, for training cases) against :mod:`fastrnn.reference`, then times the two
-alternately (warm-up first, medians reported), so drift in the machine hits both sides.
+gradients, for training cases) against :mod:`fastrnn.reference`, then times the two in
+alternating blocks (warm-up first, medians of single calls), so drift in the machine hits
+both sides.
 """
 import os
 import platform
@@ -123,8 +124,12 @@ def verify(c, train, n_threads):
     return worst
 
 
-def compare(c, train=False, n_threads=1, repeats=7, min_time=0.2):
-    """Time fastrnn and the numpy reference alternately; medians in seconds."""
+def compare(c, train=False, n_threads=1, repeats=5, min_time=0.2):
+    """Time fastrnn and the numpy reference in alternating blocks; medians in seconds.
+
+    Each block runs one side several times and every call is timed on its own: the first
+    call after a switch can meet the other side's idle threads still spinning (OpenBLAS
+    and libgomp both busy-wait a while before sleeping), and the median drops it."""
     from threadpoolctl import threadpool_limits
     err = verify(c, train, n_threads)
     ours = (lambda: _train(F, c, n_threads=n_threads)) if train else \
@@ -133,13 +138,13 @@ def compare(c, train=False, n_threads=1, repeats=7, min_time=0.2):
     t_ours, t_ref = [], []
     with threadpool_limits(n_threads, user_api="blas"):   # numpy's BLAS gets the same cores
         ours(), ref()                                      # warm-up
-        inner = max(1, int(min_time / max(_once(ours), 1e-6) / repeats))
+        k_ours = max(3, int(min_time / max(_once(ours), 1e-6) / repeats))
+        k_ref = max(3, int(min_time / max(_once(ref), 1e-6) / repeats))
         for _ in range(repeats):
-            t_ours.append(_once(lambda: [ours() for _ in range(inner)]) / inner)
-            t_ref.append(_once(ref))
+            t_ours += [_once(ours) for _ in range(k_ours)]
+            t_ref += [_once(ref) for _ in range(k_ref)]
     return {"fastrnn": float(np.median(t_ours)), "numpy": float(np.median(t_ref)),
             "max_rel_err": err, "gflops": flops(c, train) / float(np.median(t_ours)) / 1e9}
-
 
 CORE_CASES = [  # (cell, batch, train, target speed-up over numpy at one thread, issue 2)
     ("lstm", 1, False, 2.5), ("lstm", 64, False, 1.6), ("lstm", 32, True, 2.0),
