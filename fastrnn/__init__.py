@@ -8,9 +8,11 @@ from ._openmp import openmp_enabled, effective_n_threads
 from . import functional, reference
 from .functional import (rnn_forward, rnn_backward, lstm_forward, lstm_backward,
                          gru_forward, gru_backward)
+from .layers import RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell
 
 __version__ = "0.1.0"
 
 __all__ = ["openmp_enabled", "effective_n_threads", "functional", "reference",
            "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
-           "gru_forward", "gru_backward", "__version__"]
+           "gru_forward", "gru_backward", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell",
+           "GRUCell", "__version__"]

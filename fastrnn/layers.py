@@ -1,0 +1,516 @@
+"""Recurrent layers with PyTorch's arguments, parameter names and shapes, over the kernels.
+
+``fastrnn.RNN``, ``fastrnn.LSTM`` and ``fastrnn.GRU`` stack ``num_layers`` layers, each
+optionally bidirectional. Shapes (D = 2 if bidirectional else 1, L = num_layers)::
+
+    x        (T, B, I)  or (B, T, I) with batch_first, or (T, I) unbatched
+    out      (T, B, D*H) or (B, T, D*H), or (T, D*H)
+    h0, h_n  (L*D, B, H), or (L*D, H) unbatched; LSTM states are pairs (h, c)
+    lengths  (B,) ints in [0, T]: steps past a row's length hold its state and output zero;
+             the reverse direction reads each row's valid steps backwards, as PyTorch does
+             with packed sequences
+
+Parameters live in one flat buffer ``layer.flat`` with named views
+(``weight_ih_l0 (G*H, I)``, ``weight_hh_l0 (G*H, H)``, ``bias_ih_l0``, ``bias_hh_l0``,
+``_reverse`` for the second direction; LSTM peepholes ``peephole_i_l0`` etc. ``(H,)``);
+``layer.grad`` mirrors it, so an optimizer is one loop over two arrays. Gate order is
+PyTorch's: LSTM (i, f, g, o), coupled LSTM (i, g, o), GRU (r, z, n), so a PyTorch
+``state_dict`` loads by copy.
+
+Initialisation, as the reference essay recommends: recurrent weights orthogonal, one
+orthogonal (H, H) block per gate; input weights Xavier/Glorot uniform per gate block,
+limit sqrt(6 / (fan_in + H)); biases zero, except the LSTM forget gate, whose ``bias_ih``
+block is 1.0 so the cell remembers by default (for the coupled LSTM, where f = 1 - i, the
+input-gate bias is -1.0, giving the same f = 0.73 at the start). ``seed`` fixes every random
+choice (initialisation and dropout masks); the same seed gives bit-identical models.
+"""
+import numpy as np
+
+from . import functional as F
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _orthogonal(rng, n):
+    """A uniformly random (n, n) orthogonal matrix (QR of a Gaussian, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+class _Recurrent:
+    cell = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, n_threads=None):
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.bias, self.batch_first = bool(bias), bool(batch_first)
+        self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
+        self.dtype = _dtype(dtype)
+        self.n_threads = n_threads
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._layout = self._param_layout()
+        size = sum(int(np.prod(shape)) for _, shape, _ in self._layout)
+        self.flat = np.zeros(size, self.dtype)      # all parameters, one buffer
+        self.grad = np.zeros(size, self.dtype)      # their gradients, same layout
+        self.params = self._views(self.flat)
+        self.grads = self._views(self.grad)
+        self._init_params()
+
+    # ---- parameters ----------------------------------------------------------------
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def gates(self):
+        return _GATES[self.cell]
+
+    def _cell_params(self):
+        """Extra per-direction parameters of the cell, (suffix-less name, shape)."""
+        return []
+
+    def _param_layout(self):
+        H, G = self.hidden_size, self.gates
+        layout, offset = [], 0
+        for layer in range(self.num_layers):
+            I = self.input_size if layer == 0 else H * self.num_directions
+            for d in range(self.num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                entries = [("weight_ih", (G * H, I)), ("weight_hh", (G * H, H))]
+                if self.bias:
+                    entries += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
+                entries += self._cell_params()
+                for name, shape in entries:
+                    layout.append((name + sfx, shape, offset))
+                    offset += int(np.prod(shape))
+        return layout
+
+    def _views(self, flat):
+        return {name: flat[off:off + int(np.prod(shape))].reshape(shape)
+                for name, shape, off in self._layout}
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def _init_params(self):
+        H, G, rng = self.hidden_size, self.gates, self._rng
+        for name, shape, _ in self._layout:
+            p = self.params[name]
+            if name.startswith("weight_hh"):
+                p[...] = np.concatenate([_orthogonal(rng, H) for _ in range(G)])
+            elif name.startswith("weight_ih"):
+                limit = np.sqrt(6.0 / (shape[1] + H))
+                p[...] = rng.uniform(-limit, limit, shape)
+        self._init_gate_bias()
+
+    def _init_gate_bias(self):
+        pass
+
+    def state_dict(self):
+        """Copies of every parameter, by PyTorch's names."""
+        return {name: self.params[name].copy() for name, _, _ in self._layout}
+
+    def load_state_dict(self, state):
+        """Copy arrays (numpy or anything with ``.numpy()``/``__array__``) into the
+        parameters; names and shapes must match exactly."""
+        state = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+                 for k, v in state.items()}
+        missing = [n for n, _, _ in self._layout if n not in state]
+        extra = [k for k in state if k not in self.params]
+        if missing or extra:
+            raise ValueError(f"state dict mismatch: missing {missing}, unexpected {extra}")
+        for name, shape, _ in self._layout:
+            if state[name].shape != shape:
+                raise ValueError(f"{name}: shape {state[name].shape}, expected {shape}")
+            self.params[name][...] = state[name]
+
+    def zero_grad(self):
+        self.grad.fill(0)
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # ---- the kernels, per direction --------------------------------------------------
+    def _kernel_params(self, sfx):
+        p, GH = self.params, self.gates * self.hidden_size
+        zeros = np.zeros(GH, self.dtype)
+        return (p["weight_ih" + sfx], p["weight_hh" + sfx],
+                p.get("bias_ih" + sfx, zeros), p.get("bias_hh" + sfx, zeros))
+
+    def _run(self, sfx, x, h0, c0, lengths, nt):
+        """One direction of one layer: (hs, h_n, c_n or None, cache)."""
+        raise NotImplementedError
+
+    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
+        """Backward of one direction: (dx, dh0, dc0 or None); accumulates into self.grads."""
+        raise NotImplementedError
+
+    def _grad_views(self, sfx, cache_keys):
+        g = self.grads
+        out = {}
+        for k in cache_keys:
+            name = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih",
+                    "b_hh": "bias_hh", "p_i": "peephole_i", "p_f": "peephole_f",
+                    "p_o": "peephole_o"}[k] + sfx
+            out[k] = g[name] if name in g else np.zeros_like(
+                self._kernel_params(sfx)[2])     # bias=False: gradient thrown away
+        return out
+
+    # ---- public calls --------------------------------------------------------------
+    def _prepare(self, x, state, lengths):
+        if isinstance(x, (list, tuple)):
+            x = np.asarray(x, dtype=self.dtype)
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x has dtype {x.dtype}, expected {self.dtype} (the layer's dtype)")
+        unbatched = x.ndim == 2
+        if x.ndim not in (2, 3):
+            raise ValueError(f"x must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I) "
+                             f"or 2-D (T, I), got shape {x.shape}")
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"x has {I} features, expected input_size={self.input_size}")
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        states = self._split_state(state, LD, B, H, unbatched)
+        if lengths is not None:
+            if unbatched:
+                lengths = np.asarray(lengths).reshape(-1)
+            lengths = F._lengths(lengths, T, B)
+        return x, states, lengths, unbatched
+
+    def _split_state(self, state, LD, B, H, unbatched):
+        """[(h0, c0)] per (layer, direction); c0 is None for RNN/GRU."""
+        parts = [None, None]
+        if state is not None:
+            given = state if self.cell == "lstm" else (state,)
+            if self.cell == "lstm" and not (isinstance(state, tuple) and len(state) == 2):
+                raise TypeError("LSTM state must be a pair (h0, c0)")
+            for i, s in enumerate(given):
+                s = np.asarray(s)
+                if s.dtype != self.dtype:
+                    raise TypeError(f"initial state has dtype {s.dtype}, expected {self.dtype}")
+                want = (LD, H) if unbatched else (LD, B, H)
+                if s.shape != want:
+                    raise ValueError(f"initial state has shape {s.shape}, expected {want} "
+                                     "(num_layers * num_directions, batch, hidden_size)")
+                parts[i] = s.reshape(LD, B, H)
+        return [(None if parts[0] is None else parts[0][k],
+                 None if parts[1] is None else parts[1][k]) for k in range(LD)]
+
+    def _forward(self, x, states, lengths, need_cache):
+        """Whole stack; returns out (T, B, D*H), [(h_n, c_n)] per (layer, direction), tape."""
+        nt = F.effective_n_threads(self.n_threads)
+        T, B, _ = x.shape
+        rev = None if not self.bidirectional else _reverse_index(T, B, lengths)
+        finals, tape = [], []
+        inp = x
+        for layer in range(self.num_layers):
+            outs, layer_tape = [], []
+            for d in range(self.num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                h0, c0 = states[layer * self.num_directions + d]
+                xin = inp if d == 0 else _gather_time(inp, rev)
+                hs, h_n, c_n, cache = self._run(sfx, xin, h0, c0, lengths, nt)
+                outs.append(hs if d == 0 else _gather_time(hs, rev))
+                finals.append((h_n, c_n))
+                layer_tape.append(cache)
+            out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
+            mask = None
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                keep = 1.0 - self.dropout
+                mask = (self._rng.random(out.shape) < keep).astype(self.dtype) / keep
+                out = out * mask
+            tape.append((layer_tape, mask, inp))
+            inp = out
+        return inp, finals, (tape, rev, lengths, nt) if need_cache else None
+
+    def _pack_state(self, finals, B, unbatched):
+        LD, H = len(finals), self.hidden_size
+        h = np.stack([f[0] for f in finals])
+        shape = (LD, H) if unbatched else (LD, B, H)
+        if self.cell == "lstm":
+            return h.reshape(shape), np.stack([f[1] for f in finals]).reshape(shape)
+        return h.reshape(shape)
+
+    def _pack_out(self, out, unbatched):
+        if unbatched:
+            return out[:, 0, :]
+        return out.transpose(1, 0, 2) if self.batch_first else out
+
+    def __call__(self, x, state=None, lengths=None):
+        """Inference: ``out, state_n`` with PyTorch's shapes (dropout off)."""
+        x, states, lengths, unbatched = self._prepare(x, state, lengths)
+        training, self.training = self.training, False
+        try:
+            out, finals, _ = self._forward(x, states, lengths, need_cache=False)
+        finally:
+            self.training = training
+        return self._pack_out(out, unbatched).copy(), self._pack_state(finals, x.shape[1], unbatched)
+
+    def forward(self, x, state=None, lengths=None):
+        """Training forward: ``out, state_n, tape``; pass the tape to :meth:`backward`.
+        Dropout between layers is applied when ``self.training``."""
+        x, states, lengths, unbatched = self._prepare(x, state, lengths)
+        out, finals, tape = self._forward(x, states, lengths, need_cache=True)
+        tape = tape + (unbatched, x.shape)
+        return (self._pack_out(out, unbatched).copy(),
+                self._pack_state(finals, x.shape[1], unbatched), tape)
+
+    def backward(self, dout, dstate_n, tape):
+        """Gradients of a loss through :meth:`forward`: accumulates into ``self.grad`` (call
+        :meth:`zero_grad` first) and returns ``dx, dstate0`` in the input's layout.
+        ``dout`` and ``dstate_n`` may be None (zeros)."""
+        stack, rev, lengths, nt, unbatched, (T, B, I) = tape
+        LD, H, D = self.num_layers * self.num_directions, self.hidden_size, self.num_directions
+        if dout is None:
+            dout = np.zeros((T, B, D * H), self.dtype)
+        else:
+            dout = np.asarray(dout, dtype=self.dtype)
+            dout = dout[:, None, :] if unbatched else (
+                dout.transpose(1, 0, 2) if self.batch_first else dout)
+            if dout.shape != (T, B, D * H):
+                raise ValueError(f"dout has shape {dout.shape}, expected the output's shape")
+        dstates = self._split_state(dstate_n, LD, B, H, unbatched)
+        dstate0 = [None] * LD
+        for layer in range(self.num_layers - 1, -1, -1):
+            caches, mask, _ = stack[layer]
+            if mask is not None:
+                dout = dout * mask
+            dx = None
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                k = layer * D + d
+                dhs = dout[:, :, d * H:(d + 1) * H]
+                if d == 1:
+                    dhs = _gather_time(dhs, rev)
+                dh_n, dc_n = dstates[k]
+                dxd, dh0, dc0 = self._back(sfx, np.ascontiguousarray(dhs), dh_n, dc_n,
+                                           caches[d], nt)
+                if d == 1:
+                    dxd = _gather_time(dxd, rev)
+                dx = dxd if dx is None else dx + dxd
+                dstate0[k] = (dh0, dc0)
+            dout = dx
+        dx = dout[:, 0, :] if unbatched else (dout.transpose(1, 0, 2) if self.batch_first else dout)
+        return dx, self._pack_state(dstate0, B, unbatched)
+
+    # ---- streaming -----------------------------------------------------------------
+    def initial_state(self, batch=1):
+        """The zero state for ``batch`` streams; a plain array (LSTM: a pair) you own."""
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        z = np.zeros(shape, self.dtype)
+        return (z, z.copy()) if self.cell == "lstm" else z
+
+    def step(self, x_t, state):
+        """One time step for ``B`` streams: ``x_t (B, I)`` -> ``y_t (B, H), state``. The
+        state is returned new, never modified in place, so one layer serves many streams."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional layer needs the whole sequence; it cannot step")
+        x_t = np.asarray(x_t) if isinstance(x_t, (list, tuple)) else x_t
+        if not isinstance(x_t, np.ndarray) or x_t.ndim != 2:
+            raise ValueError(f"x_t must be 2-D (batch, input_size), got {getattr(x_t, 'shape', x_t)}")
+        batch_first, self.batch_first = self.batch_first, False
+        try:
+            y, state = self(x_t[None], state)
+        finally:
+            self.batch_first = batch_first
+        return y[0], state
+
+    def __repr__(self):
+        extra = f", num_layers={self.num_layers}" if self.num_layers > 1 else ""
+        extra += ", bidirectional=True" if self.bidirectional else ""
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
+                f"dtype={self.dtype.name})")
+
+
+def _reverse_index(T, B, lengths):
+    """idx (T, B): time index that the reverse direction reads at step t for row b (each
+    row's valid steps backwards; padding steps stay where they are)."""
+    t = np.arange(T)[:, None]
+    L = np.full((1, B), T) if lengths is None else lengths[None, :]
+    return np.where(t < L, L - 1 - t, t)
+
+
+def _gather_time(a, idx):
+    """a[idx[t, b], b] for every t, b: an involution when idx comes from _reverse_index."""
+    return np.take_along_axis(a, idx[:, :, None], axis=0)
+
+
+class RNN(_Recurrent):
+    """Elman RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, act tanh or relu.
+    Arguments and shapes as ``torch.nn.RNN``; see the module docstring."""
+    cell = "rnn"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kw):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, **kw)
+
+    def _run(self, sfx, x, h0, c0, lengths, nt):
+        hs, h_n, cache = F.rnn_forward(x, h0, *self._kernel_params(sfx), lengths=lengths,
+                                       nonlinearity=self.nonlinearity, n_threads=nt)
+        return hs, h_n, None, cache
+
+    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
+        dx, dh0, _ = F.rnn_backward(dhs, dh_n, cache, n_threads=nt,
+                                    grads=self._grad_views(sfx, ("W_ih", "W_hh", "b_ih", "b_hh")))
+        return dx, dh0, None
+
+
+class LSTM(_Recurrent):
+    """LSTM, gate order (i, f, g, o): ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``.
+
+    ``peephole``: False, True (all three) or a string of the gates that look at the cell
+    state, e.g. ``"io"``; i and f see ``c_{t-1}``, o sees ``c_t`` (Gers & Schmidhuber 2000,
+    the ONNX convention). ``coupled=True``: f = 1 - i, three gate blocks (i, g, o).
+    Arguments and shapes otherwise as ``torch.nn.LSTM``; see the module docstring."""
+    cell = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, peephole=False, coupled=False,
+                 **kw):
+        gates = "ifo" if peephole is True else ("" if peephole is False else str(peephole))
+        if set(gates) - set("ifo") or len(set(gates)) != len(gates):
+            raise ValueError(f"peephole must be a bool or a string of distinct gates from 'ifo', "
+                             f"got {peephole!r}")
+        self.coupled = bool(coupled)
+        if self.coupled and "f" in gates:
+            raise ValueError("a coupled LSTM has no forget gate of its own: peephole 'f' "
+                             "is not available (use 'io')")
+        self.peephole = "".join(g for g in "ifo" if g in gates)
+        super().__init__(input_size, hidden_size, num_layers, **kw)
+
+    @property
+    def gates(self):
+        return 3 if self.coupled else 4
+
+    def _cell_params(self):
+        return [(f"peephole_{g}", (self.hidden_size,)) for g in self.peephole]
+
+    def _init_gate_bias(self):
+        H = self.hidden_size
+        for name, _, _ in self._layout:
+            if name.startswith("bias_ih"):
+                if self.coupled:
+                    self.params[name][0:H] = -1.0      # f = 1 - sigmoid(-1) = 0.73
+                else:
+                    self.params[name][H:2 * H] = 1.0   # forget gate remembers by default
+
+    def _peepholes(self, sfx):
+        return {f"p_{g}": self.params[f"peephole_{g}" + sfx] for g in self.peephole}
+
+    def _run(self, sfx, x, h0, c0, lengths, nt):
+        return F.lstm_forward(x, h0, c0, *self._kernel_params(sfx), coupled=self.coupled,
+                              lengths=lengths, n_threads=nt, **self._peepholes(sfx))
+
+    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
+        keys = ("W_ih", "W_hh", "b_ih", "b_hh") + tuple(f"p_{g}" for g in self.peephole)
+        dx, dh0, dc0, _ = F.lstm_backward(dhs, dh_n, dc_n, cache, n_threads=nt,
+                                          grads=self._grad_views(sfx, keys))
+        return dx, dh0, dc0
+
+
+class GRU(_Recurrent):
+    """GRU, gate order (r, z, n), ``h_t = (1 - z) n + z h_{t-1}``. ``reset_after=True``
+    (default, PyTorch/cuDNN): ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``; False
+    (Cho et al. 2014, Keras ``reset_after=False``): ``n = tanh(W_in x + b_in + W_hn (r h)
+    + b_hn)``. Arguments and shapes otherwise as ``torch.nn.GRU``."""
+    cell = "gru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, reset_after=True, **kw):
+        self.reset_after = bool(reset_after)
+        super().__init__(input_size, hidden_size, num_layers, **kw)
+
+    def _run(self, sfx, x, h0, c0, lengths, nt):
+        hs, h_n, cache = F.gru_forward(x, h0, *self._kernel_params(sfx),
+                                       reset_after=self.reset_after, lengths=lengths,
+                                       n_threads=nt)
+        return hs, h_n, None, cache
+
+    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
+        dx, dh0, _ = F.gru_backward(dhs, dh_n, cache, n_threads=nt,
+                                    grads=self._grad_views(sfx, ("W_ih", "W_hh", "b_ih", "b_hh")))
+        return dx, dh0, None
+
+
+class _Cell:
+    """One time step, PyTorch's cell API: ``cell(x (B, I), state) -> new state``; parameters
+    ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (same gate order and init as the
+    layers)."""
+    layer_class = None
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None, **kw):
+        self._layer = self.layer_class(input_size, hidden_size, 1, bias=bias, dtype=dtype,
+                                       seed=seed, **kw)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.params = {k[:-3]: v for k, v in self._layer.params.items()}   # drop "_l0"
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __call__(self, x, state=None):
+        x = np.asarray(x) if isinstance(x, (list, tuple)) else x
+        if not isinstance(x, np.ndarray) or x.ndim not in (1, 2):
+            raise ValueError(f"x must be (batch, input_size) or (input_size,), "
+                             f"got {getattr(x, 'shape', x)}")
+        unbatched = x.ndim == 1
+        xb = x[None] if unbatched else x
+        if state is not None:
+            pair = state if isinstance(state, tuple) else (state,)
+            pair = tuple(np.asarray(s)[None] if unbatched else np.asarray(s) for s in pair)
+            state = tuple(s[None] for s in pair)
+            state = state if self._layer.cell == "lstm" else state[0]
+        _, st = self._layer(xb[None], state)
+        st = st if isinstance(st, tuple) else (st,)
+        st = tuple(s[0, 0] if unbatched else s[0] for s in st)
+        return st if self._layer.cell == "lstm" else st[0]
+
+
+class RNNCell(_Cell):
+    """One step of :class:`RNN`: ``h' = cell(x, h)``."""
+    layer_class = RNN
+
+
+class LSTMCell(_Cell):
+    """One step of :class:`LSTM`: ``(h', c') = cell(x, (h, c))``."""
+    layer_class = LSTM
+
+
+class GRUCell(_Cell):
+    """One step of :class:`GRU`: ``h' = cell(x, h)``."""
+    layer_class = GRU
