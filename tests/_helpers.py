@@ -103,6 +103,68 @@ def backward(mod, case, dhs, dfinals, cache, **kw):
     return dict(grads, x=dx, h0=dh0)
 
 
+# ---- independent gradient oracles ---------------------------------------------------
+
+def numeric_gradients(loss, arrays, eps):
+    """Central finite differences of the scalar `loss()` w.r.t. every element of every array
+    in `arrays` (dict name -> array), perturbed in place by +-eps and restored.
+    Returns {name: gradient} in the order of `arrays`."""
+    numeric = {}
+    for key, arr in arrays.items():
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            orig = arr[idx]
+            arr[idx] = orig + eps
+            plus = loss()
+            arr[idx] = orig - eps
+            minus = loss()
+            arr[idx] = orig
+            num[idx] = (plus - minus) / (2 * eps)
+        numeric[key] = num
+    return numeric
+
+
+def torch_forward_backward(case, a, R, Rf, lengths, dtype):
+    """The same forward and loss = sum(hs * R) + sum(final * Rf) through PyTorch's nn.RNN /
+    nn.LSTM / nn.GRU (reset-after form only) with a's weights copied in; ragged `lengths`
+    (all >= 1) via pack_padded_sequence(enforce_sorted=False).
+
+    Returns (hs, finals, grads) as numpy: finals (h_n,) or (h_n, c_n); grads keyed x, h0,
+    [c0,] W_ih, W_hh, b_ih, b_hh."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T, _, I = a["x"].shape
+    H = a["h0"].shape[1]
+    if case["cell"] == "rnn":
+        module = torch.nn.RNN(I, H, nonlinearity=case["nonlinearity"])
+    elif case["cell"] == "lstm":
+        module = torch.nn.LSTM(I, H)
+    else:
+        module = torch.nn.GRU(I, H)    # PyTorch's GRU is the reset-after form
+    module = module.to(torch.float64 if dtype == np.float64 else torch.float32)
+    params = dict(W_ih=module.weight_ih_l0, W_hh=module.weight_hh_l0,
+                  b_ih=module.bias_ih_l0, b_hh=module.bias_hh_l0)
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(torch.from_numpy(a[k]))
+    tin = {k: torch.tensor(a[k], requires_grad=True) for k in ("x", "h0", "c0") if k in a}
+    state = (tin["h0"][None], tin["c0"][None]) if has_cell_state(case) else tin["h0"][None]
+    if lengths is None:
+        out, state_n = module(tin["x"], state)
+    else:
+        packed = pack_padded_sequence(tin["x"], torch.from_numpy(lengths), enforce_sorted=False)
+        out_packed, state_n = module(packed, state)
+        out, _ = pad_packed_sequence(out_packed, total_length=T)
+    finals_t = tuple(s[0] for s in state_n) if has_cell_state(case) else (state_n[0],)
+    loss = (out * torch.from_numpy(R)).sum() + sum(
+        (f * torch.from_numpy(r)).sum() for f, r in zip(finals_t, Rf))
+    loss.backward()
+    grads = {k: t.grad.numpy() for k, t in tin.items()}
+    grads.update({k: p.grad.numpy() for k, p in params.items()})
+    return out.detach().numpy(), tuple(f.detach().numpy() for f in finals_t), grads
+
+
 # ---- comparison, printed like llm.c's test_gpt2.c ------------------------------------
 
 def assert_close(name, actual, expected, rtol, atol):

@@ -141,23 +141,27 @@ def test_rnn_trick_is_exact():
     assert tanh_rows(np.array([20.0, -20.0, 0.0], f32)).tolist() == [1.0, -1.0, 0.0]
 
 
+def _check_float32_accuracy(label, rows, units, values, true, max_abs, max_ulp):
+    """The tail layout (`rows`) is float32, bit-identical to the main-loop layout (`units`),
+    and within (max_abs, max_ulp) of the float64 `true` values."""
+    got = rows(values)
+    assert got.dtype == f32
+    np.testing.assert_array_equal(units(values).view(np.int32), got.view(np.int32),
+                                  err_msg=f"{label} differs between the tail and the main loop")
+    _errors(f"float32 {label}", got, true, max_abs, max_ulp)
+
+
 @pytest.mark.parametrize("values", [SWEEP, TINY, BRANCH], ids=["sweep", "tiny", "branch"])
 def test_tanh_float32_accuracy(values):
-    got = tanh_rows(values)
-    assert got.dtype == f32
-    np.testing.assert_array_equal(tanh_units(values).view(np.int32), got.view(np.int32),
-                                  err_msg="tanh differs between the tail and the main loop")
-    _errors("float32 tanh", got, np.tanh(values.astype(np.float64)), TANH_MAX_ABS, TANH_MAX_ULP)
+    _check_float32_accuracy("tanh", tanh_rows, tanh_units, values,
+                            np.tanh(values.astype(np.float64)), TANH_MAX_ABS, TANH_MAX_ULP)
 
 
 @pytest.mark.parametrize("values", [SWEEP, TINY, BRANCH], ids=["sweep", "tiny", "branch"])
 def test_sigmoid_float32_accuracy(values):
-    got = sigmoid_rows(values)
-    assert got.dtype == f32
-    np.testing.assert_array_equal(sigmoid_units(values).view(np.int32), got.view(np.int32),
-                                  err_msg="sigmoid differs between the tail and the main loop")
     true = 1.0 / (1.0 + np.exp(-values.astype(np.float64)))
-    _errors("float32 sigmoid", got, true, SIGMOID_MAX_ABS, SIGMOID_MAX_ULP)
+    _check_float32_accuracy("sigmoid", sigmoid_rows, sigmoid_units, values, true,
+                            SIGMOID_MAX_ABS, SIGMOID_MAX_ULP)
 
 
 def test_tanh_float32_special_values():

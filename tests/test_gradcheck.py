@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fastrnn import functional as F
-from _helpers import CASES, assert_close, backward, forward, make_cotangents, make_inputs
+from _helpers import (CASES, assert_close, backward, forward, make_cotangents, make_inputs,
+                      numeric_gradients)
 
 # Central differences in float64: truncation error ~ eps^2 |L'''| and rounding error
 # ~ 1e-16 |L| / eps (|L| ~ 10). Measured over every case below, as max over elements of
@@ -40,16 +41,7 @@ def test_kernel_gradients_match_finite_differences(name, lengths, n_threads):
     grads = backward(F, case, R, Rf, cache)
     assert set(grads) == set(a), f"gradient keys {sorted(grads)} != input keys {sorted(a)}"
 
-    for key, arr in a.items():
-        numeric = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            orig = arr[idx]
-            arr[idx] = orig + FD_EPS
-            plus = loss()
-            arr[idx] = orig - FD_EPS
-            minus = loss()
-            arr[idx] = orig
-            numeric[idx] = (plus - minus) / (2 * FD_EPS)
+    for key, numeric in numeric_gradients(loss, a, FD_EPS).items():
         assert grads[key].dtype == np.float64
         assert_close(f"{name} lengths={lengths} n_threads={n_threads} d{key} vs finite differences",
                      grads[key], numeric, FD_RTOL, FD_ATOL)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fastrnn import reference as ref
-from _helpers import CASES, assert_close, n_gates, reorder as _reorder, run_onnx as _run_onnx
+from _helpers import (CASES, assert_close, n_gates, numeric_gradients, reorder as _reorder,
+                      run_onnx as _run_onnx, torch_forward_backward)
 
 
 # ---------------------------------------------------------------------------
@@ -101,16 +102,7 @@ def test_gradients_match_finite_differences(name, lengths):
     grads = backward(case, R, Rf, cache)
     assert set(grads) == set(a), f"gradient keys {sorted(grads)} != input keys {sorted(a)}"
 
-    for key, arr in a.items():
-        numeric = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            orig = arr[idx]
-            arr[idx] = orig + FD_EPS
-            plus = loss()
-            arr[idx] = orig - FD_EPS
-            minus = loss()
-            arr[idx] = orig
-            numeric[idx] = (plus - minus) / (2 * FD_EPS)
+    for key, numeric in numeric_gradients(loss, a, FD_EPS).items():
         assert grads[key].dtype == np.float64
         assert_close(f"{name} d{key}", grads[key], numeric, FD_RTOL, FD_ATOL)
 
@@ -262,50 +254,20 @@ TORCH_CASES = ["rnn_tanh", "rnn_relu", "lstm", "gru_reset_after"]
 @pytest.mark.parametrize("lengths", [None, RAGGED_NONZERO], ids=["full", "ragged"])
 @pytest.mark.parametrize("name", TORCH_CASES)
 def test_matches_pytorch(name, lengths):
-    torch = pytest.importorskip("torch")
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
     case = CASES[name]
     rng = np.random.default_rng(11)
     a = make_inputs(case, rng)
     R, Rf = random_cotangents(case, rng)
-
-    if case["cell"] == "rnn":
-        module = torch.nn.RNN(I, H, nonlinearity=case["nonlinearity"])
-    elif case["cell"] == "lstm":
-        module = torch.nn.LSTM(I, H)
-    else:
-        module = torch.nn.GRU(I, H)
-    module = module.double()
-    tparams = dict(W_ih=module.weight_ih_l0, W_hh=module.weight_hh_l0,
-                   b_ih=module.bias_ih_l0, b_hh=module.bias_hh_l0)
-    with torch.no_grad():
-        for k, p in tparams.items():
-            p.copy_(torch.from_numpy(a[k]))
-
-    tin = {k: torch.tensor(a[k], requires_grad=True) for k in ("x", "h0", "c0") if k in a}
-    state = ((tin["h0"][None], tin["c0"][None]) if case["cell"] == "lstm" else tin["h0"][None])
-    if lengths is None:
-        out, state_n = module(tin["x"], state)
-    else:
-        packed = pack_padded_sequence(tin["x"], torch.from_numpy(lengths), enforce_sorted=False)
-        out_packed, state_n = module(packed, state)
-        out, _ = pad_packed_sequence(out_packed, total_length=T)
-    finals_t = tuple(s[0] for s in state_n) if case["cell"] == "lstm" else (state_n[0],)
-    loss = (out * torch.from_numpy(R)).sum() + sum(
-        (f * torch.from_numpy(r)).sum() for f, r in zip(finals_t, Rf))
-    loss.backward()
+    out, finals_t, expected = torch_forward_backward(case, a, R, Rf, lengths, np.float64)
 
     hs, finals, cache = forward(case, a, lengths)
     grads = backward(case, R, Rf, cache)
     tol = dict(rtol=TORCH_RTOL, atol=TORCH_ATOL)
-    assert_close(f"{name} hs", hs, out.detach().numpy(), **tol)
+    assert_close(f"{name} hs", hs, out, **tol)
     for k, (f, ft) in enumerate(zip(finals, finals_t)):
-        assert_close(f"{name} final[{k}]", f, ft.detach().numpy(), **tol)
-    for k, t in tin.items():
-        assert_close(f"{name} d{k}", grads[k], t.grad.numpy(), **tol)
-    for k, p in tparams.items():
-        assert_close(f"{name} d{k}", grads[k], p.grad.numpy(), **tol)
+        assert_close(f"{name} final[{k}]", f, ft, **tol)
+    for k, g in expected.items():
+        assert_close(f"{name} d{k}", grads[k], g, **tol)
 
 
 # ---------------------------------------------------------------------------
