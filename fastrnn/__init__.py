@@ -11,6 +11,7 @@ from .functional import (rnn_forward, rnn_backward, lstm_forward, lstm_backward,
 from .layers import RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell
 from .models import SequenceModel, cosine_similarity, pad_sequences
 from .io import load, ModelFileError
+from . import losses, optim
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,4 @@ __all__ = ["openmp_enabled", "effective_n_threads", "functional", "reference",
            "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell",
            "GRUCell", "SequenceModel", "cosine_similarity", "pad_sequences", "load",
-           "ModelFileError", "__version__"]
+           "ModelFileError", "losses", "optim", "__version__"]

@@ -75,6 +75,17 @@ def _bench(args):
     return 0
 
 
+def _info(args):
+    import fastrnn
+    from fastrnn.benchmark import machine_info
+    info = machine_info()
+    print(f"fastrnn {fastrnn.__version__}")
+    for k in ("cpu", "cores", "simd", "blas", "openmp", "python", "numpy"):
+        print(f"  {k:<8} {info[k]}")
+    print(f"  threads  {fastrnn.effective_n_threads()} (OMP_NUM_THREADS, capped at the CPUs)")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="fastrnn", description="fast CPU recurrent networks")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -84,10 +95,13 @@ def main(argv=None):
     b = sub.add_parser("bench", help="the core benchmark against the numpy reference")
     b.add_argument("--threads", dest="threads_list", type=int, nargs="+", default=[1, 2])
     b.set_defaults(func=_bench)
+    i = sub.add_parser("info", help="versions, BLAS, OpenMP and threads")
+    i.set_defaults(func=_info)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rc = args.func(args)
-    print(f"\n({time.perf_counter() - t0:.1f} s)")
+    if args.command in ("demo", "bench"):
+        print(f"\n({time.perf_counter() - t0:.1f} s)")
     return rc
 
 

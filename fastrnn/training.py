@@ -1,0 +1,224 @@
+"""Training loop: mini-batches over ragged data, optimizers, clipping, truncated BPTT,
+validation, early stopping, progress and checkpoints."""
+import math
+import time
+
+import numpy as np
+
+from . import optim
+from .models import pad_sequences
+
+_OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
+               "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
+
+
+def _as_batch_data(model, x, y, lengths):
+    """Arrays (N, T, ...) plus lengths (N,) from arrays or lists of ragged sequences."""
+    if isinstance(x, (list, tuple)) and len(x) and np.ndim(x[0]) >= 1 and \
+            len({len(s) for s in x}) > 1:
+        if lengths is not None:
+            raise ValueError("give lengths only with padded arrays, not with a list of sequences")
+        x, lengths = pad_sequences(x, None if model.embedding else model.dtype)
+        if model.output == "per_step":
+            y, _ = pad_sequences(y)
+    x = np.asarray(x) if model.embedding else np.asarray(x, model.dtype)
+    y = np.asarray(y)
+    if len(x) == 0:
+        raise ValueError("no training data: x is empty")
+    if len(y) != len(x):
+        raise ValueError(f"x has {len(x)} sequences but y has {len(y)}")
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        if lengths.shape != (len(x),) or lengths.dtype.kind not in "iu":
+            raise ValueError(f"lengths must be {len(x)} integers, got shape {lengths.shape} "
+                             f"dtype {lengths.dtype}")
+        if lengths.min() < 0 or lengths.max() > x.shape[1]:
+            raise ValueError(f"lengths must lie in [0, {x.shape[1]}]")
+    return x, y, lengths
+
+
+def _check_positive(name, v, integer=False, allow_none=False):
+    if v is None and allow_none:
+        return None
+    bad = isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+        or not math.isfinite(v) or v <= 0 or (integer and int(v) != v)
+    if bad:
+        kind = "a positive int" if integer else "a positive finite number"
+        raise ValueError(f"{name} must be {kind}, got {v!r}")
+    return int(v) if integer else float(v)
+
+
+class _Progress:
+    """tqdm when it is installed and wanted, else nothing (history still records all)."""
+
+    def __init__(self, enabled, total, desc):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=total, desc=desc, unit="batch", leave=True)
+            except ImportError:
+                print(f"{desc}: (install tqdm for a progress bar)")
+
+    def update(self, **postfix):
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+
+    def close(self, **postfix):
+        if self.bar is not None:
+            self.bar.set_postfix(postfix)
+            self.bar.close()
+
+
+def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", lr=1e-3,
+        weight_decay=0.0, clip_norm=None, clip_value=None, schedule=None,
+        validation_data=None, early_stopping=None, shuffle=True, seed=0, tbptt=None,
+        progress=True, checkpoint=None, checkpoint_every=None, best_checkpoint=None,
+        max_steps=None):
+    """Train ``model`` on ``x`` (N sequences) and ``y`` (targets) and return the history.
+
+    ``x``: padded array ``(N, T, I)`` (or ``(N, T)`` token ids) with ``lengths (N,)``, or a
+    list of ragged sequences (padded here). ``y``: per-step targets ``(N, T[, C])`` or
+    per-sequence ``(N[, C])`` as the task wants. ``optimizer``: a name ("adam", "adamw",
+    "sgd", "rmsprop", "adagrad") or an optimizer built on ``model.parameters()``.
+    ``clip_norm``: global-norm clipping (g <- g * clip_norm / ||g|| when ||g|| exceeds it);
+    ``clip_value``: element-wise. ``schedule``: a callable ``optimizer -> schedule`` (e.g.
+    ``lambda o: optim.CosineLR(o, total_steps)``). ``validation_data``: ``(x, y)`` or
+    ``(x, y, lengths)``; ``early_stopping``: patience in epochs on the validation loss (the
+    best weights are restored). ``tbptt``: chunk length k for truncated BPTT (per-step
+    tasks): the state is carried across chunks, the gradient cut between them, one update
+    per chunk. ``checkpoint``: a path where the model and the optimizer state are saved
+    (atomically) every ``checkpoint_every`` steps and at the end of every epoch, to resume
+    from; ``best_checkpoint``: a path for the model of the best validation loss so far.
+    ``max_steps`` stops after that many updates. A non-finite loss stops
+    training with FloatingPointError before the update, so the model keeps its last good
+    parameters.
+
+    Returns ``{"loss": [...], "val_loss": [...], "val_accuracy": [...], "steps": n,
+    "seconds": s, "sequences_per_second": r}`` (per-epoch lists).
+    """
+    epochs = _check_positive("epochs", epochs, integer=True)
+    batch_size = _check_positive("batch_size", batch_size, integer=True)
+    clip_norm = _check_positive("clip_norm", clip_norm, allow_none=True)
+    clip_value = _check_positive("clip_value", clip_value, allow_none=True)
+    tbptt = _check_positive("tbptt", tbptt, integer=True, allow_none=True)
+    early_stopping = _check_positive("early_stopping", early_stopping, integer=True,
+                                     allow_none=True)
+    checkpoint_every = _check_positive("checkpoint_every", checkpoint_every, integer=True,
+                                       allow_none=True)
+    if tbptt and model.output != "per_step":
+        raise ValueError("truncated BPTT needs a per-step task; this model predicts once per "
+                         "sequence")
+    if early_stopping and validation_data is None:
+        raise ValueError("early_stopping needs validation_data")
+    x, y, lengths = _as_batch_data(model, x, y, lengths)
+    if validation_data is not None:
+        if len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be (x, y) or (x, y, lengths)")
+        vx, vy, vl = _as_batch_data(model, *validation_data[:2],
+                                    validation_data[2] if len(validation_data) == 3 else None)
+    if isinstance(optimizer, str):
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)} or an optimizer "
+                             f"object, got {optimizer!r}")
+        lr = _check_positive("lr", lr)
+        kw = {"weight_decay": weight_decay} if weight_decay else {}
+        optimizer = _OPTIMIZERS[optimizer](model.parameters(), lr=lr, **kw)
+    sched = schedule(optimizer) if schedule is not None else None
+
+    rng = np.random.default_rng(seed)
+    N = len(x)
+    n_batches = -(-N // batch_size)
+    history = {"loss": [], "val_loss": [], "val_accuracy": [], "steps": 0}
+    best, best_params, bad_epochs = math.inf, None, 0
+    t_start, seen = time.perf_counter(), 0
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(N) if shuffle else np.arange(N)
+        bar = _Progress(progress, n_batches, f"epoch {epoch + 1}/{epochs}")
+        total, count = 0.0, 0
+        for bi in range(n_batches):
+            idx = order[bi * batch_size:(bi + 1) * batch_size]
+            xb, yb = x[idx], y[idx]
+            lb = None if lengths is None else lengths[idx]
+            if lb is not None:                      # no time steps past the longest row
+                T = max(int(lb.max()), 1)
+                xb = xb[:, :T]
+                if model.output == "per_step":
+                    yb = yb[:, :T]
+            loss = _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value,
+                                sched)
+            history["steps"] += 1 if not tbptt else -(-xb.shape[1] // tbptt)
+            total, count, seen = total + loss * len(idx), count + len(idx), seen + len(idx)
+            rate = seen / max(time.perf_counter() - t_start, 1e-9)
+            bar.update(loss=f"{loss:.4f}", seq_per_s=f"{rate:.0f}")
+            if checkpoint and checkpoint_every and history["steps"] % checkpoint_every == 0:
+                model.save(checkpoint, optimizer)
+            if max_steps and history["steps"] >= max_steps:
+                break
+        history["loss"].append(total / count)
+        post = {"loss": f"{total / count:.4f}"}
+        if validation_data is not None:
+            v = model.evaluate(vx, vy, vl)
+            history["val_loss"].append(v["loss"])
+            history["val_accuracy"].append(v.get("accuracy"))
+            post["val_loss"] = f"{v['loss']:.4f}"
+            if v["loss"] < best:
+                best, bad_epochs = v["loss"], 0
+                best_params = [p.copy() for p, _ in model.parameters()]
+                if best_checkpoint:
+                    model.save(best_checkpoint)
+            else:
+                bad_epochs += 1
+        bar.close(**post)
+        if checkpoint:
+            model.save(checkpoint, optimizer)
+        if early_stopping and bad_epochs >= early_stopping:
+            break
+        if max_steps and history["steps"] >= max_steps:
+            break
+    if early_stopping and best_params is not None:
+        for (p, _), b in zip(model.parameters(), best_params):
+            p[...] = b
+    elapsed = time.perf_counter() - t_start
+    history["seconds"] = elapsed
+    history["sequences_per_second"] = seen / max(elapsed, 1e-9)
+    model.eval()
+    return history
+
+
+def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sched):
+    """One batch: one update, or one per chunk of ``tbptt`` steps. Returns the mean loss."""
+    T = xb.shape[1]
+    k = tbptt or T
+    state, losses = None, []
+    for t0 in range(0, T, k):
+        xc = xb[:, t0:t0 + k]
+        yc = yb[:, t0:t0 + k] if model.output == "per_step" and tbptt else yb
+        lc = None if lb is None else np.clip(lb - t0, 0, xc.shape[1])
+        if lc is not None and not lc.any():
+            break
+        out, state_n, tape = model.forward(xc, lc, state, need_tape=True)
+        loss, dy = model.loss(out, yc, lc)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the training loss is {loss}: stopped before the update "
+                                     "(the model keeps its last good parameters); lower the "
+                                     "learning rate or clip gradients (clip_norm=1.0)")
+        model.zero_grad()
+        model.backward(dy, tape)
+        grads = [g for _, g in model.parameters()]
+        if not all(np.isfinite(g).all() for g in grads):
+            raise FloatingPointError("non-finite gradients: stopped before the update (the "
+                                     "model keeps its last good parameters); try clip_norm=1.0 "
+                                     "or a lower learning rate")
+        if clip_value:
+            optim.clip_grad_value(grads, clip_value)
+        if clip_norm:
+            optim.clip_grad_norm(grads, clip_norm)
+        optimizer.step()
+        if sched is not None:
+            sched.step()
+        losses.append(loss)
+        state = state_n                      # carried forward, gradient cut here
+    return float(np.mean(losses))
