@@ -86,6 +86,68 @@ def _info(args):
     return 0
 
 
+def _train(args):
+    import fastrnn
+    from fastrnn import text as tx
+    with open(args.file, encoding="utf-8") as f:
+        corpus = f.read()
+    tokens = tx.tokenize(corpus, args.level)
+    vocab = tx.build_vocabulary(tokens, args.max_vocab)
+    ids = tx.encode(tokens, vocab)
+    split = int(len(ids) * 0.9)
+    x, y = tx.windows(ids[:split], args.seq_len)
+    vx, vy = tx.windows(ids[split:], args.seq_len)
+    model = fastrnn.SequenceModel(args.cell, vocab_size=len(vocab), hidden_size=args.hidden,
+                                  num_layers=args.layers, task="next_token", seed=args.seed)
+    model.vocabulary = vocab
+    print(f"{len(tokens)} {args.level} tokens, vocabulary {len(vocab)}, {len(x)} training "
+          f"windows of {args.seq_len}; {model.rnn!r}")
+    h = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  clip_norm=5.0, validation_data=(vx, vy), seed=args.seed,
+                  max_steps=args.max_steps, best_checkpoint=args.out)
+    if not h["val_loss"]:
+        model.save(args.out)
+    print(f"validation loss {min(h['val_loss'] or [float('nan')]):.4f} nats/token; "
+          f"saved {args.out}")
+    print("sample:", repr(tx.sample(fastrnn.load(args.out), length=120, temperature=0.8,
+                                    level=args.level, seed=args.seed)))
+    return 0
+
+
+def _sample(args):
+    import fastrnn
+    from fastrnn import text as tx
+    model = fastrnn.load(args.model)
+    print(args.prime + tx.sample(model, args.prime, args.length, args.temperature,
+                                 args.level, args.seed))
+    return 0
+
+
+def _predict(args):
+    import fastrnn
+    model = fastrnn.load(args.model)
+    x = np.load(args.input, allow_pickle=False)
+    y = model.predict_proba(x) if model.loss_name != "mse" else model.predict(x)
+    if args.out:
+        np.save(args.out, y)
+        print(f"{y.shape} -> {args.out}")
+    else:
+        print(y)
+    return 0
+
+
+def _similar(args):
+    import fastrnn
+    from fastrnn import text as tx
+    model = fastrnn.load(args.model)
+    feats = []
+    for s in (args.a, args.b):
+        ids = tx.encode(tx.tokenize(s, args.level), model.vocabulary)[None]
+        feats.append(model.encode(ids, pooling=args.pooling)[0])
+    print(f"{fastrnn.cosine_similarity(*feats):.4f}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="fastrnn", description="fast CPU recurrent networks")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -97,6 +159,41 @@ def main(argv=None):
     b.set_defaults(func=_bench)
     i = sub.add_parser("info", help="versions, BLAS, OpenMP and threads")
     i.set_defaults(func=_info)
+    t = sub.add_parser("train", help="train a character- or word-level language model")
+    t.add_argument("file", help="a plain UTF-8 text file")
+    t.add_argument("--level", choices=["char", "word"], default="char")
+    t.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="lstm")
+    t.add_argument("--hidden", type=int, default=128)
+    t.add_argument("--layers", type=int, default=1)
+    t.add_argument("--seq-len", type=int, default=64)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--max-vocab", type=int, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="model.fastrnn")
+    t.set_defaults(func=_train)
+    s = sub.add_parser("sample", help="generate text from a trained language model")
+    s.add_argument("model")
+    s.add_argument("--prime", default="")
+    s.add_argument("--length", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--level", choices=["char", "word"], default="char")
+    s.add_argument("--seed", type=int, default=None)
+    s.set_defaults(func=_sample)
+    p = sub.add_parser("predict", help="outputs of a model for inputs in a .npy file")
+    p.add_argument("model")
+    p.add_argument("input", help=".npy array (N, T, I) features or (N, T) token ids")
+    p.add_argument("--out", help="write the outputs to this .npy file")
+    p.set_defaults(func=_predict)
+    m = sub.add_parser("similar", help="cosine similarity of two texts' features")
+    m.add_argument("model")
+    m.add_argument("a")
+    m.add_argument("b")
+    m.add_argument("--level", choices=["char", "word"], default="char")
+    m.add_argument("--pooling", choices=["last", "mean"], default="mean")
+    m.set_defaults(func=_similar)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rc = args.func(args)

@@ -8,7 +8,8 @@ reads it itself so that every byte is checked before it is trusted:
 * header length bounded (1 MiB) and inside the file; JSON only, no names resolved, no paths;
 * ``__metadata__``: ``fastrnn_format`` (this module reads version 1), ``architecture``
   (a JSON object whose keys and values come from closed sets), ``sha256`` of that metadata
-  and the tensor bytes, optional ``optimizer`` (name and scalars);
+  and the tensor bytes, optional ``optimizer`` (name and scalars) and ``vocabulary`` (a
+  JSON list of vocab_size strings);
 * tensors: dtype from {F32, F64}, shapes of non-negative ints, offsets in order, without
   gaps or overlaps, covering the data exactly (no trailing bytes), sizes matching
   shape x itemsize; the names and shapes must be exactly those of the architecture;
@@ -82,6 +83,8 @@ def model_bytes(model, optimizer=None):
     tensors = {name: np.ascontiguousarray(a) for name, a in model.named_parameters().items()}
     meta = {"fastrnn_format": str(FORMAT_VERSION),
             "architecture": json.dumps(model.config, sort_keys=True)}
+    if model.vocabulary is not None:
+        meta["vocabulary"] = json.dumps(list(model.vocabulary))
     if optimizer is not None:
         state = optimizer.state_dict()
         scalars = {}
@@ -197,6 +200,16 @@ def parse(blob, where="model file"):
         end = stop
     if end != len(data):
         raise bad(f"{len(data) - end} trailing bytes after the last tensor")
+    vocabulary = None
+    if "vocabulary" in meta:
+        try:
+            vocabulary = json.loads(meta["vocabulary"])
+        except ValueError:
+            raise bad("vocabulary metadata is not JSON") from None
+        if not isinstance(vocabulary, list) or len(vocabulary) != arch.get("vocab_size") or \
+                not all(isinstance(t, str) and len(t) < 1024 for t in vocabulary):
+            raise bad("vocabulary must be a list of vocab_size strings")
+    arch = dict(arch, _vocabulary=vocabulary)
     optimizer = None
     if "optimizer" in meta:
         try:
@@ -213,7 +226,7 @@ def _checksum(meta, data):
     """sha256 over the metadata that shapes the model and the tensor bytes, so a changed
     hyper-parameter is caught as surely as a changed weight."""
     h = hashlib.sha256()
-    for key in ("fastrnn_format", "architecture", "optimizer"):
+    for key in ("fastrnn_format", "architecture", "optimizer", "vocabulary"):
         h.update(key.encode() + b"=" + meta.get(key, "").encode() + b"\n")
     h.update(data)
     return h.hexdigest()
@@ -255,7 +268,9 @@ def load_bytes(blob, where="model bytes", with_optimizer=False):
     """A model from validated bytes (see :func:`load`)."""
     from .models import SequenceModel
     arch, tensors, optimizer = parse(blob, where)
+    vocabulary = arch.pop("_vocabulary")
     model = SequenceModel(**arch)
+    model.vocabulary = vocabulary
     expected = model.named_parameters()
     weights = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
     if set(weights) != set(expected):

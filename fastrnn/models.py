@@ -125,6 +125,7 @@ class SequenceModel:
                                 seed=rng.integers(2**63), n_threads=n_threads, **cell_kwargs)
         D = 2 if bidirectional else 1
         self.head = Linear(D * hidden_size, output_size, self.dtype, rng)
+        self.vocabulary = None      # optional tokens of a language model, saved with it
 
     # ---- parameters ----------------------------------------------------------------
     def parameters(self):
@@ -286,6 +287,22 @@ class SequenceModel:
         the safetensors layout; see :mod:`fastrnn.io`."""
         from .io import save
         save(self, path, optimizer)
+
+    # ---- streaming -----------------------------------------------------------------
+    def initial_state(self, batch=1):
+        """The zero state for ``batch`` streams (a plain array, or a pair for LSTM)."""
+        return self.rnn.initial_state(batch)
+
+    def step(self, x_t, state):
+        """One time step for ``B`` streams: ``x_t`` is ``(B,)`` token ids or ``(B, I)``
+        features; returns ``(y_t (B, C), state)``. Per-step tasks only; the caller owns
+        the state (never modified in place), so one model serves many streams."""
+        if self.output != "per_step":
+            raise ValueError("step() is for per-step tasks; this model predicts once per sequence")
+        x_t = np.asarray(x_t)
+        xin = x_t[:, None] if self.embedding is not None else x_t[:, None, :]
+        y, state_n, _ = self.forward(xin, None, state)
+        return y[:, 0], state_n
 
     def fit(self, *args, **kwargs):
         """Train; see :func:`fastrnn.training.fit`."""
