@@ -265,3 +265,12 @@ def test_sigkill_during_save_leaves_a_loadable_file(tmp_path):
     leftovers = [q.name for q in tmp_path.iterdir() if q.name != "m.fastrnn"]
     # a kill between mkstemp and replace can leave a temporary; it is never the model file
     assert all(n.startswith(".fastrnn-") for n in leftovers)
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    m = fastrnn.SequenceModel("gru", input_size=2, hidden_size=2, output_size=1,
+                              task="regression")
+    m.save(tmp_path / "m.fastrnn")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.fastrnn").stat().st_mode & 0o777 == 0o666 & ~umask
