@@ -69,7 +69,8 @@ class _LinkCythonBlas:
 
 _preload_cython_blas()
 
-from ._openmp import openmp_enabled, effective_n_threads  # noqa: E402
+from ._openmp import (openmp_enabled, effective_n_threads, set_num_threads,  # noqa: E402
+                      get_num_threads)
 from . import functional, reference
 from .functional import (rnn_forward, rnn_backward, lstm_forward, lstm_backward,
                          gru_forward, gru_backward)
@@ -80,7 +81,8 @@ from . import losses, optim
 
 __version__ = "0.1.0"
 
-__all__ = ["openmp_enabled", "effective_n_threads", "functional", "reference",
+__all__ = ["openmp_enabled", "effective_n_threads", "set_num_threads", "get_num_threads",
+           "functional", "reference",
            "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell",
            "GRUCell", "SequenceModel", "cosine_similarity", "pad_sequences", "load",

@@ -106,3 +106,44 @@ def _gemv_memview(BLAS_Trans ta, double alpha, const floating[:, ::1] A,
 
 # Python names for the enum values (the C names NoTrans/Trans shadow plain assignments)
 globals().update(NoTrans=BLAS_Trans.NoTrans, Trans=BLAS_Trans.Trans)
+
+
+# ---- BLAS held at one thread while a kernel runs, at C speed ------------------------
+# The OpenMP kernels call BLAS from inside parallel regions, so scipy's OpenBLAS must run
+# single-threaded meanwhile (see fastrnn/_threads.py). threadpoolctl does that through
+# Python properties (~2 us a call); with the library's own get/set functions registered
+# here it costs a few hundred ns, which matters for one-step streaming calls. Callers hold
+# the GIL, which serialises enter/exit across Python threads.
+from libc.stdint cimport uintptr_t
+
+ctypedef int (*blas_get_threads_t)() noexcept nogil
+ctypedef void (*blas_set_threads_t)(int) noexcept nogil
+cdef blas_get_threads_t _blas_get_threads = NULL
+cdef blas_set_threads_t _blas_set_threads = NULL
+cdef int _serial_depth = 0
+cdef int _saved_threads = 1
+
+
+def register_thread_control(uintptr_t get_addr, uintptr_t set_addr):
+    """Addresses of the BLAS's ``openblas_get_num_threads`` / ``openblas_set_num_threads``."""
+    global _blas_get_threads, _blas_set_threads
+    _blas_get_threads = <blas_get_threads_t>get_addr
+    _blas_set_threads = <blas_set_threads_t>set_addr
+
+
+def serial_enter():
+    """Enter a region where the registered BLAS runs on one thread (nests)."""
+    global _serial_depth, _saved_threads
+    if _serial_depth == 0 and _blas_get_threads != NULL:
+        _saved_threads = _blas_get_threads()
+        if _saved_threads != 1:
+            _blas_set_threads(1)
+    _serial_depth += 1
+
+
+def serial_exit():
+    """Leave it; the outermost exit restores the thread count found on entry."""
+    global _serial_depth
+    _serial_depth -= 1
+    if _serial_depth == 0 and _blas_get_threads != NULL and _saved_threads != 1:
+        _blas_set_threads(_saved_threads)

@@ -17,6 +17,24 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
+_default_threads = None     # set by set_num_threads
+
+
+def set_num_threads(n_threads):
+    """Default thread count of every fastrnn call that does not pass ``n_threads``
+    (like torch.set_num_threads). None restores OpenMP's default (``OMP_NUM_THREADS``,
+    capped at the CPUs); -1 means all CPUs."""
+    global _default_threads
+    if n_threads is not None:
+        effective_n_threads(n_threads)            # validates
+    _default_threads = n_threads
+
+
+def get_num_threads():
+    """The thread count a call without ``n_threads`` uses now."""
+    return effective_n_threads(None)
+
+
 def effective_n_threads(n_threads=None):
     """Resolve a user's ``n_threads`` to a positive thread count.
 
@@ -24,6 +42,8 @@ def effective_n_threads(n_threads=None):
     -1: all CPUs; -2: all but one, and so on (scikit-learn's convention). Positive: as given.
     Without OpenMP the answer is always 1.
     """
+    if n_threads is None:
+        n_threads = _default_threads
     if n_threads is not None:
         if isinstance(n_threads, bool) or not isinstance(n_threads, (int,)) and not hasattr(n_threads, "__index__"):
             raise TypeError(f"n_threads must be an int or None, got {type(n_threads).__name__}")

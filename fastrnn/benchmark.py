@@ -6,6 +6,7 @@ gradients, for training cases) against :mod:`fastrnn.reference`, then times the 
 alternating blocks (warm-up first, medians of single calls), so drift in the machine hits
 both sides.
 """
+import contextlib
 import os
 import platform
 import time
@@ -179,3 +180,367 @@ def core_table(threads=(1, 2), T=100, H=256, cases=CORE_CASES, out=print):
             lines.append(row)
             out(row)
     return lines
+
+
+# ---- peers: PyTorch and ONNX Runtime (issue 4, bench/bench_peers.py) --------------------
+#
+# Every builder below takes the same case (make_case) and returns a callable that runs it,
+# so one timing loop serves all sides. PyTorch and ONNX Runtime are imported only here,
+# only when asked for; `import fastrnn` never loads them.
+
+_ONNX_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}  # PyTorch (i,f,g,o) -> ONNX (i,o,f,c);
+                                                         # (r,z,n) -> (z,r,h)
+
+
+def peer_versions():
+    """{"torch": version, "onnxruntime": version}; None where the peer is not installed
+    (ONNX Runtime also needs the `onnx` package, to build its graphs)."""
+    found = {}
+    for name, needs in (("torch", ()), ("onnxruntime", ("onnx",))):
+        try:
+            for extra in needs:
+                __import__(extra)
+            found[name] = __import__(name).__version__
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def time_alternating(fns, repeats=5, min_time=0.2):
+    """Median seconds of single calls of each ``fns[name]()``: a warm-up call each, then
+    ``repeats`` rounds in which every side runs a block of at least 3 calls (about
+    ``min_time / repeats`` seconds), each call timed on its own, as in :func:`compare`."""
+    for fn in fns.values():
+        fn()
+    k = {name: int(min(20000, max(3, min_time / max(_once(fn), 1e-7) / repeats)))
+         for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name] += [_once(fn) for _ in range(k[name])]
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def rel_err(a, b):
+    """max |a - b| / max(1, max |b|), verify's measure; torch tensors accepted."""
+    a, b = (np.asarray(v.detach().numpy() if hasattr(v, "detach") else v, np.float64)
+            for v in (a, b))
+    return float(np.abs(a - b).max()) / max(1.0, float(np.abs(b).max())) if b.size else 0.0
+
+
+def _check(what, err, c, tol=1e-3):
+    if not err <= tol:
+        raise AssertionError(f"fastrnn disagrees with {what} on {c['cell']} B={c['B']} "
+                             f"H={c['H']}: relative error {err:.2e} > {tol}")
+    return err
+
+
+def torch_module(cell, p, step=False):
+    """torch.nn.LSTM/GRU (or LSTMCell/GRUCell with step=True) holding the weights ``p``."""
+    import torch
+    GH, I = p["W_ih"].shape
+    name = {"lstm": "LSTM", "gru": "GRU"}[cell] + ("Cell" if step else "")
+    mod = getattr(torch.nn, name)(I, GH // GATES[cell])
+    sfx = "" if step else "_l0"
+    with torch.no_grad():
+        for k, attr in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"),
+                        ("b_hh", "bias_hh")):
+            getattr(mod, attr + sfx).copy_(torch.from_numpy(p[k]))
+    return mod
+
+
+def torch_forward(c, n_threads):
+    """Whole-sequence inference in PyTorch under no_grad; the callable returns hs."""
+    import torch
+    torch.set_num_threads(n_threads)
+    mod = torch_module(c["cell"], c["params"]).eval()
+    x, h0 = torch.from_numpy(c["x"]), torch.from_numpy(c["h0"])[None]
+    state = (h0, h0) if c["cell"] == "lstm" else h0     # _forward uses c0 = h0 too
+
+    def run():
+        with torch.no_grad():
+            return mod(x, state)[0]
+    return run
+
+
+def onnx_session(cell, p, n_threads, T, B):
+    """An ONNX Runtime session of one LSTM/GRU node (GRU with linear_before_reset=1, i.e.
+    PyTorch's form) with the weights ``p`` as initializers; inputs X (T, B, I) and
+    initial_h (and initial_c) (1, B, H); outputs Y (T, 1, B, H), Y_h (and Y_c) (1, B, H)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    GH, I = p["W_ih"].shape
+    H = GH // GATES[cell]
+
+    def onnx_gates(a):
+        blocks = np.split(a, GATES[cell])
+        return np.concatenate([blocks[k] for k in _ONNX_ORDER[cell]])
+    inits = {"W": onnx_gates(p["W_ih"])[None], "R": onnx_gates(p["W_hh"])[None],
+             "B": np.concatenate([onnx_gates(p["b_ih"]), onnx_gates(p["b_hh"])])[None]}
+    states = ["initial_h", "initial_c"] if cell == "lstm" else ["initial_h"]
+    outs = ["Y", "Y_h", "Y_c"] if cell == "lstm" else ["Y", "Y_h"]
+    attrs = {"linear_before_reset": 1} if cell == "gru" else {}
+    node = helper.make_node(cell.upper(), ["X", "W", "R", "B", ""] + states, outs,
+                            hidden_size=H, **attrs)
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node], cell, [helper.make_tensor_value_info("X", f32, [T, B, I])]
+        + [helper.make_tensor_value_info(s, f32, [1, B, H]) for s in states],
+        [helper.make_tensor_value_info(o, f32, None) for o in outs],
+        [numpy_helper.from_array(np.ascontiguousarray(a), k) for k, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = n_threads, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_forward(c, n_threads):
+    """Whole-sequence inference in ONNX Runtime; the callable returns hs (T, B, H)."""
+    sess = onnx_session(c["cell"], c["params"], n_threads, c["T"], c["B"])
+    feed = {"X": c["x"], "initial_h": c["h0"][None]}
+    if c["cell"] == "lstm":
+        feed["initial_c"] = c["h0"][None]
+    return lambda: sess.run(["Y"], feed)[0][:, 0]
+
+
+def compare_peers(c, n_threads=1, peers=("torch", "onnxruntime"), repeats=5, min_time=0.2):
+    """Whole-sequence inference: fastrnn, the numpy reference and each peer, timed in
+    alternating blocks after fastrnn is checked against the reference and every peer's
+    output is checked against fastrnn's. Returns {"time": {side: s}, "err": {side: rel}}."""
+    from threadpoolctl import threadpool_limits
+    err = {"numpy": verify(c, False, n_threads)}
+    fns = {"fastrnn": lambda: _forward(F, c, n_threads=n_threads)[0],
+           "numpy": lambda: _forward(R, c)[0]}
+    builders = {"torch": torch_forward, "onnxruntime": onnx_forward}
+    with threadpool_limits(n_threads, user_api="blas"):
+        ours = fns["fastrnn"]().copy()
+        for name in peers:
+            fns[name] = builders[name](c, n_threads)
+            err[name] = _check(name, rel_err(ours, fns[name]()), c)
+        t = time_alternating(fns, repeats, min_time)
+    return {"time": t, "err": err, "gflops": flops(c, False) / t["fastrnn"] / 1e9}
+
+
+# ---- training step: forward, backward, Adam -----------------------------------------------
+
+def fastrnn_train_step(c, n_threads, lr=1e-3):
+    """(step, layer): one fastrnn.LSTM/GRU layer with the case's weights, zero initial
+    state, upstream gradient c["dhs"]; step() = zero_grad, forward, backward, Adam update."""
+    from .layers import GRU, LSTM
+    from .optim import Adam
+    layer = {"lstm": LSTM, "gru": GRU}[c["cell"]](c["I"], c["H"], n_threads=n_threads)
+    layer.load_state_dict({name + "_l0": c["params"][k] for k, name in
+                           (("W_ih", "weight_ih"), ("W_hh", "weight_hh"),
+                            ("b_ih", "bias_ih"), ("b_hh", "bias_hh"))})
+    opt = Adam([(layer.flat, layer.grad)], lr=lr)
+
+    def step():
+        layer.zero_grad()
+        out, _, tape = layer.forward(c["x"])
+        layer.backward(c["dhs"], None, tape)
+        opt.step()
+        return out
+    return step, layer
+
+
+def torch_train_step(c, n_threads, lr=1e-3):
+    """(step, module): nn.LSTM/GRU, loss = (out * R).sum() so dL/dout = R = c["dhs"],
+    torch.optim.Adam; step() = zero_grad, forward, backward, update."""
+    import torch
+    torch.set_num_threads(n_threads)
+    mod = torch_module(c["cell"], c["params"])
+    opt = torch.optim.Adam(mod.parameters(), lr=lr)
+    x, r = torch.from_numpy(c["x"]), torch.from_numpy(c["dhs"])
+
+    def step():
+        opt.zero_grad()
+        out = mod(x)[0]
+        (out * r).sum().backward()
+        opt.step()
+        return out
+    return step, mod
+
+
+def compare_train(c, n_threads=1, peers=("torch",), repeats=5, min_time=0.2):
+    """Training step, fastrnn against PyTorch: the kernels are checked against the
+    reference (verify), then one step of each is checked against the other (outputs and
+    every gradient), then both are timed alternately."""
+    err = {"numpy": verify(c, True, n_threads)}
+    fns = {}
+    step, layer = fastrnn_train_step(c, n_threads)
+    out = step().copy()
+    fns["fastrnn"] = step
+    if "torch" in peers:
+        tstep, mod = torch_train_step(c, n_threads)
+        worst = rel_err(out, tstep().detach())
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            worst = max(worst, rel_err(layer.grads[name + "_l0"],
+                                       getattr(mod, name + "_l0").grad))
+        err["torch"] = _check("torch (training step)", worst, c)
+        fns["torch"] = tstep
+    t = time_alternating(fns, repeats, min_time)
+    return {"time": t, "err": err, "gflops": flops(c, True) / t["fastrnn"] / 1e9}
+
+
+def _proc_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak():
+    """Restart the peak-RSS count at the current RSS and return that RSS in KiB (Linux;
+    elsewhere the running ru_maxrss, which can only overstate the baseline)."""
+    import gc
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                 # VmHWM := VmRSS (Linux >= 4.0)
+        return _proc_kib("VmRSS")
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _peak():
+    try:
+        return _proc_kib("VmHWM")
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _memory_child(lib, cell, T, B, H, n_threads, steps=2):
+    """Run in a fresh process; prints two peaks in MiB (see train_peak_mib)."""
+    if lib == "torch":
+        import torch  # noqa: F401  (imported before the baseline)
+    train_step = torch_train_step if lib == "torch" else fastrnn_train_step
+    c = make_case(cell, T, B, H)
+    cold = _reset_peak()
+    tiny = train_step(make_case(cell, 2, 1, 8), n_threads)[0]
+    tiny(), tiny()                  # the library's one-time start-up: code pages, thread pools
+    del tiny
+    warm = _reset_peak()
+    step = train_step(c, n_threads)[0]
+    for _ in range(steps):
+        step()
+    peak = _peak()
+    print((peak - warm) / 1024, (peak - cold) / 1024)
+
+
+def _child_env():
+    """The environment for a child Python that must import this same fastrnn."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def _python(code):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", code], env=_child_env(), check=True,
+                          capture_output=True, text=True).stdout.split()
+
+
+def train_peak_mib(lib, cell, T, B, H, n_threads, steps=2):
+    """Peak memory of training ("fastrnn" or "torch"), in a fresh subprocess: returns
+    (step, with_start_up) in MiB. After imports and input data the child runs a tiny
+    model (T=2, B=1, H=8) twice, so the library's one-time start-up (code pages, thread
+    pools) is paid; then it resets the peak count (/proc/self/clear_refs: VmHWM restarts at
+    VmRSS), builds the model and Adam and runs ``steps`` steps. ``step`` is VmHWM minus
+    that VmRSS: parameters, gradients, Adam moments, saved activations and every transient
+    of a step. ``with_start_up`` counts from before the tiny model instead."""
+    step, total = _python(f"from fastrnn.benchmark import _memory_child; _memory_child("
+                          f"{lib!r}, {cell!r}, {T}, {B}, {H}, {n_threads}, {steps})")
+    return float(step), float(total)
+
+
+def import_seconds(module="fastrnn", repeats=5):
+    """Median seconds of ``import module`` in a fresh interpreter (interpreter start-up
+    not counted), over ``repeats`` subprocesses."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    return float(np.median([float(_python(code)[0]) for _ in range(repeats)]))
+
+
+# ---- streaming: one call per step, batch 1, state carried ----------------------------------
+
+def lstm_steppers(p, n_threads, peers=("torch", "onnxruntime")):
+    """name -> (step, to_input): ``step(x_t)`` advances that side's LSTM one step at
+    batch 1, carrying its own state, and returns h_t; ``to_input`` turns a (1, I) float32
+    array into the input type it takes. Sides: fastrnn (LSTM layer ``.step``), numpy
+    (reference at T=1), torch (nn.LSTMCell), onnxruntime (a T=1 LSTM session fed
+    initial_h/initial_c). Call torch's step with grad off (compare_stream does)."""
+    from .layers import LSTM
+    GH, I = p["W_ih"].shape
+    H = GH // 4
+    zero = np.zeros((1, H), np.float32)
+    layer = LSTM(I, H, n_threads=n_threads)
+    layer.load_state_dict({"weight_ih_l0": p["W_ih"], "weight_hh_l0": p["W_hh"],
+                           "bias_ih_l0": p["b_ih"], "bias_hh_l0": p["b_hh"]})
+    sides = {}
+    state = {"fastrnn": layer.initial_state(1), "numpy": (zero, zero)}
+
+    def fast(x):
+        y, state["fastrnn"] = layer.step(x, state["fastrnn"])
+        return y
+    sides["fastrnn"] = (fast, lambda x: x)
+
+    def ref(x):
+        _, h, c, _ = R.lstm_forward(x[None], *state["numpy"], p["W_ih"], p["W_hh"],
+                                    p["b_ih"], p["b_hh"])
+        state["numpy"] = (h, c)
+        return h
+    sides["numpy"] = (ref, lambda x: x)
+    if "torch" in peers:
+        import torch
+        torch.set_num_threads(n_threads)
+        cell = torch_module("lstm", p, step=True)
+        state["torch"] = (torch.zeros(1, H), torch.zeros(1, H))
+
+        def tstep(x):
+            state["torch"] = cell(x, state["torch"])
+            return state["torch"][0]
+        sides["torch"] = (tstep, torch.from_numpy)
+    if "onnxruntime" in peers:
+        sess = onnx_session("lstm", p, n_threads, 1, 1)
+        state["onnxruntime"] = (zero[None], zero[None])
+
+        def ostep(x):
+            h, c = sess.run(["Y_h", "Y_c"], {"X": x, "initial_h": state["onnxruntime"][0],
+                                             "initial_c": state["onnxruntime"][1]})
+            state["onnxruntime"] = (h, c)
+            return h[0]
+        sides["onnxruntime"] = (ostep, lambda x: x[None])
+    return sides
+
+
+def compare_stream(H, n_threads=1, peers=("torch", "onnxruntime"), repeats=5, min_time=0.2,
+                   check_steps=8):
+    """Streaming LSTM at batch 1, I = H: the kernel is verified at T=1, then every side
+    steps through the same ``check_steps`` inputs and must match the reference at each
+    step; then one step of each is timed in alternating blocks (state still carried)."""
+    from threadpoolctl import threadpool_limits
+    c = make_case("lstm", 1, 1, H)
+    err = {"kernel": verify(c, False, n_threads)}
+    sides = lstm_steppers(c["params"], n_threads, peers)
+    xs = np.random.default_rng(1).standard_normal((check_steps, 1, H)).astype(np.float32)
+    grad_off = contextlib.nullcontext()
+    if "torch" in sides:      # entered once, as a streaming loop would (faster than no_grad)
+        import torch
+        grad_off = torch.inference_mode()
+    with threadpool_limits(n_threads, user_api="blas"), grad_off:
+        outs = {name: [np.array(step(to(x))).reshape(1, H) for x in xs]
+                for name, (step, to) in sides.items()}
+        for name in sides:           # fastrnn against the reference, each peer against fastrnn
+            if name != "fastrnn":
+                a, b = (outs["fastrnn"], outs[name]) if name == "numpy" else \
+                    (outs[name], outs["fastrnn"])
+                err[name] = _check(name + " (streaming)",
+                                   max(rel_err(u, v) for u, v in zip(a, b)), c)
+        fns = {name: (lambda step=step, x=to(xs[0]): step(x)) for name, (step, to) in sides.items()}
+        t = time_alternating(fns, repeats, min_time)
+    return {"time": t, "err": err}

@@ -1,0 +1,61 @@
+"""Thread control: fastrnn.set/get_num_threads, and BLAS held at one thread during kernel
+calls (then restored), nested and from several Python threads."""
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import fastrnn
+from fastrnn._threads import serial_blas
+
+
+def scipy_blas_threads():
+    with serial_blas:           # make sure it has found its library
+        pass
+    return [i["num_threads"] for i in threadpool_info()
+            if i["filepath"] in {lib.filepath for lib in serial_blas._libs}]
+
+
+def test_serial_blas_nests_and_restores():
+    before = scipy_blas_threads()
+    with serial_blas:
+        assert scipy_blas_threads() == [1] * len(before)
+        with serial_blas:
+            assert scipy_blas_threads() == [1] * len(before)
+        assert scipy_blas_threads() == [1] * len(before)
+    assert scipy_blas_threads() == before
+
+
+def test_kernel_calls_from_threads_restore_blas():
+    before = scipy_blas_threads()
+    m = fastrnn.LSTM(16, 32, seed=0)
+    x = np.random.default_rng(0).standard_normal((20, 4, 16)).astype(np.float32)
+    want = m(x)[0]
+    results = []
+
+    def work():
+        for _ in range(20):
+            results.append(m(x)[0])
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.tobytes() == want.tobytes() for r in results)
+    assert scipy_blas_threads() == before
+
+
+def test_set_and_get_num_threads():
+    default = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        assert fastrnn.get_num_threads() == 1
+        assert fastrnn.effective_n_threads() == 1
+        assert fastrnn.effective_n_threads(2) == 2          # an explicit argument wins
+        with pytest.raises(ValueError, match="n_threads=0"):
+            fastrnn.set_num_threads(0)
+        assert fastrnn.get_num_threads() == 1               # a refused value changes nothing
+    finally:
+        fastrnn.set_num_threads(None)
+    assert fastrnn.get_num_threads() == default
