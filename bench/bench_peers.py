@@ -110,8 +110,8 @@ def train_target(cell, B, H, t):
 
 def stream_target(H, t):
     if H == 64:
-        worst = min(ratio(t, p) or 0 for p in ("onnxruntime", "torch"))
-        return goal(">=5x ORT and PyTorch", worst if worst else None, 5)
+        both = [ratio(t, p) for p in ("onnxruntime", "torch")]
+        return goal(">=5x ORT and PyTorch", None if None in both else min(both), 5)
     if H == 256:
         return goal(">=2x ORT", ratio(t, "onnxruntime"), 2)
     return ""

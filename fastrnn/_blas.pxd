@@ -27,3 +27,7 @@ cdef void _gemm_split(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
 # pointers: inside prange, Cython makes a variable thread-private only when it is assigned.
 cdef int chunk_start(int n, int n_chunks, int chunk, int align) noexcept nogil
 cdef int chunk_stop(int n, int n_chunks, int chunk, int align) noexcept nogil
+
+# Threads for the per-step work of a recurrent kernel: at most one per 8 hidden units, and
+# one when a step is too small to pay for waking a second thread (work = multiply-adds).
+cdef int step_threads(int n_threads, int H, long long work) noexcept nogil

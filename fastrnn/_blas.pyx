@@ -147,3 +147,24 @@ def serial_exit():
     _serial_depth -= 1
     if _serial_depth == 0 and _blas_get_threads != NULL and _saved_threads != 1:
         _blas_set_threads(_saved_threads)
+
+
+# Below this many multiply-adds per time step, a second thread costs more than it saves:
+# measured with one-step LSTM calls at batch 1 (fastrnn.LSTM.step), 2 threads lost at
+# H=64 and 128 (0.13 and 0.26 M multiply-adds per step) and won from H=256 (0.52 M) on.
+cdef long long _min_parallel_work = 400000
+
+
+cdef int step_threads(int n_threads, int H, long long work) noexcept nogil:
+    if work < _min_parallel_work:
+        return 1
+    return max(1, min(n_threads, (H + 7) // 8))
+
+
+def set_min_parallel_work(long long work):
+    """Set the per-step multiply-add count below which kernels use one thread (tests set 0
+    so that every threaded path runs on small sizes); returns the previous value."""
+    global _min_parallel_work
+    previous = _min_parallel_work
+    _min_parallel_work = work
+    return previous

@@ -26,27 +26,19 @@ cdef struct GRUShape:
 
 
 cdef void gru_rz_units(GRUShape s, floating *gates, const floating *h_prev,
-                       const floating *W_hh, int t, int j0, int j1) noexcept nogil:
-    """gates[t][:, r and z blocks, j0:j1] += h_prev @ W_h{r,z}[j0:j1].T (pre-activation)."""
-    cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, k
-    cdef floating *a = gates + <Py_ssize_t>t * B * GH
-    if n == H:
-        if B == 1:
-            _gemv(NoTrans, 2 * H, H, <floating>1, W_hh, H, h_prev, <floating>1, a)
-        else:
-            _gemm(NoTrans, Trans, B, 2 * H, H, <floating>1, h_prev, H, W_hh, H, <floating>1, a, GH)
-        return
-    for k in range(2):
-        if B == 1:
-            _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>(k * H + j0) * H, H, h_prev,
-                  <floating>1, a + k * H + j0)
-        else:
-            _gemm(NoTrans, Trans, B, n, H, <floating>1, h_prev, H,
-                  W_hh + <Py_ssize_t>(k * H + j0) * H, H, <floating>1, a + k * H + j0, GH)
+                       const floating *x, const floating *W_ih, const floating *W_hh,
+                       int t, int j0, int j1) noexcept nogil:
+    """gates[t][:, r and z blocks, j0:j1] += h_prev @ W_h{r,z}[j0:j1].T (pre-activation).
+    In a one-step call (x given, else NULL) the input projection of all three blocks is
+    done here first, so each thread reads only its own rows of W_ih."""
+    cdef floating *a = gates + <Py_ssize_t>t * s.B * s.GH
+    if x != NULL:
+        gate_blocks_product(a, s.GH, W_ih, x, s.B, s.I, s.H, 3, j0, j1, <floating>0)
+    gate_blocks_product(a, s.GH, W_hh, h_prev, s.B, s.H, s.H, 2, j0, j1, <floating>1)
 
 
 cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floating *hn,
-                               const floating *W_hh, const floating *bias_x, const floating *b_hn,
+                               const floating *x, const floating *W_ih, const floating *W_hh, const floating *bias_x, const floating *b_hn,
                                const long long *lengths, int t, int j0, int j1) noexcept nogil:
     """reset_after forward step t, units [j0, j1)."""
     cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j
@@ -58,14 +50,10 @@ cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floa
     cdef floating *hnb
     if n <= 0:
         return
-    gru_rz_units(s, gates, h_prev, W_hh, t, j0, j1)
+    gru_rz_units(s, gates, h_prev, x, W_ih, W_hh, t, j0, j1)
     # hn[t][:, j0:j1] = h_prev @ W_hn[j0:j1].T
-    if B == 1:
-        _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>(2 * H + j0) * H, H, h_prev,
-              <floating>0, hn_t + j0)
-    else:
-        _gemm(NoTrans, Trans, B, n, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>(2 * H + j0) * H,
-              H, <floating>0, hn_t + j0, H)
+    gate_blocks_product(hn_t, H, W_hh + <Py_ssize_t>2 * H * H, h_prev, B, H, H, 1, j0, j1,
+                        <floating>0)
     for b in range(B):
         if not step_is_valid(lengths, t, b):
             memset(h + b * H + j0, 0, n * sizeof(floating))
@@ -84,7 +72,7 @@ cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floa
 
 
 cdef void gru_before_rz_units(GRUShape s, floating *gates, const floating *hbuf, floating *rh,
-                              const floating *W_hh, const floating *bias_x,
+                              const floating *x, const floating *W_ih, const floating *W_hh, const floating *bias_x,
                               const long long *lengths,
                               int t, int j0, int j1) noexcept nogil:
     """reset-before forward step t, first half: r, z and rh = r * h_prev for units [j0, j1)."""
@@ -95,7 +83,7 @@ cdef void gru_before_rz_units(GRUShape s, floating *gates, const floating *hbuf,
     cdef floating *a
     if n <= 0:
         return
-    gru_rz_units(s, gates, h_prev, W_hh, t, j0, j1)
+    gru_rz_units(s, gates, h_prev, x, W_ih, W_hh, t, j0, j1)
     for b in range(B):
         if not step_is_valid(lengths, t, b):
             memset(rh_t + b * H + j0, 0, n * sizeof(floating))
@@ -154,36 +142,45 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
     cdef floating *hb = &hbuf[0, 0, 0]
     cdef floating *sd = &side[0, 0, 0]
     cdef const floating *Whh = &W_hh[0, 0]
+    cdef const floating *Wih = &W_ih[0, 0]
+    cdef const floating *xp
     cdef const floating *b_hn = &b_hh[0] + 2 * s.H
     cdef const floating *bx = &bias_x[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
+    # per-step multiply-adds: the recurrent product (and the input one in a one-step call)
+    cdef int nt = step_threads(n_threads, s.H,
+                               <long long>s.B * s.GH * (s.H + (s.I if s.T == 1 else 0)))
     with nogil:
-        # gates = x @ W_ih.T, one GEMM for all steps (bias_x added per step, in cache)
-        _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
-                    &W_ih[0, 0], s.I, <floating>0, g, s.GH, n_threads, False)
+        # gates = x @ W_ih.T, one GEMM for all steps (bias_x added per step, in cache); a
+        # one-step call does it inside the step, split over the threads' units
+        if s.T > 1:
+            _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
+                        &W_ih[0, 0], s.I, <floating>0, g, s.GH, n_threads, False)
+            xp = NULL
+        else:
+            xp = &x[0, 0, 0]
         for t in range(s.T):
             if nt == 1:
                 if reset_after:
-                    gru_after_step_units(s, g, hb, sd, Whh, bx, b_hn, len_ptr, t, 0, s.H)
+                    gru_after_step_units(s, g, hb, sd, xp, Wih, Whh, bx, b_hn, len_ptr, t, 0, s.H)
                 else:
-                    gru_before_rz_units(s, g, hb, sd, Whh, bx, len_ptr, t, 0, s.H)
+                    gru_before_rz_units(s, g, hb, sd, xp, Wih, Whh, bx, len_ptr, t, 0, s.H)
                     gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, 0, s.H)
             elif reset_after:
                 for tid in prange(nt, schedule='static', num_threads=nt):
                     j0 = chunk_start(s.H, nt, tid, 8)
                     j1 = chunk_stop(s.H, nt, tid, 8)
-                    gru_after_step_units(s, g, hb, sd, Whh, bx, b_hn, len_ptr, t, j0, j1)
+                    gru_after_step_units(s, g, hb, sd, xp, Wih, Whh, bx, b_hn, len_ptr, t,
+                                         j0, j1)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
                     j0 = chunk_start(s.H, nt, tid, 8)
                     j1 = chunk_stop(s.H, nt, tid, 8)
-                    gru_before_rz_units(s, g, hb, sd, Whh, bx, len_ptr, t, j0, j1)
+                    gru_before_rz_units(s, g, hb, sd, xp, Wih, Whh, bx, len_ptr, t, j0, j1)
                 for tid in prange(nt, schedule='static', num_threads=nt):
                     j0 = chunk_start(s.H, nt, tid, 8)
                     j1 = chunk_stop(s.H, nt, tid, 8)
                     gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, j0, j1)
-
 
 cdef void gru_carry_rz_units(GRUShape s, floating *dh_carry, const floating *dgx_next,
                              const floating *W_hh, int j0, int j1) noexcept nogil:
@@ -326,7 +323,9 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
     cdef const floating *Whh = &W_hh[0, 0]
     cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
+    # per-step multiply-adds: the recurrent product (and the input one in a one-step call)
+    cdef int nt = step_threads(n_threads, s.H,
+                               <long long>s.B * s.GH * (s.H + (s.I if s.T == 1 else 0)))
     with nogil:
         for t in range(s.T - 1, -1, -1):
             if nt == 1:

@@ -3,7 +3,8 @@
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
-from ._blas cimport _gemm, _gemv, _gemm_split, chunk_start, chunk_stop, NoTrans, Trans
+from ._blas cimport (_gemm, _gemv, _gemm_split, chunk_start, chunk_stop, step_threads,
+                     NoTrans, Trans)
 
 cdef extern from "fastrnn/activations.h" nogil:
     void fr_sigmoid_f32(float *y, const float *x, int n)
@@ -67,3 +68,25 @@ cdef inline void coldot_into(floating *acc, const floating *A, int lda, const fl
         for r in range(n_rows):
             for j in range(c0, c1):
                 acc[j] += A[r * lda + j] * C[r * n_cols + j]
+
+
+cdef inline void gate_blocks_product(floating *a, int lda, const floating *W, const floating *v,
+                                     int B, int K, int H, int n_blocks, int j0, int j1,
+                                     floating beta) noexcept nogil:
+    # for each gate block k < n_blocks, units [j0, j1):
+    #   a[:, k*H + j0 : k*H + j1] = v (B, K) @ W[k*H + j0 : k*H + j1].T + beta * a[...]
+    # W (n_blocks*H, K) row-major, a (B, lda). One BLAS call when the range is all units.
+    cdef int k, n = j1 - j0
+    if n == H:
+        if B == 1:
+            _gemv(NoTrans, n_blocks * H, K, <floating>1, W, K, v, beta, a)
+        else:
+            _gemm(NoTrans, Trans, B, n_blocks * H, K, <floating>1, v, K, W, K, beta, a, lda)
+        return
+    for k in range(n_blocks):
+        if B == 1:
+            _gemv(NoTrans, n, K, <floating>1, W + <Py_ssize_t>(k * H + j0) * K, K, v, beta,
+                  a + k * H + j0)
+        else:
+            _gemm(NoTrans, Trans, B, n, K, <floating>1, v, K, W + <Py_ssize_t>(k * H + j0) * K,
+                  K, beta, a + k * H + j0, lda)

@@ -37,10 +37,12 @@ cdef LSTMShape make_shape(int T, int B, int I, int H, bint coupled) noexcept nog
 
 
 cdef void lstm_step_units(LSTMShape s, floating *gates, floating *hbuf, floating *cbuf,
-                          floating *tcbuf, const floating *W_hh, const floating *bias,
+                          floating *tcbuf, const floating *x, const floating *W_ih,
+                          const floating *W_hh, const floating *bias,
                           const floating *p_i, const floating *p_f, const floating *p_o,
                           const long long *lengths, int t, int j0, int j1) noexcept nogil:
-    """Forward step t for hidden units [j0, j1) of every row."""
+    """Forward step t for hidden units [j0, j1) of every row. x (B, I) is given (else
+    NULL) when the input projection of this step is still to do."""
     cdef int B = s.B, H = s.H, GH = s.GH, n = j1 - j0, b, j, k, G = GH // H
     cdef Py_ssize_t BH = <Py_ssize_t>B * H
     cdef floating *a = gates + <Py_ssize_t>t * B * GH   # (B, GH) this step
@@ -59,20 +61,12 @@ cdef void lstm_step_units(LSTMShape s, floating *gates, floating *hbuf, floating
     cdef floating *hb
     if n <= 0:
         return
-    # a[:, block k, j0:j1] += h_prev @ W_hh[block k, j0:j1].T
-    if n == H:
-        if B == 1:
-            _gemv(NoTrans, GH, H, <floating>1, W_hh, H, h_prev, <floating>1, a)
-        else:
-            _gemm(NoTrans, Trans, B, GH, H, <floating>1, h_prev, H, W_hh, H, <floating>1, a, GH)
-    else:
-        for k in range(G):
-            if B == 1:
-                _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>(k * H + j0) * H, H,
-                      h_prev, <floating>1, a + k * H + j0)
-            else:
-                _gemm(NoTrans, Trans, B, n, H, <floating>1, h_prev, H,
-                      W_hh + <Py_ssize_t>(k * H + j0) * H, H, <floating>1, a + k * H + j0, GH)
+    if x != NULL:
+        # one-step call: a[:, blocks, j0:j1] = x @ W_ih[blocks, j0:j1].T here, so each
+        # thread reads only its own rows of W_ih (at batch 1 the weights are the traffic)
+        gate_blocks_product(a, GH, W_ih, x, B, s.I, H, G, j0, j1, <floating>0)
+    # a[:, blocks, j0:j1] += h_prev @ W_hh[blocks, j0:j1].T
+    gate_blocks_product(a, GH, W_hh, h_prev, B, H, H, G, j0, j1, <floating>1)
     for b in range(B):
         cb = c + <Py_ssize_t>b * H + j0
         hb = h + <Py_ssize_t>b * H + j0
@@ -137,22 +131,30 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
     cdef const floating *pf = NULL if p_f is None else &p_f[0]
     cdef const floating *po = NULL if p_o is None else &p_o[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
+    # per-step multiply-adds: the recurrent product (and the input one in a one-step call)
+    cdef int nt = step_threads(n_threads, s.H,
+                               <long long>s.B * s.GH * (s.H + (s.I if s.T == 1 else 0)))
+    cdef const floating *xp
     with nogil:
-        # gates = x @ W_ih.T, one GEMM for all steps (bias added per step)
-        _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
-                    &W_ih[0, 0], s.I, <floating>0, g, s.GH, n_threads, False)
+        # gates = x @ W_ih.T, one GEMM for all steps (bias added per step); a one-step
+        # call does it inside the step instead, split over the threads' units
+        if s.T > 1:
+            _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
+                        &W_ih[0, 0], s.I, <floating>0, g, s.GH, n_threads, False)
+            xp = NULL
+        else:
+            xp = &x[0, 0, 0]
         for t in range(s.T):
             if nt == 1:
-                lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0],
-                                &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr, t, 0, s.H)
+                lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0], xp,
+                                &W_ih[0, 0], &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr, t, 0, s.H)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
                     j0 = chunk_start(s.H, nt, tid, 8)
                     j1 = chunk_stop(s.H, nt, tid, 8)
-                    lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0],
-                                    &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr, t, j0, j1)
-
+                    lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0], xp,
+                                    &W_ih[0, 0], &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr,
+                                    t, j0, j1)
 
 cdef void lstm_backstep_units(LSTMShape s, floating *dgates, floating *dh_carry,
                               floating *dc_carry, const floating *dhs,
@@ -250,7 +252,9 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
     cdef const floating *pf = NULL if p_f is None else &p_f[0]
     cdef const floating *po = NULL if p_o is None else &p_o[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = max(1, min(n_threads, (s.H + 7) // 8))
+    # per-step multiply-adds: the recurrent product (and the input one in a one-step call)
+    cdef int nt = step_threads(n_threads, s.H,
+                               <long long>s.B * s.GH * (s.H + (s.I if s.T == 1 else 0)))
     with nogil:
         for t in range(s.T - 1, -1, -1):
             if nt == 1:

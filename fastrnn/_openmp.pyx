@@ -9,12 +9,19 @@ def openmp_enabled():
     return bool(FASTRNN_OPENMP_ENABLED)
 
 
+_cpu_count = None
+
+
 def cpu_count():
-    """CPUs this process may run on (affinity-aware where the OS tells)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """CPUs this process may run on (affinity-aware where the OS tells), read once: a
+    syscall per kernel call is a measurable part of a one-step streaming call."""
+    global _cpu_count
+    if _cpu_count is None:
+        try:
+            _cpu_count = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            _cpu_count = os.cpu_count() or 1
+    return _cpu_count
 
 
 _default_threads = None     # set by set_num_threads

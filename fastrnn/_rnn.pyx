@@ -17,22 +17,22 @@ cdef enum:
     ACT_RELU = 1
 
 
-cdef void rnn_step_units(floating *hbuf, const floating *W_hh, const floating *bias,
-                         const long long *lengths,
+cdef void rnn_step_units(floating *hbuf, const floating *x, const floating *W_ih, int I,
+                         const floating *W_hh, const floating *bias, const long long *lengths,
                          int t, int B, int H, int act, int j0, int j1) noexcept nogil:
-    """Step t for hidden units [j0, j1) of every row."""
+    """Step t for hidden units [j0, j1) of every row; x (B, I) is given (else NULL) in a
+    one-step call, whose input projection is done here, per thread."""
     cdef floating *h_prev = hbuf + <Py_ssize_t>t * B * H   # (B, H)
     cdef floating *h = h_prev + <Py_ssize_t>B * H          # (B, H), holds the x-projection
     cdef int n = j1 - j0, b, j
     cdef floating *hb
     if n <= 0:
         return
+    if x != NULL:
+        # h[:, j0:j1] = x @ W_ih[j0:j1].T
+        gate_blocks_product(h, H, W_ih, x, B, I, H, 1, j0, j1, <floating>0)
     # h[:, j0:j1] += h_prev @ W_hh[j0:j1].T
-    if B == 1:
-        _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>j0 * H, H, h_prev, <floating>1, h + j0)
-    else:
-        _gemm(NoTrans, Trans, B, n, H, <floating>1, h_prev, H, W_hh + <Py_ssize_t>j0 * H, H,
-              <floating>1, h + j0, H)
+    gate_blocks_product(h, H, W_hh, h_prev, B, H, H, 1, j0, j1, <floating>1)
     for b in range(B):
         hb = h + <Py_ssize_t>b * H + j0
         if not step_is_valid(lengths, t, b):
@@ -60,20 +60,27 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
     cdef floating *hb = &hbuf[0, 0, 0]
     cdef floating *out = hb + <Py_ssize_t>B * H        # (T*B, H)
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = max(1, min(n_threads, (H + 7) // 8))
+    cdef int nt = step_threads(n_threads, H, <long long>B * H * (H + (I if T == 1 else 0)))
+    cdef const floating *xp
     with nogil:
-        # out = x @ W_ih.T, one GEMM for all steps (bias added per step, in cache)
-        _gemm_split(NoTrans, Trans, T * B, H, I, <floating>1, &x[0, 0, 0], I, &W_ih[0, 0], I,
-                    <floating>0, out, H, n_threads, False)
+        # out = x @ W_ih.T, one GEMM for all steps (bias added per step, in cache); a
+        # one-step call does it inside the step, split over the threads' units
+        if T > 1:
+            _gemm_split(NoTrans, Trans, T * B, H, I, <floating>1, &x[0, 0, 0], I, &W_ih[0, 0], I,
+                        <floating>0, out, H, n_threads, False)
+            xp = NULL
+        else:
+            xp = &x[0, 0, 0]
         for t in range(T):
             if nt == 1:
-                rnn_step_units(hb, &W_hh[0, 0], &bias[0], len_ptr, t, B, H, act, 0, H)
+                rnn_step_units(hb, xp, &W_ih[0, 0], I, &W_hh[0, 0], &bias[0], len_ptr, t, B, H,
+                               act, 0, H)
             else:
                 for tid in prange(nt, schedule='static', num_threads=nt):
                     j0 = chunk_start(H, nt, tid, 8)
                     j1 = chunk_stop(H, nt, tid, 8)
-                    rnn_step_units(hb, &W_hh[0, 0], &bias[0], len_ptr, t, B, H, act, j0, j1)
-
+                    rnn_step_units(hb, xp, &W_ih[0, 0], I, &W_hh[0, 0], &bias[0], len_ptr, t, B,
+                                   H, act, j0, j1)
 
 cdef void rnn_backstep_units(floating *dpre, floating *dh_carry, const floating *dpre_next,
                              const floating *dhs, const floating *hbuf, const floating *W_hh,
@@ -125,7 +132,7 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I)
     cdef floating *dp = &dpre[0, 0, 0]
     cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = max(1, min(n_threads, (H + 7) // 8))
+    cdef int nt = step_threads(n_threads, H, <long long>B * H * H)
     cdef floating acc
     with nogil:
         for t in range(T - 1, -1, -1):

@@ -26,6 +26,7 @@ choice (initialisation and dropout masks); the same seed gives bit-identical mod
 """
 import numpy as np
 
+from . import _gru, _lstm, _rnn
 from . import functional as F
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
@@ -335,24 +336,60 @@ class _Recurrent:
 
     def step(self, x_t, state):
         """One time step for ``B`` streams: ``x_t (B, I)`` -> ``y_t (B, H), state``. The
-        state is returned new, never modified in place, so one layer serves many streams."""
+        state is returned new, never modified in place, so one layer serves many streams.
+
+        This is the streaming hot path: it checks only what the kernels need (dtype, shape,
+        contiguity) and calls them directly, one layer after another."""
         if self.bidirectional:
             raise ValueError("a bidirectional layer needs the whole sequence; it cannot step")
-        x_t = np.asarray(x_t) if isinstance(x_t, (list, tuple)) else x_t
+        if not isinstance(x_t, np.ndarray) or x_t.ndim != 2 or x_t.dtype != self.dtype \
+                or x_t.shape[1] != self.input_size:
+            x_t = self._step_input(x_t)
+        B, H, L = x_t.shape[0], self.hidden_size, self.num_layers
+        lstm = self.cell == "lstm"
+        if state is None:
+            state = self.initial_state(B)
+        hs = state[0] if lstm else state
+        cs = state[1] if lstm else None
+        for s in (hs, cs) if lstm else (hs,):
+            if not isinstance(s, np.ndarray) or s.shape != (L, B, H) or s.dtype != self.dtype:
+                raise ValueError(f"state must be {'a pair of ' if lstm else ''}{self.dtype} "
+                                 f"arrays of shape {(L, B, H)} (from initial_state({B}))")
+        nt = F.effective_n_threads(self.n_threads)
+        h_new = np.empty((L, B, H), self.dtype)
+        c_new = np.empty((L, B, H), self.dtype) if lstm else None
+        inp = np.ascontiguousarray(x_t)
+        with F.serial_blas:
+            for layer in range(L):
+                self._step_layer(f"_l{layer}", inp, hs[layer], None if cs is None else cs[layer],
+                                 h_new, c_new, layer, nt)
+                inp = h_new[layer]
+        y = h_new[L - 1].copy()
+        return y, ((h_new, c_new) if lstm else h_new)
+
+    def _step_input(self, x_t):
+        x_t = np.asarray(x_t, dtype=self.dtype) if isinstance(x_t, (list, tuple)) else x_t
         if not isinstance(x_t, np.ndarray) or x_t.ndim != 2:
             raise ValueError(f"x_t must be 2-D (batch, input_size), got {getattr(x_t, 'shape', x_t)}")
-        batch_first, self.batch_first = self.batch_first, False
-        try:
-            y, state = self(x_t[None], state)
-        finally:
-            self.batch_first = batch_first
-        return y[0], state
+        if x_t.dtype != self.dtype:
+            raise TypeError(f"x_t has dtype {x_t.dtype}, expected {self.dtype}")
+        if x_t.shape[1] != self.input_size:
+            raise ValueError(f"x_t has {x_t.shape[1]} features, expected {self.input_size}")
+        return x_t
+
+    def _step_bias(self, sfx):
+        _, _, b_ih, b_hh = self._kernel_params(sfx)
+        return b_ih + b_hh          # recomputed: parameters may change between steps
 
     def __repr__(self):
         extra = f", num_layers={self.num_layers}" if self.num_layers > 1 else ""
         extra += ", bidirectional=True" if self.bidirectional else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
                 f"dtype={self.dtype.name})")
+
+
+def _rnn_act(nonlinearity):
+    return F._ACTS[nonlinearity]
 
 
 def _reverse_index(T, B, lengths):
@@ -383,6 +420,15 @@ class RNN(_Recurrent):
         hs, h_n, cache = F.rnn_forward(x, h0, *self._kernel_params(sfx), lengths=lengths,
                                        nonlinearity=self.nonlinearity, n_threads=nt)
         return hs, h_n, None, cache
+
+    def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
+        B, H = x.shape[0], self.hidden_size
+        hbuf = np.empty((2, B, H), self.dtype)
+        hbuf[0] = h
+        W_ih, W_hh, _, _ = self._kernel_params(sfx)
+        _rnn.rnn_forward(hbuf, x[None], W_ih, W_hh, self._step_bias(sfx), None,
+                         _rnn_act(self.nonlinearity), nt)
+        h_new[layer] = hbuf[1]
 
     def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
         dx, dh0, _ = F.rnn_backward(dhs, dh_n, cache, n_threads=nt,
@@ -435,6 +481,19 @@ class LSTM(_Recurrent):
         return F.lstm_forward(x, h0, c0, *self._kernel_params(sfx), coupled=self.coupled,
                               lengths=lengths, n_threads=nt, **self._peepholes(sfx))
 
+    def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
+        B, H = x.shape[0], self.hidden_size
+        hbuf = np.empty((2, B, H), self.dtype)
+        cbuf = np.empty((2, B, H), self.dtype)
+        hbuf[0], cbuf[0] = h, c
+        W_ih, W_hh, _, _ = self._kernel_params(sfx)
+        p = self._peepholes(sfx)
+        _lstm.lstm_forward(np.empty((1, B, self.gates * H), self.dtype), hbuf, cbuf,
+                           np.empty((1, B, H), self.dtype), x[None], W_ih, W_hh,
+                           self._step_bias(sfx), p.get("p_i"), p.get("p_f"), p.get("p_o"),
+                           None, self.coupled, nt)
+        h_new[layer], c_new[layer] = hbuf[1], cbuf[1]
+
     def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
         keys = ("W_ih", "W_hh", "b_ih", "b_hh") + tuple(f"p_{g}" for g in self.peephole)
         dx, dh0, dc0, _ = F.lstm_backward(dhs, dh_n, dc_n, cache, n_threads=nt,
@@ -458,6 +517,23 @@ class GRU(_Recurrent):
                                        reset_after=self.reset_after, lengths=lengths,
                                        n_threads=nt)
         return hs, h_n, None, cache
+
+    def _step_bias(self, sfx):
+        _, _, b_ih, b_hh = self._kernel_params(sfx)
+        bias_x = b_ih + b_hh
+        if self.reset_after:
+            bias_x[2 * self.hidden_size:] = b_ih[2 * self.hidden_size:]
+        return bias_x
+
+    def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
+        B, H = x.shape[0], self.hidden_size
+        hbuf = np.empty((2, B, H), self.dtype)
+        hbuf[0] = h
+        W_ih, W_hh, _, b_hh = self._kernel_params(sfx)
+        _gru.gru_forward(np.empty((1, B, 3 * H), self.dtype), hbuf,
+                         np.empty((1, B, H), self.dtype), x[None], W_ih, W_hh,
+                         self._step_bias(sfx), b_hh, None, self.reset_after, nt)
+        h_new[layer] = hbuf[1]
 
     def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
         dx, dh0, _ = F.gru_backward(dhs, dh_n, cache, n_threads=nt,

@@ -20,3 +20,10 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+
+def pytest_configure(config):
+    """Run every threaded path even on the small sizes tests use: the kernels fall back to
+    one thread below a per-step work threshold (fastrnn._blas.set_min_parallel_work)."""
+    from fastrnn import _blas
+    _blas.set_min_parallel_work(0)
