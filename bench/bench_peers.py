@@ -196,6 +196,25 @@ def import_group(cfg, peers, out):
         out(row(p, f"{import_seconds(p, k):.3f}", ""))
 
 
+def measure_peaks(threads):
+    """Best of three sgemm_peak runs per thread count (one run lasts ~0.1 s, so a busy
+    neighbour can spoil it)."""
+    return {n: max(sgemm_peak(n) for _ in range(3)) for n in threads}
+
+
+def peak_warnings(start, end):
+    """Lines that say when the machine was visibly not quiet during the run."""
+    lines = [f"WARNING: the {n}-thread sgemm peak moved from {start[n]:.1f} to {end[n]:.1f} "
+             "GFLOP/s during the run: another process used the cores; treat the ratios at "
+             f"{n} thread{'s' * (n > 1)} with care" for n in start
+             if not 0.9 <= end[n] / start[n] <= 1.1]
+    if 1 in start and 2 in start and start[2] < 1.5 * start[1]:
+        lines.append(f"WARNING: 2 threads gave {start[2]:.1f} GFLOP/s against {start[1]:.1f} on "
+                     "one: the second core was busy; the 2-thread rows and % of peak are not "
+                     "this machine's")
+    return lines
+
+
 def write_results(lines):
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
     with open(path) as f:
@@ -244,16 +263,19 @@ def main(argv=None):
         + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if args.note:
         out("", args.note)
-    peaks = {n: sgemm_peak(n) for n in args.threads}
+    peaks = measure_peaks(args.threads)
     out("", "Threads: " + ", ".join(map(str, args.threads)) + " (fastrnn n_threads, "
         "torch.set_num_threads, ORT intra_op_num_threads, numpy BLAS via threadpoolctl). "
-        "sgemm 1024^3 peak (numpy's BLAS): " + ", ".join(
+        "sgemm 1024^3 peak (numpy's BLAS, best of 3): " + ", ".join(
             f"{n} thread{'s' * (n > 1)}: {p:.1f} GFLOP/s" for n, p in peaks.items()))
     seq_group(cfg, args.threads, peers, peaks, out)
     train_group(cfg, args.threads, peers, peaks, out)
     memory_group(cfg, max(args.threads), peers, out)
     stream_group(cfg, args.threads, peers, out)
     import_group(cfg, peers, out)
+    warnings = peak_warnings(peaks, measure_peaks(args.threads))
+    if warnings:
+        out("", *warnings)
     out("", NOTES)
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
     if args.write:
