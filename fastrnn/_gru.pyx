@@ -296,7 +296,7 @@ cdef void gru_before_backstep2_units(GRUShape s, floating *dgx, floating *dh_car
             dh_carry[b * H + j] += drh[b * H + j] * r                 # through r * h_prev
 
 
-def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
+def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written when need_dx
                  floating[:, ::1] dh0,               # INOUT (B, H): dh_n in, dh0 out
                  floating[:, ::1] dW_ih,             # INOUT (GH, I), accumulated
                  floating[:, ::1] dW_hh,             # INOUT (GH, H), accumulated
@@ -313,7 +313,7 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
                  const floating[:, ::1] W_ih,        # IN (GH, I)
                  const floating[:, ::1] W_hh,        # IN (GH, H)
                  const long long[::1] lengths,       # IN (B,) or None
-                 bint reset_after, int n_threads):
+                 bint reset_after, int n_threads, bint need_dx=True):
     cdef GRUShape s
     s.T = x.shape[0]; s.B = x.shape[1]; s.I = x.shape[2]; s.H = W_hh.shape[1]; s.GH = 3 * s.H
     cdef int t, tid, j0, j1, H = s.H
@@ -363,8 +363,9 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
         # dW_ih += dgx.T @ x;  dx = dgx @ W_ih;  db_ih += dgx.sum(0)
         _gemm_split(Trans, NoTrans, s.GH, s.I, s.T * s.B, <floating>1, dG, s.GH, &x[0, 0, 0], s.I,
                     <floating>1, &dW_ih[0, 0], s.I, n_threads, False)
-        _gemm_split(NoTrans, NoTrans, s.T * s.B, s.I, s.GH, <floating>1, dG, s.GH, &W_ih[0, 0], s.I,
-                    <floating>0, &dx[0, 0, 0], s.I, n_threads, False)
+        if need_dx:
+            _gemm_split(NoTrans, NoTrans, s.T * s.B, s.I, s.GH, <floating>1, dG, s.GH,
+                        &W_ih[0, 0], s.I, <floating>0, &dx[0, 0, 0], s.I, n_threads, False)
         colsum_into(&db_ih[0], dG, TB, s.GH, s.GH, n_threads)
         # dW_hh[r,z] += dgx[:, r,z].T @ h_prev;  db_hh[r,z] += dgx[:, r,z].sum(0)
         _gemm_split(Trans, NoTrans, 2 * H, H, s.T * s.B, <floating>1, dG, s.GH, &hbuf[0, 0, 0], H,

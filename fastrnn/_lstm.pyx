@@ -220,7 +220,7 @@ cdef void lstm_backstep_units(LSTMShape s, floating *dgates, floating *dh_carry,
             dh_carry[b * H + j] = 0          # refilled by the next step's recurrent GEMM
 
 
-def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
+def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written when need_dx
                   floating[:, ::1] dh0,               # INOUT (B, H): dh_n in, dh0 out
                   floating[:, ::1] dc0,               # INOUT (B, H): dc_n in, dc0 out
                   floating[:, ::1] dW_ih,             # INOUT (GH, I), accumulated
@@ -242,7 +242,7 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
                   const floating[::1] p_f,            # IN (H,) or None
                   const floating[::1] p_o,            # IN (H,) or None
                   const long long[::1] lengths,       # IN (B,) or None
-                  bint coupled, int n_threads):
+                  bint coupled, int n_threads, bint need_dx=True):
     cdef LSTMShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1], coupled)
     cdef int t, tid, j0, j1
     cdef Py_ssize_t TB = <Py_ssize_t>s.T * s.B, BH = <Py_ssize_t>s.B * s.H
@@ -278,8 +278,9 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I)
         _gemm_split(Trans, NoTrans, s.GH, s.H, s.T * s.B, <floating>1, dG, s.GH, &hbuf[0, 0, 0], s.H,
                     <floating>1, &dW_hh[0, 0], s.H, n_threads, False)
         # dx = dgates @ W_ih  (T*B, GH) @ (GH, I)
-        _gemm_split(NoTrans, NoTrans, s.T * s.B, s.I, s.GH, <floating>1, dG, s.GH, &W_ih[0, 0], s.I,
-                    <floating>0, &dx[0, 0, 0], s.I, n_threads, False)
+        if need_dx:
+            _gemm_split(NoTrans, NoTrans, s.T * s.B, s.I, s.GH, <floating>1, dG, s.GH,
+                        &W_ih[0, 0], s.I, <floating>0, &dx[0, 0, 0], s.I, n_threads, False)
         # db += dgates.sum(axis=(0, 1))
         colsum_into(&db[0], dG, TB, s.GH, s.GH, n_threads)
         # peepholes: dp_i += (d a_i * c_{t-1}).sum, dp_f likewise, dp_o += (d a_o * c_t).sum

@@ -113,7 +113,7 @@ cdef void rnn_backstep_units(floating *dpre, floating *dh_carry, const floating 
             dh_carry[b * H + j] = 0
 
 
-def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I)
+def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I), written when need_dx
                  floating[:, ::1] dh0,                # OUT (B, H); holds dh_n on entry
                  floating[:, ::1] dW_ih,              # INOUT (H, I), accumulated
                  floating[:, ::1] dW_hh,              # INOUT (H, H), accumulated
@@ -125,7 +125,7 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I)
                  const floating[:, ::1] W_ih,         # IN (H, I)
                  const floating[:, ::1] W_hh,         # IN (H, H)
                  const long long[::1] lengths,        # IN (B,) or None
-                 int act, int n_threads):
+                 int act, int n_threads, bint need_dx=True):
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[0]
     cdef int t, tid, j0, j1, j
     cdef Py_ssize_t r, TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
@@ -155,7 +155,8 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I)
         _gemm_split(Trans, NoTrans, H, H, T * B, <floating>1, dp, H, &hbuf[0, 0, 0], H,
                     <floating>1, &dW_hh[0, 0], H, n_threads, False)
         # dx = dpre @ W_ih  (T*B, H) @ (H, I)
-        _gemm_split(NoTrans, NoTrans, T * B, I, H, <floating>1, dp, H, &W_ih[0, 0], I,
-                    <floating>0, &dx[0, 0, 0], I, n_threads, False)
+        if need_dx:
+            _gemm_split(NoTrans, NoTrans, T * B, I, H, <floating>1, dp, H, &W_ih[0, 0], I,
+                        <floating>0, &dx[0, 0, 0], I, n_threads, False)
         # db += dpre.sum(axis=(0, 1))
         colsum_into(&db[0], dp, TB, H, H, n_threads)

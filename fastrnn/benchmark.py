@@ -338,7 +338,7 @@ def fastrnn_train_step(c, n_threads, lr=1e-3):
     def step():
         layer.zero_grad()
         out, _, tape = layer.forward(c["x"])
-        layer.backward(c["dhs"], None, tape)
+        layer.backward(c["dhs"], None, tape, need_dx=False)   # as torch: x needs no grad
         opt.step()
         return out
     return step, layer

@@ -12,6 +12,8 @@ must have the weights' dtype (no silent casts).
 Outputs ``hs`` are views into the cache; modify them in place only after backward.
 Backward accumulates into ``grads`` when given (zero it yourself), which makes truncated
 BPTT and gradient accumulation free; without ``grads`` it returns fresh zeros-based ones.
+``need_dx=False`` skips the input gradient (returned as None), as PyTorch does for an input
+that needs no gradient: one GEMM of six in a training step.
 Like PyTorch's ``retain_graph=False``, LSTM and GRU backward reuse the cached gate buffer
 for the gate gradients (no second (T, B, G*H) buffer, no page faults for it), so a cache can
 be backpropagated once; pass ``retain_cache=True`` to keep it usable.
@@ -170,7 +172,8 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     return hbuf[1:], _final_state(hbuf, lengths, T), cache
 
 
-def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=True):
+def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=True,
+                 need_dx=True):
     """Backward of :func:`rnn_forward`. ``dhs (T, B, H)`` and ``dh_n (B, H)`` may be None
     (zeros). Returns ``dx (T, B, I), dh0 (B, H), grads`` with keys W_ih, W_hh, b_ih, b_hh;
     gradients are accumulated into ``grads`` when given. The RNN cache holds only the
@@ -181,14 +184,15 @@ def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=True
     dhs = _upstream("dhs", dhs, dtype, (T, B, H))
     dh = _state("dh_n", dh_n, dtype, B, H).copy()
     grads = _grads(grads, _param_shapes(c), dtype)
-    dx = np.zeros((T, B, I), dtype)
+    dx = np.zeros((T, B, I), dtype) if need_dx else None    # None: x needs no gradient
+    dx_out = dx if need_dx else np.empty((1, 1, 1), dtype)
     if T and B:
         db = np.zeros(H, dtype)
         dpre = np.empty((T, B, H), dtype)
         with serial_blas:
-            _rnn.rnn_backward(dx, dh, grads["W_ih"], grads["W_hh"], db, dpre, dhs, c.x, c.hbuf,
+            _rnn.rnn_backward(dx_out, dh, grads["W_ih"], grads["W_hh"], db, dpre, dhs, c.x, c.hbuf,
                               c.W_ih, c.W_hh, c.lengths, _ACTS[c.variant],
-                              _threads(n_threads, c))
+                              _threads(n_threads, c), need_dx)
         grads["b_ih"] += db
         grads["b_hh"] += db
     return dx, dh, grads
@@ -254,7 +258,8 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None
     return hbuf[1:], _final_state(hbuf, lengths, T), _final_state(cbuf, lengths, T), cache
 
 
-def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None, retain_cache=False):
+def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None, retain_cache=False,
+                  need_dx=True):
     """Backward of :func:`lstm_forward`. Returns ``dx, dh0, dc0, grads`` with keys W_ih,
     W_hh, b_ih, b_hh and p_i / p_f / p_o for the peepholes in use; accumulates into
     ``grads`` when given. Consumes the cache unless ``retain_cache=True``."""
@@ -264,19 +269,21 @@ def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None, retain_cac
     dh = _state("dh_n", dh_n, dtype, B, H).copy()
     dc = _state("dc_n", dc_n, dtype, B, H).copy()
     grads = _grads(grads, _param_shapes(c), dtype)
-    dx = np.zeros((T, B, I), dtype)
+    dx = np.zeros((T, B, I), dtype) if need_dx else None    # None: x needs no gradient
+    dx_out = dx if need_dx else np.empty((1, 1, 1), dtype)
     if T and B:
         db = np.zeros(c.W_ih.shape[0], dtype)
         nt = _threads(n_threads, c)      # validated before the cache is consumed
         gates = c.gates
         dgates = _gate_grad_buffer(c, retain_cache)
         with serial_blas:
-            _lstm.lstm_backward(dx, dh, dc, grads["W_ih"], grads["W_hh"], db,
+            _lstm.lstm_backward(dx_out, dh, dc, grads["W_ih"], grads["W_hh"], db,
                                 grads.get("p_i") if c.p_i is not None else None,
                                 grads.get("p_f") if c.p_f is not None else None,
                                 grads.get("p_o") if c.p_o is not None else None,
                                 dgates, dhs, c.x, gates, c.hbuf, c.cbuf, c.tcbuf, c.W_ih,
-                                c.W_hh, c.p_i, c.p_f, c.p_o, c.lengths, c.variant, nt)
+                                c.W_hh, c.p_i, c.p_f, c.p_o, c.lengths, c.variant, nt,
+                                need_dx)
         grads["b_ih"] += db
         grads["b_hh"] += db
     return dx, dh, dc, grads
@@ -314,7 +321,8 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
     return hbuf[1:], _final_state(hbuf, lengths, T), cache
 
 
-def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=False):
+def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=False,
+                 need_dx=True):
     """Backward of :func:`gru_forward`. Returns ``dx, dh0, grads`` (W_ih, W_hh, b_ih, b_hh);
     accumulates into ``grads`` when given. Consumes the cache unless ``retain_cache=True``."""
     c = _check_cache(cache, "gru")
@@ -322,7 +330,8 @@ def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=Fals
     dhs = _upstream("dhs", dhs, dtype, (T, B, H))
     dh = _state("dh_n", dh_n, dtype, B, H).copy()
     grads = _grads(grads, _param_shapes(c), dtype)
-    dx = np.zeros((T, B, I), dtype)
+    dx = np.zeros((T, B, I), dtype) if need_dx else None    # None: x needs no gradient
+    dx_out = dx if need_dx else np.empty((1, 1, 1), dtype)
     if T and B:
         nt = _threads(n_threads, c)      # validated before the cache is consumed
         gates, side = c.gates, c.side
@@ -335,7 +344,7 @@ def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=Fals
             dside = side    # d(W_hn h + b_hn) overwrites hn element by element, after its read
         drh = np.empty((B, H), dtype)
         with serial_blas:
-            _gru.gru_backward(dx, dh, grads["W_ih"], grads["W_hh"], grads["b_ih"], grads["b_hh"],
+            _gru.gru_backward(dx_out, dh, grads["W_ih"], grads["W_hh"], grads["b_ih"], grads["b_hh"],
                               dgx, dside, drh, dhs, c.x, gates, c.hbuf, side, c.W_ih,
-                              c.W_hh, c.lengths, c.variant, nt)
+                              c.W_hh, c.lengths, c.variant, nt, need_dx)
     return dx, dh, grads

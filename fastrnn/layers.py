@@ -169,7 +169,7 @@ class _Recurrent:
         """One direction of one layer: (hs, h_n, c_n or None, cache)."""
         raise NotImplementedError
 
-    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
+    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
         """Backward of one direction: (dx, dh0, dc0 or None); accumulates into self.grads."""
         raise NotImplementedError
 
@@ -289,10 +289,11 @@ class _Recurrent:
         return (self._pack_out(out, unbatched).copy(),
                 self._pack_state(finals, x.shape[1], unbatched), tape)
 
-    def backward(self, dout, dstate_n, tape):
+    def backward(self, dout, dstate_n, tape, need_dx=True):
         """Gradients of a loss through :meth:`forward`: accumulates into ``self.grad`` (call
         :meth:`zero_grad` first) and returns ``dx, dstate0`` in the input's layout.
-        ``dout`` and ``dstate_n`` may be None (zeros)."""
+        ``dout`` and ``dstate_n`` may be None (zeros). ``need_dx=False`` skips the input
+        gradient (dx is None), for inputs that are data."""
         stack, rev, lengths, nt, unbatched, (T, B, I) = tape
         LD, H, D = self.num_layers * self.num_directions, self.hidden_size, self.num_directions
         if dout is None:
@@ -317,13 +318,17 @@ class _Recurrent:
                 if d == 1:
                     dhs = _gather_time(dhs, rev)
                 dh_n, dc_n = dstates[k]
+                want_dx = need_dx or layer > 0
                 dxd, dh0, dc0 = self._back(sfx, np.ascontiguousarray(dhs), dh_n, dc_n,
-                                           caches[d], nt)
-                if d == 1:
-                    dxd = _gather_time(dxd, rev)
-                dx = dxd if dx is None else dx + dxd
+                                           caches[d], nt, want_dx)
+                if want_dx:
+                    if d == 1:
+                        dxd = _gather_time(dxd, rev)
+                    dx = dxd if dx is None else dx + dxd
                 dstate0[k] = (dh0, dc0)
             dout = dx
+        if not need_dx:
+            return None, self._pack_state(dstate0, B, unbatched)
         dx = dout[:, 0, :] if unbatched else (dout.transpose(1, 0, 2) if self.batch_first else dout)
         return dx, self._pack_state(dstate0, B, unbatched)
 
@@ -430,8 +435,8 @@ class RNN(_Recurrent):
                          _rnn_act(self.nonlinearity), nt)
         h_new[layer] = hbuf[1]
 
-    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
-        dx, dh0, _ = F.rnn_backward(dhs, dh_n, cache, n_threads=nt,
+    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
+        dx, dh0, _ = F.rnn_backward(dhs, dh_n, cache, n_threads=nt, need_dx=need_dx,
                                     grads=self._grad_views(sfx, ("W_ih", "W_hh", "b_ih", "b_hh")))
         return dx, dh0, None
 
@@ -494,10 +499,10 @@ class LSTM(_Recurrent):
                            None, self.coupled, nt)
         h_new[layer], c_new[layer] = hbuf[1], cbuf[1]
 
-    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
+    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
         keys = ("W_ih", "W_hh", "b_ih", "b_hh") + tuple(f"p_{g}" for g in self.peephole)
         dx, dh0, dc0, _ = F.lstm_backward(dhs, dh_n, dc_n, cache, n_threads=nt,
-                                          grads=self._grad_views(sfx, keys))
+                                          need_dx=need_dx, grads=self._grad_views(sfx, keys))
         return dx, dh0, dc0
 
 
@@ -535,8 +540,8 @@ class GRU(_Recurrent):
                          self._step_bias(sfx), b_hh, None, self.reset_after, nt)
         h_new[layer] = hbuf[1]
 
-    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt):
-        dx, dh0, _ = F.gru_backward(dhs, dh_n, cache, n_threads=nt,
+    def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
+        dx, dh0, _ = F.gru_backward(dhs, dh_n, cache, n_threads=nt, need_dx=need_dx,
                                     grads=self._grad_views(sfx, ("W_ih", "W_hh", "b_ih", "b_hh")))
         return dx, dh0, None
 

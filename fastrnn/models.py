@@ -207,7 +207,7 @@ class SequenceModel:
                 dh[LD - D + d] = dfeats[:, d * H:(d + 1) * H]
             dout = None
             dstate = (dh, np.zeros_like(dh)) if self.rnn.cell == "lstm" else dh
-        dx, _ = self.rnn.backward(dout, dstate, rtape)
+        dx, _ = self.rnn.backward(dout, dstate, rtape, need_dx=ids is not None)
         if ids is not None:
             self.embedding.backward(dx, ids)
 

@@ -266,3 +266,18 @@ def test_dropout_scaling_and_gradient():
     x[i] = orig - eps; minus = loss()[0]
     x[i] = orig
     assert abs((plus - minus) / (2 * eps) - dx[i]) < 1e-6 * max(1, abs(dx[i]))
+
+
+@pytest.mark.parametrize("cls", ["RNN", "LSTM", "GRU"])
+def test_need_dx_false_skips_only_the_input_gradient(cls):
+    m = getattr(fastrnn, cls)(I, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    R = np.random.default_rng(1).standard_normal((T, B, 2 * H))
+    grads = []
+    for need in (True, False):
+        out, _, tape = m.forward(x, lengths=LENGTHS)
+        m.zero_grad()
+        dx, _ = m.backward(R, None, tape, need_dx=need)
+        assert (dx is None) == (not need)
+        grads.append(m.grad.copy())
+    assert grads[0].tobytes() == grads[1].tobytes()
