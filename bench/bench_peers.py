@@ -48,7 +48,8 @@ fastest mode, entered once around the stream), training with `loss = (out * R).s
 one LSTM/GRU node built in memory (gate orders i,o,f,c and z,r,h; GRU `linear_before_reset=1`),
 `intra_op_num_threads=n`, `inter_op_num_threads=1`, sequential execution; streaming runs a
 T=1 session fed `initial_h`/`initial_c`. The numpy reference gets n BLAS threads
-(threadpoolctl). GFLOP/s counts the GEMMs (forward 2TB*G*H*(I+H), training 3x that);
+(threadpoolctl). GFLOP/s counts the GEMMs (forward 2TB*G*H*(I+H), training 3x that less
+the dx GEMM 2TB*G*H*I, which neither side computes);
 % of peak is against the sgemm line above.
 
 Training memory: one fresh subprocess per number. After imports and input data the child
