@@ -149,9 +149,10 @@ def serial_exit():
         _blas_set_threads(_saved_threads)
 
 
-# Below this many multiply-adds per time step, a second thread costs more than it saves:
-# measured with one-step LSTM calls at batch 1 (fastrnn.LSTM.step), 2 threads lost at
-# H=64 and 128 (0.13 and 0.26 M multiply-adds per step) and won from H=256 (0.52 M) on.
+# Below this many multiply-adds, a one-step call (streaming) runs on one thread: measured
+# with fastrnn.LSTM.step at batch 1, 2 threads lost at H=64 and 128 (0.13 and 0.26 M) and
+# won from H=256 (0.52 M) on. Whole sequences always split (their threads stay hot between
+# steps: LSTM B=1 H=128, 0.50 ms on 1 thread, 0.42 ms on 2).
 cdef long long _min_parallel_work = 400000
 
 

@@ -147,9 +147,10 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
     cdef const floating *b_hn = &b_hh[0] + 2 * s.H
     cdef const floating *bx = &bias_x[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    # per-step multiply-adds: the recurrent product (and the input one in a one-step call)
+    # one thread for a small one-step call (waking a second costs more than it saves); a
+    # whole sequence keeps its threads hot between steps, so it always splits
     cdef int nt = step_threads(n_threads, s.H,
-                               <long long>s.B * s.GH * (s.H + (s.I if s.T == 1 else 0)))
+                               <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
     with nogil:
         # gates = x @ W_ih.T, one GEMM for all steps (bias_x added per step, in cache); a
         # one-step call does it inside the step, split over the threads' units
@@ -323,9 +324,10 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
     cdef const floating *Whh = &W_hh[0, 0]
     cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    # per-step multiply-adds: the recurrent product (and the input one in a one-step call)
+    # one thread for a small one-step call (waking a second costs more than it saves); a
+    # whole sequence keeps its threads hot between steps, so it always splits
     cdef int nt = step_threads(n_threads, s.H,
-                               <long long>s.B * s.GH * (s.H + (s.I if s.T == 1 else 0)))
+                               <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
     with nogil:
         for t in range(s.T - 1, -1, -1):
             if nt == 1:

@@ -6,6 +6,10 @@ from libc.string cimport memcpy, memset
 from ._blas cimport (_gemm, _gemv, _gemm_split, chunk_start, chunk_stop, step_threads,
                      NoTrans, Trans)
 
+# work figure that always passes step_threads' threshold: a whole sequence (or its backward)
+# keeps the threads hot from one step to the next
+cdef long long WHOLE_SEQUENCE = 1LL << 62
+
 cdef extern from "fastrnn/activations.h" nogil:
     void fr_sigmoid_f32(float *y, const float *x, int n)
     void fr_tanh_f32(float *y, const float *x, int n)

@@ -131,9 +131,10 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
     cdef const floating *pf = NULL if p_f is None else &p_f[0]
     cdef const floating *po = NULL if p_o is None else &p_o[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    # per-step multiply-adds: the recurrent product (and the input one in a one-step call)
+    # one thread for a small one-step call (waking a second costs more than it saves); a
+    # whole sequence keeps its threads hot between steps, so it always splits
     cdef int nt = step_threads(n_threads, s.H,
-                               <long long>s.B * s.GH * (s.H + (s.I if s.T == 1 else 0)))
+                               <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
     cdef const floating *xp
     with nogil:
         # gates = x @ W_ih.T, one GEMM for all steps (bias added per step); a one-step
@@ -252,9 +253,10 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
     cdef const floating *pf = NULL if p_f is None else &p_f[0]
     cdef const floating *po = NULL if p_o is None else &p_o[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    # per-step multiply-adds: the recurrent product (and the input one in a one-step call)
+    # one thread for a small one-step call (waking a second costs more than it saves); a
+    # whole sequence keeps its threads hot between steps, so it always splits
     cdef int nt = step_threads(n_threads, s.H,
-                               <long long>s.B * s.GH * (s.H + (s.I if s.T == 1 else 0)))
+                               <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
     with nogil:
         for t in range(s.T - 1, -1, -1):
             if nt == 1:

@@ -60,7 +60,7 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
     cdef floating *hb = &hbuf[0, 0, 0]
     cdef floating *out = hb + <Py_ssize_t>B * H        # (T*B, H)
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = step_threads(n_threads, H, <long long>B * H * (H + (I if T == 1 else 0)))
+    cdef int nt = step_threads(n_threads, H, <long long>B * H * (H + I) if T == 1 else WHOLE_SEQUENCE)
     cdef const floating *xp
     with nogil:
         # out = x @ W_ih.T, one GEMM for all steps (bias added per step, in cache); a
@@ -132,7 +132,7 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I), written wh
     cdef floating *dp = &dpre[0, 0, 0]
     cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = step_threads(n_threads, H, <long long>B * H * H)
+    cdef int nt = step_threads(n_threads, H, WHOLE_SEQUENCE)
     cdef floating acc
     with nogil:
         for t in range(T - 1, -1, -1):
