@@ -20,7 +20,7 @@ def test_adding_problem_data():
 def test_small_run_learns_and_writes_a_plot(tmp_path):
     plot = tmp_path / "curves.svg"
     lines = []
-    r = demo.run(T=10, hidden=16, n_train=1024, n_test=256, epochs=4, cells=("rnn", "gru"),
+    r = demo.run(T=10, hidden=16, n_train=2048, n_test=256, epochs=4, cells=("rnn", "gru"),
                  plot=str(plot), progress=False, out=lines.append)
     assert r["gru"]["mse"] < 0.5 * demo.BASELINE_MSE
     assert len(r["gru"]["curve"]) == 4
