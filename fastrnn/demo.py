@@ -90,8 +90,8 @@ def write_svg(path, curves, baseline, title, width=640, height=400):
                  f'text-anchor="middle">epoch</text>')
     _, by = xy(0, baseline)
     parts.append(f'<line x1="{left}" x2="{width - right}" y1="{by:.1f}" y2="{by:.1f}" '
-                 f'stroke="#888" stroke-dasharray="6,4"/><text x="{width - right + 6}" '
-                 f'y="{by + 4:.1f}">mean: {baseline:.3f}</text>')
+                 f'stroke="#888" stroke-dasharray="6,4"/><text x="{left + 6}" '
+                 f'y="{by - 6:.1f}" fill="#555">predicting the mean: {baseline:.3f}</text>')
     for k, (name, values) in enumerate(curves.items()):
         pts = " ".join(f"{px:.1f},{py:.1f}" for px, py in (xy(i, v) for i, v in enumerate(values)))
         color = colors[k % len(colors)]
