@@ -40,6 +40,7 @@ def run(T=100, hidden=64, n_train=8000, n_test=1000, epochs=8, seed=0, plot="fas
     for cell in cells:
         model = SequenceModel(cell, input_size=2, hidden_size=hidden, output_size=1,
                               task="sequence_regression", seed=seed)
+        out(f"{cell.upper()}:")
         t0 = time.perf_counter()
         history = model.fit(x, y, epochs=epochs, batch_size=32, lr=3e-3, clip_norm=1.0,
                             validation_data=(tx, ty), seed=seed, progress=progress)

@@ -49,16 +49,21 @@ def _check_positive(name, v, integer=False, allow_none=False):
 
 
 class _Progress:
-    """tqdm when it is installed and wanted, else nothing (history still records all)."""
+    """A tqdm bar when tqdm is installed and wanted; without tqdm, one line per epoch."""
+    _hinted = False
 
     def __init__(self, enabled, total, desc):
-        self.bar = None
+        self.bar, self.line, self.desc = None, False, desc
+        self.t0 = time.perf_counter()
         if enabled:
             try:
                 from tqdm.auto import tqdm
                 self.bar = tqdm(total=total, desc=desc, unit="batch", leave=True)
             except ImportError:
-                print(f"{desc}: (install tqdm for a progress bar)")
+                self.line = True
+                if not _Progress._hinted:
+                    _Progress._hinted = True
+                    print("(pip install tqdm for a progress bar; one line per epoch meanwhile)")
 
     def update(self, **postfix):
         if self.bar is not None:
@@ -69,6 +74,9 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_postfix(postfix)
             self.bar.close()
+        elif self.line:
+            stats = " ".join(f"{k}={v}" for k, v in postfix.items())
+            print(f"{self.desc}: {stats} ({time.perf_counter() - self.t0:.1f} s)", flush=True)
 
 
 def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", lr=1e-3,
