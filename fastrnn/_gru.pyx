@@ -152,14 +152,8 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
     cdef int nt = step_threads(n_threads, s.H,
                                <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
     with nogil:
-        # gates = x @ W_ih.T, one GEMM for all steps (bias_x added per step, in cache); a
-        # one-step call does it inside the step, split over the threads' units
-        if s.T > 1:
-            _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
-                        &W_ih[0, 0], s.I, <floating>0, g, s.GH, n_threads, False)
-            xp = NULL
-        else:
-            xp = &x[0, 0, 0]
+        # gates = x @ W_ih.T (bias_x added per step, in cache)
+        xp = input_projection(g, &x[0, 0, 0], Wih, s.T, s.B, s.I, s.GH, n_threads)
         for t in range(s.T):
             if nt == 1:
                 if reset_after:

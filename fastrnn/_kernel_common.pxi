@@ -94,3 +94,16 @@ cdef inline void gate_blocks_product(floating *a, int lda, const floating *W, co
         else:
             _gemm(NoTrans, Trans, B, n, K, <floating>1, v, K, W + <Py_ssize_t>(k * H + j0) * K,
                   K, beta, a + k * H + j0, lda)
+
+
+cdef inline const floating *input_projection(floating *out, const floating *x,
+                                             const floating *W_ih, int T, int B, int I, int GH,
+                                             int n_threads) noexcept nogil:
+    # out (T*B, GH) = x (T*B, I) @ W_ih.T, one GEMM for all steps, and return NULL; a
+    # one-step call (T == 1) returns x instead, so each thread projects its own units
+    # inside the step and reads only its rows of W_ih
+    if T > 1:
+        _gemm_split(NoTrans, Trans, T * B, GH, I, <floating>1, x, I, W_ih, I, <floating>0,
+                    out, GH, n_threads, False)
+        return NULL
+    return x

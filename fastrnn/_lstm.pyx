@@ -137,14 +137,8 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
                                <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
     cdef const floating *xp
     with nogil:
-        # gates = x @ W_ih.T, one GEMM for all steps (bias added per step); a one-step
-        # call does it inside the step instead, split over the threads' units
-        if s.T > 1:
-            _gemm_split(NoTrans, Trans, s.T * s.B, s.GH, s.I, <floating>1, &x[0, 0, 0], s.I,
-                        &W_ih[0, 0], s.I, <floating>0, g, s.GH, n_threads, False)
-            xp = NULL
-        else:
-            xp = &x[0, 0, 0]
+        # gates = x @ W_ih.T (bias added per step, in cache)
+        xp = input_projection(g, &x[0, 0, 0], &W_ih[0, 0], s.T, s.B, s.I, s.GH, n_threads)
         for t in range(s.T):
             if nt == 1:
                 lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0], xp,

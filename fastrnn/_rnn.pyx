@@ -63,14 +63,8 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
     cdef int nt = step_threads(n_threads, H, <long long>B * H * (H + I) if T == 1 else WHOLE_SEQUENCE)
     cdef const floating *xp
     with nogil:
-        # out = x @ W_ih.T, one GEMM for all steps (bias added per step, in cache); a
-        # one-step call does it inside the step, split over the threads' units
-        if T > 1:
-            _gemm_split(NoTrans, Trans, T * B, H, I, <floating>1, &x[0, 0, 0], I, &W_ih[0, 0], I,
-                        <floating>0, out, H, n_threads, False)
-            xp = NULL
-        else:
-            xp = &x[0, 0, 0]
+        # out = x @ W_ih.T (bias added per step, in cache)
+        xp = input_projection(out, &x[0, 0, 0], &W_ih[0, 0], T, B, I, H, n_threads)
         for t in range(T):
             if nt == 1:
                 rnn_step_units(hb, xp, &W_ih[0, 0], I, &W_hh[0, 0], &bias[0], len_ptr, t, B, H,
