@@ -144,6 +144,8 @@ def serial_enter():
 def serial_exit():
     """Leave it; the outermost exit restores the thread count found on entry."""
     global _serial_depth
+    if _serial_depth <= 0:
+        raise RuntimeError("serial_exit without a matching serial_enter")
     _serial_depth -= 1
     if _serial_depth == 0 and _blas_get_threads != NULL and _saved_threads != 1:
         _blas_set_threads(_saved_threads)

@@ -43,21 +43,24 @@ class _SerialBLAS:
         """Find the library; register its get/set functions with the C path if we can."""
         import ctypes
         from . import _blas
-        self._libs = self._find_libs()
-        self._native = False
-        if len(self._libs) != 1 or self._libs[0].internal_api != "openblas":
-            return
-        lib = self._libs[0]
-        try:
-            pre = getattr(lib, "_symbol_prefix", "")
-            suf = getattr(lib, "_symbol_suffix", "")
-            get = lib.dynlib[f"{pre}openblas_get_num_threads{suf}"]
-            set_ = lib.dynlib[f"{pre}openblas_set_num_threads{suf}"]
-        except (AttributeError, KeyError, TypeError):
-            return
-        _blas.register_thread_control(ctypes.cast(get, ctypes.c_void_p).value,
-                                      ctypes.cast(set_, ctypes.c_void_p).value)
-        self._native = (_blas.serial_enter, _blas.serial_exit)
+        # self._native is assigned once, at the end: another thread that sees it set must
+        # find everything ready (it reads it without the lock)
+        libs = self._find_libs()
+        native = False
+        if len(libs) == 1 and libs[0].internal_api == "openblas":
+            lib = libs[0]
+            try:
+                pre = getattr(lib, "_symbol_prefix", "")
+                suf = getattr(lib, "_symbol_suffix", "")
+                get = lib.dynlib[f"{pre}openblas_get_num_threads{suf}"]
+                set_ = lib.dynlib[f"{pre}openblas_set_num_threads{suf}"]
+                _blas.register_thread_control(ctypes.cast(get, ctypes.c_void_p).value,
+                                              ctypes.cast(set_, ctypes.c_void_p).value)
+                native = (_blas.serial_enter, _blas.serial_exit)
+            except (AttributeError, KeyError, TypeError):
+                pass
+        self._libs = libs
+        self._native = native
 
     def __enter__(self):
         if self._native is None:

@@ -21,9 +21,9 @@ fsync of the folder, so a crash leaves the previous file or the new one, never a
 """
 import hashlib
 import json
+import math
 import os
 import struct
-import tempfile
 
 import numpy as np
 
@@ -119,15 +119,23 @@ def save(model, path, optimizer=None):
     blob = model_bytes(model, optimizer)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastrnn-", suffix=".tmp", dir=folder)
+    # O_EXCL with mode 0o666: the kernel applies the umask, as for any new file (mkstemp
+    # would make it 0600; changing the umask to read it races with other threads)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".fastrnn-{os.getpid()}-{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise OSError(f"could not create a temporary file in {folder}")
     try:
-        try:                      # mkstemp makes 0600; give the file what open() would
-            mode = os.stat(path).st_mode & 0o777
-        except OSError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        try:                                      # a replaced file keeps its permissions
+            os.fchmod(fd, os.stat(path).st_mode & 0o777)
+        except (FileNotFoundError, AttributeError):
+            pass
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
@@ -198,11 +206,12 @@ def parse(blob, where="model file"):
             raise bad(f"tensor {name!r}: bad shape {shape!r}")
         if begin != end:
             raise bad(f"tensor {name!r}: starts at {begin}, expected {end} (gap or overlap)")
-        if stop - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        count = math.prod(shape)                   # Python ints: no overflow
+        if stop - begin != count * dtype.itemsize:
             raise bad(f"tensor {name!r}: {stop - begin} bytes for shape {shape} {info['dtype']}")
         if stop > len(data):
             raise bad(f"tensor {name!r}: ends at {stop}, past the {len(data)} bytes of data")
-        a = np.frombuffer(data, dtype, count=int(np.prod(shape, dtype=np.int64)), offset=begin)
+        a = np.frombuffer(data, dtype, count=count, offset=begin)
         tensors[name] = a.reshape(shape).astype(dtype.newbyteorder("="))
         end = stop
     if end != len(data):

@@ -300,9 +300,12 @@ class SequenceModel:
         if self.output != "per_step":
             raise ValueError("step() is for per-step tasks; this model predicts once per sequence")
         x_t = np.asarray(x_t)
-        xin = x_t[:, None] if self.embedding is not None else x_t[:, None, :]
-        y, state_n, _ = self.forward(xin, None, state)
-        return y[:, 0], state_n
+        if self.embedding is not None:
+            if x_t.ndim != 1:
+                raise ValueError(f"x_t must be (batch,) token ids, got shape {x_t.shape}")
+            x_t = self.embedding.forward(x_t[:, None])[:, 0]
+        h_t, state = self.rnn.step(x_t, state)       # refuses bidirectional stacks
+        return self.head.forward(h_t), state
 
     def fit(self, *args, **kwargs):
         """Train; see :func:`fastrnn.training.fit`."""

@@ -82,3 +82,10 @@ def test_word_level_tokens_round_trip():
         tx.tokenize(s, "byte")
     with pytest.raises(ValueError, match="vocabulary"):
         tx.encode(["zz"], ["a", "b"])
+
+
+def test_model_step_refuses_bidirectional_and_matches_layer_step():
+    m = fastrnn.SequenceModel("gru", input_size=3, hidden_size=8, output_size=2,
+                              task="regression", bidirectional=True, seed=0)
+    with pytest.raises(ValueError, match="bidirectional"):
+        m.step(np.zeros((1, 3), np.float32), m.initial_state(1))

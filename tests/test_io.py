@@ -274,3 +274,20 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "m.fastrnn").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_replaced_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "m.fastrnn"
+    tiny().save(path)
+    os.chmod(path, 0o600)
+    tiny().save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_declared_sizes_that_overflow_int64_are_rejected():
+    header, data = _good_parts()
+    meta = header.pop("__metadata__")
+    name = sorted(header, key=lambda k: header[k]["data_offsets"][0])[0]
+    header[name]["shape"] = [65536] * 4
+    with pytest.raises(ModelFileError):
+        load_bytes(_craft(header, data, meta))

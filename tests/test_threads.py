@@ -59,3 +59,29 @@ def test_set_and_get_num_threads():
     finally:
         fastrnn.set_num_threads(None)
     assert fastrnn.get_num_threads() == default
+
+
+def test_first_use_from_many_threads_keeps_blas_limited():
+    """Every thread entering while the library is being found must take the same path."""
+    code = """
+import threading, numpy as np, fastrnn
+from fastrnn._threads import serial_blas
+from threadpoolctl import threadpool_info
+barrier = threading.Barrier(8)
+def work():
+    barrier.wait()
+    with serial_blas:
+        pass
+ts = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in ts]; [t.join() for t in ts]
+with serial_blas:
+    inside = [i['num_threads'] for i in threadpool_info()
+              if i['filepath'] in {l.filepath for l in serial_blas._libs}]
+print(inside)
+"""
+    import subprocess, sys
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[1]", out.stdout
