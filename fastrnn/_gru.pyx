@@ -151,6 +151,18 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
     # whole sequence keeps its threads hot between steps, so it always splits
     cdef int nt = step_threads(n_threads, s.H,
                                <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
+    cdef const char *k = b"gru_forward"
+    expect_shape(k, b"gates", gates.shape, 3, s.T, s.B, s.GH)
+    expect_shape(k, b"hbuf", hbuf.shape, 3, s.T + 1, s.B, s.H)
+    expect_shape(k, b"side", side.shape, 3, s.T, s.B, s.H)
+    expect_shape(k, b"W_ih", W_ih.shape, 2, s.GH, s.I)
+    expect_shape(k, b"W_hh", W_hh.shape, 2, s.GH, s.H)
+    expect_shape(k, b"bias_x", bias_x.shape, 1, s.GH)
+    expect_shape(k, b"b_hh", b_hh.shape, 1, s.GH)
+    if lengths is not None:
+        expect_shape(k, b"lengths", lengths.shape, 1, s.B)
+    if s.T == 0 or s.B == 0:
+        return
     with nogil:
         # gates = x @ W_ih.T (bias_x added per step, in cache)
         xp = input_projection(g, &x[0, 0, 0], Wih, s.T, s.B, s.I, s.GH, n_threads)
@@ -322,6 +334,29 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
     # whole sequence keeps its threads hot between steps, so it always splits
     cdef int nt = step_threads(n_threads, s.H,
                                <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
+    cdef const char *k = b"gru_backward"
+    if need_dx:
+        expect_shape(k, b"dx", dx.shape, 3, s.T, s.B, s.I)
+    expect_shape(k, b"dh0", dh0.shape, 2, s.B, s.H)
+    expect_shape(k, b"dW_ih", dW_ih.shape, 2, s.GH, s.I)
+    expect_shape(k, b"dW_hh", dW_hh.shape, 2, s.GH, s.H)
+    expect_shape(k, b"db_ih", db_ih.shape, 1, s.GH)
+    expect_shape(k, b"db_hh", db_hh.shape, 1, s.GH)
+    expect_shape(k, b"dgx", dgx.shape, 3, s.T, s.B, s.GH)
+    if reset_after:
+        expect_shape(k, b"dside", dside.shape, 3, s.T, s.B, s.H)
+    expect_shape(k, b"drh", drh.shape, 2, s.B, s.H)
+    if dhs is not None:
+        expect_shape(k, b"dhs", dhs.shape, 3, s.T, s.B, s.H)
+    expect_shape(k, b"gates", gates.shape, 3, s.T, s.B, s.GH)
+    expect_shape(k, b"hbuf", hbuf.shape, 3, s.T + 1, s.B, s.H)
+    expect_shape(k, b"side", side.shape, 3, s.T, s.B, s.H)
+    expect_shape(k, b"W_ih", W_ih.shape, 2, s.GH, s.I)
+    expect_shape(k, b"W_hh", W_hh.shape, 2, s.GH, s.H)
+    if lengths is not None:
+        expect_shape(k, b"lengths", lengths.shape, 1, s.B)
+    if s.T == 0 or s.B == 0:
+        return
     with nogil:
         for t in range(s.T - 1, -1, -1):
             if nt == 1:

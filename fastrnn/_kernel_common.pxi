@@ -107,3 +107,19 @@ cdef inline const floating *input_projection(floating *out, const floating *x,
                     out, GH, n_threads, False)
         return NULL
     return x
+
+
+cdef inline int expect_shape(const char *kernel, const char *name, Py_ssize_t *shape, int ndim,
+                             Py_ssize_t d0, Py_ssize_t d1=-1, Py_ssize_t d2=-1) except -1:
+    # The def kernels take raw buffers and index them unchecked (boundscheck is off), so each
+    # checks every buffer's shape against the sizes it derives, once, before entering nogil:
+    # the Python layer validates user input, this makes the kernels safe to call directly.
+    cdef Py_ssize_t want[3]
+    want[0] = d0; want[1] = d1; want[2] = d2
+    cdef int k
+    for k in range(ndim):
+        if shape[k] != want[k]:
+            raise ValueError(f"{kernel.decode()}: {name.decode()} has shape "
+                             f"{tuple(shape[i] for i in range(ndim))}, expected "
+                             f"{tuple(want[i] for i in range(ndim))}")
+    return 0

@@ -136,6 +136,21 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
     cdef int nt = step_threads(n_threads, s.H,
                                <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
     cdef const floating *xp
+    cdef const char *k = b"lstm_forward"
+    expect_shape(k, b"gates", gates.shape, 3, s.T, s.B, s.GH)
+    expect_shape(k, b"hbuf", hbuf.shape, 3, s.T + 1, s.B, s.H)
+    expect_shape(k, b"cbuf", cbuf.shape, 3, s.T + 1, s.B, s.H)
+    expect_shape(k, b"tcbuf", tcbuf.shape, 3, s.T, s.B, s.H)
+    expect_shape(k, b"W_ih", W_ih.shape, 2, s.GH, s.I)
+    expect_shape(k, b"W_hh", W_hh.shape, 2, s.GH, s.H)
+    expect_shape(k, b"bias", bias.shape, 1, s.GH)
+    for name, p in ((b"p_i", p_i), (b"p_f", p_f), (b"p_o", p_o)):
+        if p is not None:
+            expect_shape(k, name, p.shape, 1, s.H)
+    if lengths is not None:
+        expect_shape(k, b"lengths", lengths.shape, 1, s.B)
+    if s.T == 0 or s.B == 0:
+        return
     with nogil:
         # gates = x @ W_ih.T (bias added per step, in cache)
         xp = input_projection(g, &x[0, 0, 0], &W_ih[0, 0], s.T, s.B, s.I, s.GH, n_threads)
@@ -251,6 +266,34 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
     # whole sequence keeps its threads hot between steps, so it always splits
     cdef int nt = step_threads(n_threads, s.H,
                                <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
+    cdef const char *k = b"lstm_backward"
+    if need_dx:
+        expect_shape(k, b"dx", dx.shape, 3, s.T, s.B, s.I)
+    expect_shape(k, b"dh0", dh0.shape, 2, s.B, s.H)
+    expect_shape(k, b"dc0", dc0.shape, 2, s.B, s.H)
+    expect_shape(k, b"dW_ih", dW_ih.shape, 2, s.GH, s.I)
+    expect_shape(k, b"dW_hh", dW_hh.shape, 2, s.GH, s.H)
+    expect_shape(k, b"db", db.shape, 1, s.GH)
+    expect_shape(k, b"dgates", dgates.shape, 3, s.T, s.B, s.GH)
+    if dhs is not None:
+        expect_shape(k, b"dhs", dhs.shape, 3, s.T, s.B, s.H)
+    expect_shape(k, b"gates", gates.shape, 3, s.T, s.B, s.GH)
+    expect_shape(k, b"hbuf", hbuf.shape, 3, s.T + 1, s.B, s.H)
+    expect_shape(k, b"cbuf", cbuf.shape, 3, s.T + 1, s.B, s.H)
+    expect_shape(k, b"tcbuf", tcbuf.shape, 3, s.T, s.B, s.H)
+    expect_shape(k, b"W_ih", W_ih.shape, 2, s.GH, s.I)
+    expect_shape(k, b"W_hh", W_hh.shape, 2, s.GH, s.H)
+    for name, p in ((b"p_i", p_i), (b"p_f", p_f), (b"p_o", p_o),
+                    (b"dp_i", dp_i), (b"dp_f", dp_f), (b"dp_o", dp_o)):
+        if p is not None:
+            expect_shape(k, name, p.shape, 1, s.H)
+    if (p_i is None) != (dp_i is None) or (p_o is None) != (dp_o is None) or \
+            (p_f is not None and not coupled and dp_f is None):
+        raise ValueError("lstm_backward: each peephole needs its gradient buffer")
+    if lengths is not None:
+        expect_shape(k, b"lengths", lengths.shape, 1, s.B)
+    if s.T == 0 or s.B == 0:
+        return
     with nogil:
         for t in range(s.T - 1, -1, -1):
             if nt == 1:

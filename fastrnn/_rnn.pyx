@@ -62,6 +62,15 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
     cdef int nt = step_threads(n_threads, H, <long long>B * H * (H + I) if T == 1 else WHOLE_SEQUENCE)
     cdef const floating *xp
+    cdef const char *k = b"rnn_forward"
+    expect_shape(k, b"hbuf", hbuf.shape, 3, T + 1, B, H)
+    expect_shape(k, b"W_ih", W_ih.shape, 2, H, I)
+    expect_shape(k, b"W_hh", W_hh.shape, 2, H, H)
+    expect_shape(k, b"bias", bias.shape, 1, H)
+    if lengths is not None:
+        expect_shape(k, b"lengths", lengths.shape, 1, B)
+    if T == 0 or B == 0:
+        return
     with nogil:
         # out = x @ W_ih.T (bias added per step, in cache)
         xp = input_projection(out, &x[0, 0, 0], &W_ih[0, 0], T, B, I, H, n_threads)
@@ -128,6 +137,23 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I), written wh
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
     cdef int nt = step_threads(n_threads, H, WHOLE_SEQUENCE)
     cdef floating acc
+    cdef const char *k = b"rnn_backward"
+    if need_dx:
+        expect_shape(k, b"dx", dx.shape, 3, T, B, I)
+    expect_shape(k, b"dh0", dh0.shape, 2, B, H)
+    expect_shape(k, b"dW_ih", dW_ih.shape, 2, H, I)
+    expect_shape(k, b"dW_hh", dW_hh.shape, 2, H, H)
+    expect_shape(k, b"db", db.shape, 1, H)
+    expect_shape(k, b"dpre", dpre.shape, 3, T, B, H)
+    if dhs is not None:
+        expect_shape(k, b"dhs", dhs.shape, 3, T, B, H)
+    expect_shape(k, b"hbuf", hbuf.shape, 3, T + 1, B, H)
+    expect_shape(k, b"W_ih", W_ih.shape, 2, H, I)
+    expect_shape(k, b"W_hh", W_hh.shape, 2, H, H)
+    if lengths is not None:
+        expect_shape(k, b"lengths", lengths.shape, 1, B)
+    if T == 0 or B == 0:
+        return
     with nogil:
         for t in range(T - 1, -1, -1):
             if nt == 1:
