@@ -291,6 +291,16 @@ def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None, retain_cac
 
 # ---- GRU -----------------------------------------------------------------------------
 
+def gru_input_bias(b_ih, b_hh, reset_after):
+    """The bias the GRU kernel adds to the input projection: b_ih + b_hh, except that with
+    reset_after the n block's b_hn stays inside r * (W_hn h + b_hn) and is added per step."""
+    bias_x = b_ih + b_hh
+    if reset_after:
+        H = b_ih.shape[0] // 3
+        bias_x[2 * H:] = b_ih[2 * H:]
+    return bias_x
+
+
 def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n_threads=None):
     """GRU over a sequence, gate order (r, z, n). ``reset_after=True``: PyTorch's form,
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); False: Cho et al. 2014,
@@ -302,9 +312,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
     W_hh = _array("W_hh", W_hh, dtype, (3 * H, H))
     b_ih = _array("b_ih", b_ih, dtype, (3 * H,))
     b_hh = _array("b_hh", b_hh, dtype, (3 * H,))
-    bias_x = b_ih + b_hh
-    if reset_after:
-        bias_x[2 * H:] = b_ih[2 * H:]     # b_hn is applied inside r * (...), per step
+    bias_x = gru_input_bias(b_ih, b_hh, reset_after)
     lengths = _lengths(lengths, T, B)
     hbuf = np.empty((T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)

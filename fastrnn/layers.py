@@ -160,10 +160,15 @@ class _Recurrent:
 
     # ---- the kernels, per direction --------------------------------------------------
     def _kernel_params(self, sfx):
-        p, GH = self.params, self.gates * self.hidden_size
-        zeros = np.zeros(GH, self.dtype)
-        return (p["weight_ih" + sfx], p["weight_hh" + sfx],
-                p.get("bias_ih" + sfx, zeros), p.get("bias_hh" + sfx, zeros))
+        """(W_ih, W_hh, b_ih, b_hh) of one direction; with bias=False, shared zeros."""
+        p = self.params
+        if not self.bias:
+            zeros = self.__dict__.get("_zero_bias")
+            if zeros is None:
+                zeros = self._zero_bias = np.zeros(self.gates * self.hidden_size, self.dtype)
+            return p["weight_ih" + sfx], p["weight_hh" + sfx], zeros, zeros
+        return (p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx],
+                p["bias_hh" + sfx])
 
     def _run(self, sfx, x, h0, c0, lengths, nt):
         """One direction of one layer: (hs, h_n, c_n or None, cache)."""
@@ -180,8 +185,9 @@ class _Recurrent:
             name = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih",
                     "b_hh": "bias_hh", "p_i": "peephole_i", "p_f": "peephole_f",
                     "p_o": "peephole_o"}[k] + sfx
-            out[k] = g[name] if name in g else np.zeros_like(
-                self._kernel_params(sfx)[2])     # bias=False: gradient thrown away
+            # bias=False: the kernel still writes a bias gradient, into scratch
+            out[k] = g[name] if name in g else np.zeros(self.gates * self.hidden_size,
+                                                        self.dtype)
         return out
 
     # ---- public calls --------------------------------------------------------------
@@ -382,9 +388,10 @@ class _Recurrent:
             raise ValueError(f"x_t has {x_t.shape[1]} features, expected {self.input_size}")
         return x_t
 
-    def _step_bias(self, sfx):
-        _, _, b_ih, b_hh = self._kernel_params(sfx)
-        return b_ih + b_hh          # recomputed: parameters may change between steps
+    def _step_bias(self, b_ih, b_hh):
+        """The kernel's fused bias, recomputed per call: parameters may change between
+        steps (an optimizer updates them in place)."""
+        return b_ih + b_hh
 
     def __repr__(self):
         extra = f", num_layers={self.num_layers}" if self.num_layers > 1 else ""
@@ -430,8 +437,8 @@ class RNN(_Recurrent):
         B, H = x.shape[0], self.hidden_size
         hbuf = np.empty((2, B, H), self.dtype)
         hbuf[0] = h
-        W_ih, W_hh, _, _ = self._kernel_params(sfx)
-        _rnn.rnn_forward(hbuf, x[None], W_ih, W_hh, self._step_bias(sfx), None,
+        W_ih, W_hh, b_ih, b_hh = self._kernel_params(sfx)
+        _rnn.rnn_forward(hbuf, x[None], W_ih, W_hh, self._step_bias(b_ih, b_hh), None,
                          _rnn_act(self.nonlinearity), nt)
         h_new[layer] = hbuf[1]
 
@@ -491,11 +498,12 @@ class LSTM(_Recurrent):
         hbuf = np.empty((2, B, H), self.dtype)
         cbuf = np.empty((2, B, H), self.dtype)
         hbuf[0], cbuf[0] = h, c
-        W_ih, W_hh, _, _ = self._kernel_params(sfx)
+        W_ih, W_hh, b_ih, b_hh = self._kernel_params(sfx)
         p = self._peepholes(sfx)
         _lstm.lstm_forward(np.empty((1, B, self.gates * H), self.dtype), hbuf, cbuf,
                            np.empty((1, B, H), self.dtype), x[None], W_ih, W_hh,
-                           self._step_bias(sfx), p.get("p_i"), p.get("p_f"), p.get("p_o"),
+                           self._step_bias(b_ih, b_hh), p.get("p_i"), p.get("p_f"),
+                           p.get("p_o"),
                            None, self.coupled, nt)
         h_new[layer], c_new[layer] = hbuf[1], cbuf[1]
 
@@ -523,21 +531,17 @@ class GRU(_Recurrent):
                                        n_threads=nt)
         return hs, h_n, None, cache
 
-    def _step_bias(self, sfx):
-        _, _, b_ih, b_hh = self._kernel_params(sfx)
-        bias_x = b_ih + b_hh
-        if self.reset_after:
-            bias_x[2 * self.hidden_size:] = b_ih[2 * self.hidden_size:]
-        return bias_x
+    def _step_bias(self, b_ih, b_hh):
+        return F.gru_input_bias(b_ih, b_hh, self.reset_after)
 
     def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
         B, H = x.shape[0], self.hidden_size
         hbuf = np.empty((2, B, H), self.dtype)
         hbuf[0] = h
-        W_ih, W_hh, _, b_hh = self._kernel_params(sfx)
+        W_ih, W_hh, b_ih, b_hh = self._kernel_params(sfx)
         _gru.gru_forward(np.empty((1, B, 3 * H), self.dtype), hbuf,
                          np.empty((1, B, H), self.dtype), x[None], W_ih, W_hh,
-                         self._step_bias(sfx), b_hh, None, self.reset_after, nt)
+                         self._step_bias(b_ih, b_hh), b_hh, None, self.reset_after, nt)
         h_new[layer] = hbuf[1]
 
     def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
