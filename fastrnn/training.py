@@ -79,6 +79,21 @@ class _Progress:
             print(f"{self.desc}: {stats} ({time.perf_counter() - self.t0:.1f} s)", flush=True)
 
 
+def _other_blas_serial():
+    """Every BLAS but the one the kernels call held at one thread (threadpoolctl). The
+    kernels' own BLAS is left to fastrnn._threads.serial_blas, which counts its users across
+    Python threads; limiting it here too could restore it under another thread's kernel."""
+    from threadpoolctl import ThreadpoolController
+    from ._threads import serial_blas
+    with serial_blas:                       # make sure it has found its library
+        pass
+    ours = {lib.filepath for lib in serial_blas._libs}
+    controller = ThreadpoolController()
+    others = [lib.filepath for lib in controller.lib_controllers
+              if lib.user_api == "blas" and lib.filepath not in ours]
+    return controller.select(filepath=others).limit(limits=1)
+
+
 def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", lr=1e-3,
         weight_decay=0.0, clip_norm=None, clip_value=None, schedule=None,
         validation_data=None, early_stopping=None, shuffle=True, seed=0, tbptt=None,
@@ -139,8 +154,7 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
     # training: fastrnn's OpenMP threads are the parallelism, and an idle BLAS pool woken by
     # a numpy call spins on the cores they need (measured: a 17k-value np.dot woke numpy's
     # pool and made the next LSTM forward/backward 2x slower)
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _other_blas_serial():
         return _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm,
                          clip_value, sched, validation_data and (vx, vy, vl), early_stopping,
                          shuffle, seed, tbptt, progress, checkpoint, checkpoint_every,

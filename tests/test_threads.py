@@ -85,3 +85,14 @@ print(inside)
                              timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "[1]", out.stdout
+
+
+def test_fit_leaves_every_blas_as_it_found_it():
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()
+              if i["user_api"] == "blas"]
+    x = np.random.default_rng(0).integers(0, 4, (16, 6))
+    m = fastrnn.SequenceModel("gru", vocab_size=4, hidden_size=8, task="next_token", seed=0)
+    m.fit(x, (x + 1) % 4, epochs=1, batch_size=8, progress=False)
+    after = [(i["filepath"], i["num_threads"]) for i in threadpool_info()
+             if i["user_api"] == "blas"]
+    assert after == before
