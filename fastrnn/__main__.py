@@ -72,14 +72,18 @@ def _check(args):
             label = f"{cell} {'fwd+bwd' if train else 'forward'} B={B}"
             print(f"   {label:<28} {r['fastrnn'] * 1e3:8.2f}ms {r['numpy'] * 1e3:8.2f}ms "
                   f"{r['numpy'] / r['fastrnn']:8.2f}x")
-    print("\nFull benchmark: fastrnn bench (or python bench/bench_core.py)")
+    print("\nFull benchmark: fastrnn bench (PyTorch and ONNX Runtime too, when installed)")
     return 0
 
 
 def _bench(args):
-    from fastrnn.benchmark import core_table
-    core_table(threads=tuple(args.threads_list), out=lambda line: print(line, flush=True))
-    return 0
+    if args.core:
+        from fastrnn.benchmark import core_table
+        core_table(threads=tuple(args.threads_list), out=lambda line: print(line, flush=True))
+        return 0
+    from fastrnn.bench_peers import main as peers
+    return peers(["--threads", *map(str, args.threads_list)] + (["--quick"] if args.quick else [])
+                 + (["--write"] if args.write else []))
 
 
 def _info(args):
@@ -167,8 +171,12 @@ def main(argv=None):
     k = sub.add_parser("check", help="check every cell against numpy and time a few cases")
     k.add_argument("--threads", type=int, default=1, help="OpenMP threads (default 1)")
     k.set_defaults(func=_check)
-    b = sub.add_parser("bench", help="the core benchmark against the numpy reference")
+    b = sub.add_parser("bench", help="benchmark against numpy, PyTorch and ONNX Runtime")
     b.add_argument("--threads", dest="threads_list", type=int, nargs="+", default=[1, 2])
+    b.add_argument("--quick", action="store_true", help="a short smoke run")
+    b.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    b.add_argument("--core", action="store_true",
+                   help="only the kernels against the numpy reference (bench/bench_core.py)")
     b.set_defaults(func=_bench)
     i = sub.add_parser("info", help="versions, BLAS, OpenMP and threads")
     i.set_defaults(func=_info)
