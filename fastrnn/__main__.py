@@ -83,7 +83,8 @@ def _bench(args):
         return 0
     from fastrnn.bench_peers import main as peers
     return peers(["--threads", *map(str, args.threads_list)] + (["--quick"] if args.quick else [])
-                 + (["--write"] if args.write else []))
+                 + (["--write"] if args.write else [])
+                 + (["--chart", args.chart] if args.chart else []))
 
 
 def _info(args):
@@ -175,6 +176,7 @@ def main(argv=None):
     b.add_argument("--threads", dest="threads_list", type=int, nargs="+", default=[1, 2])
     b.add_argument("--quick", action="store_true", help="a short smoke run")
     b.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    b.add_argument("--chart", help="draw the speed-ups as a bar chart PNG (needs matplotlib)")
     b.add_argument("--core", action="store_true",
                    help="only the kernels against the numpy reference (bench/bench_core.py)")
     b.set_defaults(func=_bench)

@@ -122,6 +122,41 @@ def errs(err, sides):
     return " / ".join(f"{err[s]:.0e}" for s in sides if s in err)
 
 
+RATIOS = []     # (case label, {peer: speed-up of fastrnn}) for the chart
+
+
+def keep_ratios(label, t, peers):
+    RATIOS.append((label, {p: ratio(t, p) for p in peers if ratio(t, p) is not None}))
+
+
+def draw_chart(path):
+    """Horizontal bars of fastrnn's speed-up over each peer, log scale, 1x marked."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("chart skipped: pip install matplotlib (or fastrnn[bench])")
+        return
+    peers = sorted({p for _, r in RATIOS for p in r})
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(RATIOS) * max(len(peers), 1) + 1.5))
+    height = 0.8 / max(len(peers), 1)
+    for k, p in enumerate(peers):
+        ys = [i + k * height for i in range(len(RATIOS))]
+        vals = [r.get(p) or 1.0 for _, r in RATIOS]           # a missing peer: no bar
+        ax.barh(ys, [v - 1 for v in vals], left=1, height=height, label=LABEL[p])
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(RATIOS))])
+    ax.set_yticklabels([label for label, _ in RATIOS], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("fastrnn speed-up (peer time / fastrnn time; > 1: fastrnn faster)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def seq_group(cfg, threads, peers, peaks, out):
     cols = ["fastrnn", "numpy"] + peers
     out("", f"### Whole-sequence inference, T={T}, I=H (time per sequence, ms)", "")
@@ -134,6 +169,7 @@ def seq_group(cfg, threads, peers, peaks, out):
                 r = compare_peers(make_case(cell, T, B, H), n, peers, cfg["repeats"],
                                   cfg["min_time"])
                 t, pct = r["time"], 100 * r["gflops"] / peaks[n]
+                keep_ratios(f"{cell} seq B={B} H={H} {n}t", t, ["numpy"] + peers)
                 out(row(cell, B, H, n, *[fmt(t.get(s), 1e3) for s in cols],
                         *[fx(ratio(t, s)) for s in cols[1:]], f"{r['gflops']:.1f}",
                         f"{pct:.0f}%", seq_target(B, H, n, t, pct), errs(r["err"], cols[1:])))
@@ -150,6 +186,7 @@ def train_group(cfg, threads, peers, peaks, out):
                 r = compare_train(make_case(cell, T, B, H), n, tp, cfg["repeats"],
                                   cfg["min_time"])
                 t = r["time"]
+                keep_ratios(f"{cell} train B={B} H={H} {n}t", t, tp)
                 out(row(cell, B, H, n, fmt(t["fastrnn"], 1e3), fmt(t.get("torch"), 1e3),
                         fx(ratio(t, "torch")), f"{r['gflops']:.1f}",
                         f"{100 * r['gflops'] / peaks[n]:.0f}%", train_target(cell, B, H, t),
@@ -182,6 +219,7 @@ def stream_group(cfg, threads, peers, out):
         for H in cfg["stream"]:
             r = compare_stream(H, n, peers, cfg["repeats"], cfg["min_time"])
             t = r["time"]
+            keep_ratios(f"lstm step B=1 H={H} {n}t", t, ["numpy"] + peers)
             out(row(H, n, *[fmt(t.get(s), 1e6) for s in cols],
                     *[fx(ratio(t, s)) for s in cols[1:]], stream_target(H, t),
                     errs(r["err"], cols[1:])))
@@ -238,6 +276,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="one size per group, few repeats")
     ap.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     ap.add_argument("--note", default="", help="a line written under the machine line")
+    ap.add_argument("--chart", help="also draw the speed-ups as a bar chart PNG here")
     ap.add_argument("--results", default=os.path.join("bench", "RESULTS.md"),
                     help="the results file --write updates (default bench/RESULTS.md)")
     args = ap.parse_args(argv)
@@ -285,6 +324,8 @@ def main(argv=None):
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
     if args.write:
         write_results(lines, args.results)
+    if args.chart:
+        draw_chart(args.chart)
     return 0
 
 
