@@ -245,14 +245,20 @@ def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sch
         model.zero_grad()
         model.backward(dy, tape)
         grads = [g for _, g in model.parameters()]
-        if not all(np.isfinite(g).all() for g in grads):
+        if clip_norm and not clip_value:
+            # the norm is non-finite exactly when a gradient is (and then nothing is scaled):
+            # one pass over the gradients instead of a finiteness scan and a norm
+            finite = math.isfinite(optim.clip_grad_norm(grads, clip_norm))
+        else:
+            finite = all(np.isfinite(g).all() for g in grads)
+        if not finite:
             raise FloatingPointError("non-finite gradients: stopped before the update (the "
                                      "model keeps its last good parameters); try clip_norm=1.0 "
                                      "or a lower learning rate")
         if clip_value:
             optim.clip_grad_value(grads, clip_value)
-        if clip_norm:
-            optim.clip_grad_norm(grads, clip_norm)
+            if clip_norm:
+                optim.clip_grad_norm(grads, clip_norm)
         optimizer.step()
         if sched is not None:
             sched.step()

@@ -226,3 +226,20 @@ def test_bad_arguments():
         fastrnn.SequenceModel("gru", input_size=2, hidden_size=4, output_size=1,
                               task="sequence_regression").fit(
             np.zeros((2, 3, 2)), np.zeros((2, 1)), tbptt=2, progress=False)
+
+
+@pytest.mark.parametrize("clip", [dict(), dict(clip_norm=1.0), dict(clip_value=0.5),
+                                  dict(clip_norm=1.0, clip_value=0.5)])
+def test_non_finite_gradients_stop_before_the_update(monkeypatch, clip):
+    x, y = _pattern_data(n=16)
+    m = fastrnn.SequenceModel("gru", vocab_size=4, hidden_size=8, task="next_token", seed=0)
+    real_backward = m.backward
+
+    def backward(dy, tape):
+        real_backward(dy, tape)
+        m.head.weight_grad[0, 0] = np.inf
+    monkeypatch.setattr(m, "backward", backward)
+    before = {n: p.copy() for n, p in m.named_parameters().items()}
+    with pytest.raises(FloatingPointError, match="non-finite gradients"):
+        m.fit(x, y, epochs=1, batch_size=8, progress=False, **clip)
+    assert all(before[n].tobytes() == p.tobytes() for n, p in m.named_parameters().items())
