@@ -147,10 +147,7 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
     cdef const floating *b_hn = &b_hh[0] + 2 * s.H
     cdef const floating *bx = &bias_x[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    # one thread for a small one-step call (waking a second costs more than it saves); a
-    # whole sequence keeps its threads hot between steps, so it always splits
-    cdef int nt = step_threads(n_threads, s.H,
-                               <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
+    cdef int nt = kernel_threads(n_threads, s.T, s.B, s.I, s.H, s.GH)
     cdef const char *k = b"gru_forward"
     expect_shape(k, b"gates", gates.shape, 3, s.T, s.B, s.GH)
     expect_shape(k, b"hbuf", hbuf.shape, 3, s.T + 1, s.B, s.H)
@@ -330,10 +327,7 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
     cdef const floating *Whh = &W_hh[0, 0]
     cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    # one thread for a small one-step call (waking a second costs more than it saves); a
-    # whole sequence keeps its threads hot between steps, so it always splits
-    cdef int nt = step_threads(n_threads, s.H,
-                               <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
+    cdef int nt = kernel_threads(n_threads, s.T, s.B, s.I, s.H, s.GH)
     cdef const char *k = b"gru_backward"
     if need_dx:
         expect_shape(k, b"dx", dx.shape, 3, s.T, s.B, s.I)

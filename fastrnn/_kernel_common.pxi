@@ -10,6 +10,12 @@ from ._blas cimport (_gemm, _gemv, _gemm_split, chunk_start, chunk_stop, step_th
 # keeps the threads hot from one step to the next
 cdef long long WHOLE_SEQUENCE = 1LL << 62
 
+
+cdef inline int kernel_threads(int n_threads, int T, int B, int I, int H, int GH) noexcept nogil:
+    # one thread for a small one-step call (waking a second costs more than it saves: its
+    # work is the input and recurrent products of one step); a whole sequence always splits
+    return step_threads(n_threads, H, <long long>B * GH * (H + I) if T == 1 else WHOLE_SEQUENCE)
+
 cdef extern from "fastrnn/activations.h" nogil:
     void fr_sigmoid_f32(float *y, const float *x, int n)
     void fr_tanh_f32(float *y, const float *x, int n)

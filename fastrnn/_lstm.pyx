@@ -36,6 +36,19 @@ cdef LSTMShape make_shape(int T, int B, int I, int H, bint coupled) noexcept nog
     return s
 
 
+cdef int check_cache_shapes(const char *k, LSTMShape s, Py_ssize_t *gates, Py_ssize_t *hbuf,
+                            Py_ssize_t *cbuf, Py_ssize_t *tcbuf, Py_ssize_t *W_ih,
+                            Py_ssize_t *W_hh) except -1:
+    """The buffers forward writes and backward reads, and the weights: the same shapes."""
+    expect_shape(k, b"gates", gates, 3, s.T, s.B, s.GH)
+    expect_shape(k, b"hbuf", hbuf, 3, s.T + 1, s.B, s.H)
+    expect_shape(k, b"cbuf", cbuf, 3, s.T + 1, s.B, s.H)
+    expect_shape(k, b"tcbuf", tcbuf, 3, s.T, s.B, s.H)
+    expect_shape(k, b"W_ih", W_ih, 2, s.GH, s.I)
+    expect_shape(k, b"W_hh", W_hh, 2, s.GH, s.H)
+    return 0
+
+
 cdef void lstm_step_units(LSTMShape s, floating *gates, floating *hbuf, floating *cbuf,
                           floating *tcbuf, const floating *x, const floating *W_ih,
                           const floating *W_hh, const floating *bias,
@@ -131,18 +144,11 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
     cdef const floating *pf = NULL if p_f is None else &p_f[0]
     cdef const floating *po = NULL if p_o is None else &p_o[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    # one thread for a small one-step call (waking a second costs more than it saves); a
-    # whole sequence keeps its threads hot between steps, so it always splits
-    cdef int nt = step_threads(n_threads, s.H,
-                               <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
+    cdef int nt = kernel_threads(n_threads, s.T, s.B, s.I, s.H, s.GH)
     cdef const floating *xp
     cdef const char *k = b"lstm_forward"
-    expect_shape(k, b"gates", gates.shape, 3, s.T, s.B, s.GH)
-    expect_shape(k, b"hbuf", hbuf.shape, 3, s.T + 1, s.B, s.H)
-    expect_shape(k, b"cbuf", cbuf.shape, 3, s.T + 1, s.B, s.H)
-    expect_shape(k, b"tcbuf", tcbuf.shape, 3, s.T, s.B, s.H)
-    expect_shape(k, b"W_ih", W_ih.shape, 2, s.GH, s.I)
-    expect_shape(k, b"W_hh", W_hh.shape, 2, s.GH, s.H)
+    check_cache_shapes(k, s, gates.shape, hbuf.shape, cbuf.shape, tcbuf.shape, W_ih.shape,
+                       W_hh.shape)
     expect_shape(k, b"bias", bias.shape, 1, s.GH)
     for name, p in ((b"p_i", p_i), (b"p_f", p_f), (b"p_o", p_o)):
         if p is not None:
@@ -262,10 +268,7 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
     cdef const floating *pf = NULL if p_f is None else &p_f[0]
     cdef const floating *po = NULL if p_o is None else &p_o[0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    # one thread for a small one-step call (waking a second costs more than it saves); a
-    # whole sequence keeps its threads hot between steps, so it always splits
-    cdef int nt = step_threads(n_threads, s.H,
-                               <long long>s.B * s.GH * (s.H + s.I) if s.T == 1 else WHOLE_SEQUENCE)
+    cdef int nt = kernel_threads(n_threads, s.T, s.B, s.I, s.H, s.GH)
     cdef const char *k = b"lstm_backward"
     if need_dx:
         expect_shape(k, b"dx", dx.shape, 3, s.T, s.B, s.I)
@@ -277,12 +280,8 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
     expect_shape(k, b"dgates", dgates.shape, 3, s.T, s.B, s.GH)
     if dhs is not None:
         expect_shape(k, b"dhs", dhs.shape, 3, s.T, s.B, s.H)
-    expect_shape(k, b"gates", gates.shape, 3, s.T, s.B, s.GH)
-    expect_shape(k, b"hbuf", hbuf.shape, 3, s.T + 1, s.B, s.H)
-    expect_shape(k, b"cbuf", cbuf.shape, 3, s.T + 1, s.B, s.H)
-    expect_shape(k, b"tcbuf", tcbuf.shape, 3, s.T, s.B, s.H)
-    expect_shape(k, b"W_ih", W_ih.shape, 2, s.GH, s.I)
-    expect_shape(k, b"W_hh", W_hh.shape, 2, s.GH, s.H)
+    check_cache_shapes(k, s, gates.shape, hbuf.shape, cbuf.shape, tcbuf.shape, W_ih.shape,
+                       W_hh.shape)
     for name, p in ((b"p_i", p_i), (b"p_f", p_f), (b"p_o", p_o),
                     (b"dp_i", dp_i), (b"dp_f", dp_f), (b"dp_o", dp_o)):
         if p is not None:

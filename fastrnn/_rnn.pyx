@@ -60,7 +60,7 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
     cdef floating *hb = &hbuf[0, 0, 0]
     cdef floating *out = hb + <Py_ssize_t>B * H        # (T*B, H)
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = step_threads(n_threads, H, <long long>B * H * (H + I) if T == 1 else WHOLE_SEQUENCE)
+    cdef int nt = kernel_threads(n_threads, T, B, I, H, H)
     cdef const floating *xp
     cdef const char *k = b"rnn_forward"
     expect_shape(k, b"hbuf", hbuf.shape, 3, T + 1, B, H)
@@ -135,7 +135,7 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I), written wh
     cdef floating *dp = &dpre[0, 0, 0]
     cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
     cdef const long long *len_ptr = NULL if lengths is None else &lengths[0]
-    cdef int nt = step_threads(n_threads, H, WHOLE_SEQUENCE)
+    cdef int nt = kernel_threads(n_threads, T, B, I, H, H)
     cdef floating acc
     cdef const char *k = b"rnn_backward"
     if need_dx:
