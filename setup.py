@@ -59,7 +59,7 @@ def openmp_flags():
 
 omp = openmp_flags()
 debug = os.environ.get("FASTRNN_DEBUG_CYTHON", "0") != "0"
-names = ["_openmp", "_blas", "_rnn", "_lstm", "_gru"]
+names = ["_openmp", "_blas", "_rnn", "_lstm", "_gru", "_stream"]
 extensions = [
     Extension(
         f"fastrnn.{name}", [f"fastrnn/{name}.pyx"],
@@ -67,7 +67,8 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=["-O3"] + omp + (["-g", "-O0"] if debug else []),
         extra_link_args=omp,
-        depends=["include/fastrnn/activations.h", "fastrnn/_blas.pxd",
+        depends=["include/fastrnn/activations.h", "include/fastrnn/cpu.h",
+                 "include/fastrnn/gemv.h", "fastrnn/_blas.pxd",
                  "fastrnn/_openmp.pxd", "fastrnn/_kernel_common.pxi"],
     )
     for name in names

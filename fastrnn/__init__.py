@@ -75,6 +75,7 @@ from . import functional, reference
 from .functional import (rnn_forward, rnn_backward, lstm_forward, lstm_backward,
                          gru_forward, gru_backward)
 from .layers import RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell
+from ._stream import Stream
 from .models import SequenceModel, cosine_similarity, pad_sequences
 from .io import load, ModelFileError
 from . import losses, optim
@@ -85,5 +86,5 @@ __all__ = ["openmp_enabled", "effective_n_threads", "set_num_threads", "get_num_
            "functional", "reference",
            "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell",
-           "GRUCell", "SequenceModel", "cosine_similarity", "pad_sequences", "load",
+           "GRUCell", "Stream", "SequenceModel", "cosine_similarity", "pad_sequences", "load",
            "ModelFileError", "losses", "optim", "__version__"]

@@ -11,6 +11,20 @@ pthread pool never runs inside, or next to, an OpenMP region.
 from cython.parallel cimport prange
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
+cdef extern from "fastrnn/gemv.h" nogil:
+    void fr_gemv_f32(int m, int k, const float *A, int lda, const float *x, float beta,
+                     float *y)
+    int fr_have_avx2_fma()
+    int fr_have_avx512()
+
+
+def vector_path():
+    """Which code the float32 kernels run here: "avx512" (batch-1 products; activations
+    AVX2), "avx2", or "plain" (no AVX2/FMA, or FASTRNN_SIMD=0)."""
+    if fr_have_avx512():
+        return "avx512"
+    return "avx2" if fr_have_avx2_fma() else "plain"
+
 
 cdef void _gemm(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
                 floating alpha, const floating *A, int lda,
@@ -31,7 +45,13 @@ cdef void _gemm(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
 cdef void _gemv(BLAS_Trans ta, int m, int n, floating alpha,
                 const floating *A, int lda, const floating *x,
                 floating beta, floating *y) noexcept nogil:
-    """y = alpha * op(A) @ x + beta * y, A row-major (m, n), unit strides."""
+    """y = alpha * op(A) @ x + beta * y, A row-major (m, n), unit strides.
+
+    float32 A @ x (the batch-1 step products) runs fastrnn's own kernel (gemv.h): at the
+    sizes a step has, a BLAS call costs as much as the arithmetic."""
+    if floating is float and ta == NoTrans and alpha == 1:
+        fr_gemv_f32(m, n, A, lda, x, beta, y)
+        return
     # a row-major (m, n) A is a column-major (n, m) A^T: flip the transpose flag
     cdef char t_ = b't' if ta == NoTrans else b'n'
     cdef int one = 1

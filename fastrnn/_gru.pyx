@@ -16,13 +16,10 @@
 # bias_x (GH,) is added to the input projection inside the step: b_ih + b_hh for every block
 # except, with reset_after, the n block, where b_hn sits inside r * (...).
 #
-# Parallelism: OpenMP over hidden units inside a step; reset-before needs every r before the
-# n product, so its step is two parallel regions. BLAS is single-threaded.
+# Parallelism: OpenMP over hidden units inside a step, one region per sequence with a
+# barrier per step; reset-before needs every r before the n product: a second barrier.
+# BLAS is single-threaded.
 include "_kernel_common.pxi"
-
-
-cdef struct GRUShape:
-    int T, B, I, H, GH
 
 
 cdef void gru_rz_units(GRUShape s, floating *gates, const floating *h_prev,
@@ -137,7 +134,7 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
                 bint reset_after, int n_threads):
     cdef GRUShape s
     s.T = x.shape[0]; s.B = x.shape[1]; s.I = x.shape[2]; s.H = W_hh.shape[1]; s.GH = 3 * s.H
-    cdef int t, tid, j0, j1
+    cdef int t, tid, j0, j1, team
     cdef floating *g = &gates[0, 0, 0]
     cdef floating *hb = &hbuf[0, 0, 0]
     cdef floating *sd = &side[0, 0, 0]
@@ -163,28 +160,30 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
     with nogil:
         # gates = x @ W_ih.T (bias_x added per step, in cache)
         xp = input_projection(g, &x[0, 0, 0], Wih, s.T, s.B, s.I, s.GH, n_threads)
-        for t in range(s.T):
-            if nt == 1:
+        if nt == 1:
+            for t in range(s.T):
                 if reset_after:
                     gru_after_step_units(s, g, hb, sd, xp, Wih, Whh, bx, b_hn, len_ptr, t, 0, s.H)
                 else:
                     gru_before_rz_units(s, g, hb, sd, xp, Wih, Whh, bx, len_ptr, t, 0, s.H)
                     gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, 0, s.H)
-            elif reset_after:
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(s.H, nt, tid, 8)
-                    j1 = chunk_stop(s.H, nt, tid, 8)
-                    gru_after_step_units(s, g, hb, sd, xp, Wih, Whh, bx, b_hn, len_ptr, t,
-                                         j0, j1)
-            else:
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(s.H, nt, tid, 8)
-                    j1 = chunk_stop(s.H, nt, tid, 8)
-                    gru_before_rz_units(s, g, hb, sd, xp, Wih, Whh, bx, len_ptr, t, j0, j1)
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(s.H, nt, tid, 8)
-                    j1 = chunk_stop(s.H, nt, tid, 8)
-                    gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, j0, j1)
+        else:
+            # one region for the whole sequence, a barrier per step (step t+1 reads all of
+            # h_t) and, reset-before, one between r and n (n reads r * h of every unit)
+            with parallel(num_threads=nt):
+                team = fr_team_size()
+                tid = threadid()
+                j0 = chunk_start(s.H, team, tid, 8)
+                j1 = chunk_stop(s.H, team, tid, 8)
+                for t in range(s.T):
+                    if reset_after:
+                        gru_after_step_units(s, g, hb, sd, xp, Wih, Whh, bx, b_hn, len_ptr, t,
+                                             j0, j1)
+                    else:
+                        gru_before_rz_units(s, g, hb, sd, xp, Wih, Whh, bx, len_ptr, t, j0, j1)
+                        fr_omp_barrier()
+                        gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, j0, j1)
+                    fr_omp_barrier()
 
 cdef void gru_carry_rz_units(GRUShape s, floating *dh_carry, const floating *dgx_next,
                              const floating *W_hh, int j0, int j1) noexcept nogil:

@@ -1,7 +1,7 @@
 # Shared by the cell kernels (_rnn.pyx, _lstm.pyx, _gru.pyx): gate activations for both
 # dtypes, and the lengths mask.
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 from ._blas cimport (_gemm, _gemv, _gemm_split, chunk_start, chunk_stop, step_threads,
                      NoTrans, Trans)
@@ -15,6 +15,35 @@ cdef inline int kernel_threads(int n_threads, int T, int B, int I, int H, int GH
     # one thread for a small one-step call (waking a second costs more than it saves: its
     # work is the input and recurrent products of one step); a whole sequence always splits
     return step_threads(n_threads, H, <long long>B * GH * (H + I) if T == 1 else WHOLE_SEQUENCE)
+
+cdef extern from *:
+    """
+    /* numpy's headers pull in complex.h, whose macro I would rename the shape fields */
+    #ifdef I
+    #undef I
+    #endif
+    #ifdef _OPENMP
+    #include <omp.h>
+    #endif
+    /* a barrier of the enclosing parallel region (orphaned: legal inside a function
+       called from the region); nothing without OpenMP, where there is one thread */
+    static inline void fr_omp_barrier(void) {
+    #ifdef _OPENMP
+        _Pragma("omp barrier")
+    #endif
+    }
+    /* the size of the current team (1 outside a region or without OpenMP) */
+    static inline int fr_team_size(void) {
+    #ifdef _OPENMP
+        return omp_get_num_threads();
+    #else
+        return 1;
+    #endif
+    }
+    """
+    void fr_omp_barrier() noexcept nogil
+    int fr_team_size() noexcept nogil
+
 
 cdef extern from "fastrnn/activations.h" nogil:
     void fr_sigmoid_f32(float *y, const float *x, int n)

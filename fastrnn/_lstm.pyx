@@ -16,14 +16,9 @@
 #
 # Parallelism: OpenMP over hidden units inside a step (a thread owns units [j0, j1) of
 # every gate block and every row, so the GEMM and the gate math of a step need no barrier
-# between them); over rows or columns in the hoisted GEMMs. BLAS is single-threaded.
+# between them; one region per sequence, a barrier per step); over rows or columns in the
+# hoisted GEMMs. BLAS is single-threaded.
 include "_kernel_common.pxi"
-
-
-cdef struct LSTMShape:
-    int T, B, I, H, GH
-    int off_i, off_f, off_g, off_o   # gate block offsets inside a GH row; off_f = -1 if coupled
-    bint coupled
 
 
 cdef LSTMShape make_shape(int T, int B, int I, int H, bint coupled) noexcept nogil:
@@ -138,7 +133,7 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
                  const long long[::1] lengths,       # IN (B,) or None
                  bint coupled, int n_threads):
     cdef LSTMShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1], coupled)
-    cdef int t, tid, j0, j1
+    cdef int t, tid, j0, j1, team
     cdef floating *g = &gates[0, 0, 0]
     cdef const floating *pi = NULL if p_i is None else &p_i[0]
     cdef const floating *pf = NULL if p_f is None else &p_f[0]
@@ -160,17 +155,23 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
     with nogil:
         # gates = x @ W_ih.T (bias added per step, in cache)
         xp = input_projection(g, &x[0, 0, 0], &W_ih[0, 0], s.T, s.B, s.I, s.GH, n_threads)
-        for t in range(s.T):
-            if nt == 1:
+        if nt == 1:
+            for t in range(s.T):
                 lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0], xp,
                                 &W_ih[0, 0], &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr, t, 0, s.H)
-            else:
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(s.H, nt, tid, 8)
-                    j1 = chunk_stop(s.H, nt, tid, 8)
+        else:
+            # one region for the whole sequence, a barrier per step: a thread owns units
+            # [j0, j1) of every step; step t+1 reads all of h_t
+            with parallel(num_threads=nt):
+                team = fr_team_size()
+                tid = threadid()
+                j0 = chunk_start(s.H, team, tid, 8)
+                j1 = chunk_stop(s.H, team, tid, 8)
+                for t in range(s.T):
                     lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0], xp,
                                     &W_ih[0, 0], &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr,
                                     t, j0, j1)
+                    fr_omp_barrier()
 
 cdef void lstm_backstep_units(LSTMShape s, floating *dgates, floating *dh_carry,
                               floating *dc_carry, const floating *dhs,

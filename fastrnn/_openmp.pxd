@@ -8,7 +8,9 @@ cdef extern from *:
     #else
     #define FASTRNN_OPENMP_ENABLED 0
     static int omp_get_max_threads(void) { return 1; }
+    static int omp_get_num_threads(void) { return 1; }
     #endif
     """
     bint FASTRNN_OPENMP_ENABLED
     int omp_get_max_threads() noexcept nogil
+    int omp_get_num_threads() noexcept nogil

@@ -7,14 +7,10 @@
 #   h_t = act(x_t @ W_ih.T + h_{t-1} @ W_hh.T + bias),  act = tanh or relu.
 #
 # Parallelism: OpenMP over hidden units inside a step (each thread owns units [j0, j1)
-# of every batch row and computes them with a single-threaded BLAS call), and over rows
+# of every batch row and computes them with a single-threaded BLAS call; one region per
+# sequence, a barrier per step), and over rows
 # or columns of the hoisted GEMMs. BLAS must be limited to one thread by the caller.
 include "_kernel_common.pxi"
-
-
-cdef enum:
-    ACT_TANH = 0
-    ACT_RELU = 1
 
 
 cdef void rnn_step_units(floating *hbuf, const floating *x, const floating *W_ih, int I,
@@ -55,7 +51,7 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
                 const long long[::1] lengths,         # IN (B,) or None
                 int act, int n_threads):
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[0]
-    cdef int t, tid, j0, j1
+    cdef int t, tid, j0, j1, team
     cdef Py_ssize_t r, TB = <Py_ssize_t>T * B
     cdef floating *hb = &hbuf[0, 0, 0]
     cdef floating *out = hb + <Py_ssize_t>B * H        # (T*B, H)
@@ -74,16 +70,21 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
     with nogil:
         # out = x @ W_ih.T (bias added per step, in cache)
         xp = input_projection(out, &x[0, 0, 0], &W_ih[0, 0], T, B, I, H, n_threads)
-        for t in range(T):
-            if nt == 1:
+        if nt == 1:
+            for t in range(T):
                 rnn_step_units(hb, xp, &W_ih[0, 0], I, &W_hh[0, 0], &bias[0], len_ptr, t, B, H,
                                act, 0, H)
-            else:
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(H, nt, tid, 8)
-                    j1 = chunk_stop(H, nt, tid, 8)
+        else:
+            # one region for the whole sequence, a barrier per step (step t+1 reads all of h_t)
+            with parallel(num_threads=nt):
+                team = fr_team_size()
+                tid = threadid()
+                j0 = chunk_start(H, team, tid, 8)
+                j1 = chunk_stop(H, team, tid, 8)
+                for t in range(T):
                     rnn_step_units(hb, xp, &W_ih[0, 0], I, &W_hh[0, 0], &bias[0], len_ptr, t, B,
                                    H, act, j0, j1)
+                    fr_omp_barrier()
 
 cdef void rnn_backstep_units(floating *dpre, floating *dh_carry, const floating *dpre_next,
                              const floating *dhs, const floating *hbuf, const floating *W_hh,

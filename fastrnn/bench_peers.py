@@ -300,7 +300,8 @@ def main(argv=None):
         "Command: `fastrnn bench --write` (or `python bench/bench_peers.py --write`; 1 and 2 "
         "threads; all groups in one "
         "process run, memory in subprocesses)", "",
-        f"Machine: {info['cpu']}, {info['cores']} cores ({info['simd']}); BLAS: {info['blas']}; "
+        f"Machine: {info['cpu']}, {info['cores']} cores ({info['simd']}; "
+        f"kernels: {info['kernels']}); BLAS: {info['blas']}; "
         f"OpenMP: {info['openmp']}; numpy {info['numpy']}, Python {info['python']}; "
         + "; ".join(f"{LABEL[p]} {v or 'not installed'}" for p, v in versions.items())
         + f"; {datetime.date.today()}; load average at start "

@@ -39,7 +39,9 @@ def machine_info():
     blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, "
             f"{i['num_threads']} threads, {os.path.basename(i['filepath'])})"
             for i in threadpool_info() if i["user_api"] == "blas"]
+    from ._blas import vector_path
     return {"cpu": model, "cores": cpu_count(), "simd": " ".join(simd) or "unknown",
+            "kernels": vector_path(),
             "blas": "; ".join(blas), "openmp": openmp_enabled(),
             "python": platform.python_version(), "numpy": np.__version__}
 
@@ -161,7 +163,8 @@ def core_table(threads=(1, 2), T=100, H=256, cases=CORE_CASES, out=print):
     """Run the core cases and return the markdown lines (printed as they come)."""
     import datetime
     info = machine_info()
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores ({info['simd']}); "
+    lines = [f"Machine: {info['cpu']}, {info['cores']} cores ({info['simd']}; "
+             f"kernels: {info['kernels']}); "
              f"BLAS: {info['blas']}; OpenMP: {info['openmp']}; numpy {info['numpy']}, "
              f"Python {info['python']}; {datetime.date.today()}", ""]
     peaks = {n: sgemm_peak(n) for n in threads}
@@ -476,7 +479,7 @@ def import_seconds(module="fastrnn", repeats=5):
 def lstm_steppers(p, n_threads, peers=("torch", "onnxruntime")):
     """name -> (step, to_input): ``step(x_t)`` advances that side's LSTM one step at
     batch 1, carrying its own state, and returns h_t; ``to_input`` turns a (1, I) float32
-    array into the input type it takes. Sides: fastrnn (LSTM layer ``.step``), numpy
+    array into the input type it takes. Sides: fastrnn (a ``Stream``), numpy
     (reference at T=1), torch (nn.LSTMCell), onnxruntime (a T=1 LSTM session fed
     initial_h/initial_c). Call torch's step with grad off (compare_stream does)."""
     from .layers import LSTM
@@ -487,12 +490,8 @@ def lstm_steppers(p, n_threads, peers=("torch", "onnxruntime")):
     layer.load_state_dict({"weight_ih_l0": p["W_ih"], "weight_hh_l0": p["W_hh"],
                            "bias_ih_l0": p["b_ih"], "bias_hh_l0": p["b_hh"]})
     sides = {}
-    state = {"fastrnn": layer.initial_state(1), "numpy": (zero, zero)}
-
-    def fast(x):
-        y, state["fastrnn"] = layer.step(x, state["fastrnn"])
-        return y
-    sides["fastrnn"] = (fast, lambda x: x)
+    state = {"numpy": (zero, zero)}
+    sides["fastrnn"] = (layer.stream(1).step, lambda x: x)
 
     def ref(x):
         _, h, c, _ = R.lstm_forward(x[None], *state["numpy"], p["W_ih"], p["W_hh"],

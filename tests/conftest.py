@@ -3,8 +3,9 @@
 * `python -m pytest` from the repository root puts the root on sys.path, a bare `pytest`
   does not (it inserts only tests/, for `_helpers`); the compiled modules are built in place
   (`python setup.py build_ext --inplace`), so put the root first either way.
-* GOMP_SPINCOUNT=1000 (unless set): the kernels open an OpenMP parallel region per time
-  step, and libgomp's default spins ~300000 iterations at every barrier. On this 2-core
+* GOMP_SPINCOUNT=1000 (unless set): the kernels meet at an OpenMP barrier every time step
+  (and the backward kernels open a region per step), and libgomp's default spins ~300000
+  iterations at every barrier. On this 2-core
   machine with two other busy processes (a benchmark, a build), test_kernels.py +
   test_gradcheck.py took 73 s with the default, 16 s with OMP_WAIT_POLICY=passive and 18 s
   with GOMP_SPINCOUNT=1000; idle, 5.5 s, 15.8 s (a futex wake per region) and 5.3 s.

@@ -1,6 +1,6 @@
 /* Gate activations shared by the fastrnn kernels: sigmoid and tanh over arrays.
  *
- * float32: AVX2/FMA vector code, chosen at run time when the CPU has it, else libm.
+ * float32: AVX2/FMA vector code, chosen at run time when the CPU has it (cpu.h), else libm.
  *   exp(x): Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6
  *     polynomial for e^r (Cephes expf coefficients), scaled by 2^n through the exponent
  *     bits. Input clamped to [-87.3, 88.3] so 2^n stays a normal float.
@@ -24,12 +24,7 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define FASTRNN_X86_DISPATCH 1
-#include <immintrin.h>
-#else
-#define FASTRNN_X86_DISPATCH 0
-#endif
+#include "cpu.h"
 
 /* ---- float64: exact (libm) ---------------------------------------------- */
 static inline void fr_sigmoid_f64(double *y, const double *x, int n) {
@@ -48,7 +43,6 @@ static inline void fr_tanh_f32_libm(float *y, const float *x, int n) {
 }
 
 #if FASTRNN_X86_DISPATCH
-#define FR_AVX2 __attribute__((target("avx2,fma")))
 
 /* e^x for 8 floats; NaN propagates (max/min return their second operand on NaN) */
 FR_AVX2 static inline __m256 fr_exp8(__m256 x) {
@@ -114,17 +108,6 @@ FR_DEFINE_ARRAY_OP(fr_sigmoid_f32_avx2, fr_sigmoid8)
 FR_DEFINE_ARRAY_OP(fr_tanh_f32_avx2, fr_tanh8)
 #undef FR_DEFINE_ARRAY_OP
 
-/* 1 when the CPU runs AVX2 and FMA; checked once per module */
-static int fr_have_avx2_fma(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return cached;
-}
-#else
-static int fr_have_avx2_fma(void) { return 0; }
 #endif
 
 static inline void fr_sigmoid_f32(float *y, const float *x, int n) {

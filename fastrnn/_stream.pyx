@@ -1,0 +1,403 @@
+# The streaming step: one call per time step, the state kept in native buffers.
+#
+# A service that feeds a recurrent model one input at a time pays, per call, for whatever
+# sits between Python and the arithmetic. At batch 1 and H=64 the arithmetic of an LSTM
+# step is about 1 us (the weights stream from L2: gemv.h), so this path does everything
+# else once, at construction: the weight pointers, the state, the scratch buffers. A call
+# checks the input through the buffer protocol, releases the GIL, runs every layer's cell
+# step (the same *_step_units functions the whole-sequence kernels run, so the arithmetic
+# is theirs, bit for bit) and returns the top layer's output as a new array.
+#
+# Shapes: L layers, B streams, H hidden, I input of layer 0 (H above it), G gate blocks,
+# GH = G*H. Per layer: h, c (2, B, H) with [0] the state carried in and [1] the step's
+# result, copied back to [0] after the step; scratch gates (B, GH), side and tc (B, H);
+# bias (GH,) fused from b_ih and b_hh on every call, so weights updated in place (by an
+# optimizer) are seen, exactly as the layer's own forward sees them.
+#
+# Threads: one OpenMP region per call; thread k owns hidden units [j0, j1) of every layer
+# and gate block, with a barrier between layers (a layer reads all of the one below) and,
+# for the reset-before GRU, between r and n. Small steps run on one thread (step_threads).
+# A lock serialises calls on one Stream; separate Streams run concurrently.
+from cython cimport floating
+from cython.parallel cimport parallel, threadid
+from cpython.buffer cimport PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK,
+                               NOWAIT_LOCK)
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+cimport numpy as cnp
+import numpy as np
+
+from ._blas cimport step_threads
+from ._openmp cimport omp_get_num_threads
+from ._lstm cimport LSTMShape, make_shape, lstm_step_units
+from ._gru cimport GRUShape, gru_after_step_units, gru_before_rz_units, gru_before_n_units
+from ._rnn cimport rnn_step_units
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    /* numpy's headers pull in complex.h, whose macro I would rename the kernels' shape
+       fields (LSTMShape.I, GRUShape.I) */
+    #ifdef I
+    #undef I
+    #endif
+    /* a barrier of the enclosing parallel region (orphaned: legal inside a function
+       called from the region); nothing without OpenMP, where there is one thread */
+    static inline void fr_omp_barrier(void) {
+    #ifdef _OPENMP
+        _Pragma("omp barrier")
+    #endif
+    }
+    """
+    void fr_omp_barrier() noexcept nogil
+
+cdef enum Cell:
+    CELL_RNN_TANH = 0
+    CELL_RNN_RELU = 1
+    CELL_LSTM = 2
+    CELL_GRU = 3
+
+
+cdef struct LayerPlan:
+    int I                                           # input size of this layer
+    const void *W_ih                                # (GH, I)
+    const void *W_hh                                # (GH, H)
+    const void *b_ih                                # (GH,) or NULL (bias=False)
+    const void *b_hh                                # (GH,) or NULL
+    const void *p_i                                 # LSTM peepholes (H,) or NULL
+    const void *p_f
+    const void *p_o
+    void *h                                         # (2, B, H)
+    void *c                                         # (2, B, H), LSTM only
+    void *bias                                      # (GH,) scratch: fused bias
+
+
+cdef struct Plan:
+    int cell, L, B, H, G, GH, n_threads
+    bint coupled, reset_after
+    LayerPlan *layers
+    void *gates                                     # (B, GH) scratch, shared by the layers
+    void *side                                      # (B, H) scratch: GRU hn / rh
+    void *tc                                        # (B, H) scratch: LSTM tanh(c)
+
+
+cdef void fuse_bias(Plan *p, LayerPlan *lp, floating *bias) noexcept nogil:
+    # bias (GH,) = b_ih + b_hh, except the reset_after GRU's n block, where b_hn sits
+    # inside r * (...) and the kernel adds it itself (functional.gru_input_bias)
+    cdef const floating *bi = <const floating *>lp.b_ih
+    cdef const floating *bh = <const floating *>lp.b_hh
+    cdef int j, n_fused = p.GH
+    if bi == NULL:
+        for j in range(p.GH):
+            bias[j] = 0
+        return
+    if p.cell == CELL_GRU and p.reset_after:
+        n_fused = 2 * p.H
+        for j in range(n_fused, p.GH):
+            bias[j] = bi[j]
+    for j in range(n_fused):
+        bias[j] = bi[j] + bh[j]
+
+
+cdef void layer_units(Plan *p, LayerPlan *lp, const floating *x, const floating *zero_hn,
+                      int j0, int j1) noexcept nogil:
+    """One layer's step for units [j0, j1) of every row: x (B, I) in, lp.h[1] (and
+    lp.c[1]) out. A GRU without bias passes zero_hn (H,) zeros as b_hn."""
+    cdef floating *g = <floating *>p.gates
+    cdef floating *h = <floating *>lp.h
+    cdef const floating *W_ih = <const floating *>lp.W_ih
+    cdef const floating *W_hh = <const floating *>lp.W_hh
+    cdef const floating *bias = <const floating *>lp.bias
+    cdef const floating *b_hn
+    cdef LSTMShape ls
+    cdef GRUShape gs
+    if p.cell == CELL_LSTM:
+        ls = make_shape(1, p.B, lp.I, p.H, p.coupled)
+        lstm_step_units(ls, g, h, <floating *>lp.c, <floating *>p.tc, x, W_ih, W_hh, bias,
+                        <const floating *>lp.p_i, <const floating *>lp.p_f,
+                        <const floating *>lp.p_o, NULL, 0, j0, j1)
+    elif p.cell == CELL_GRU:
+        gs.T = 1; gs.B = p.B; gs.I = lp.I; gs.H = p.H; gs.GH = p.GH
+        if p.reset_after:
+            b_hn = zero_hn if lp.b_hh == NULL else <const floating *>lp.b_hh + 2 * p.H
+            gru_after_step_units(gs, g, h, <floating *>p.side, x, W_ih, W_hh, bias, b_hn, NULL,
+                                 0, j0, j1)
+        else:
+            gru_before_rz_units(gs, g, h, <floating *>p.side, x, W_ih, W_hh, bias, NULL, 0,
+                                j0, j1)
+            if p.n_threads > 1:
+                fr_omp_barrier()       # n reads r * h of every unit
+            gru_before_n_units(gs, g, h, <const floating *>p.side, W_hh, NULL, 0, j0, j1)
+    else:
+        rnn_step_units(h, x, W_ih, lp.I, W_hh, bias, NULL, 0, p.B, p.H,
+                       0 if p.cell == CELL_RNN_TANH else 1, j0, j1)
+
+
+cdef void carry_units(Plan *p, Py_ssize_t isz, int j0, int j1) noexcept nogil:
+    # the step's result becomes the carried state: [1] -> [0], units [j0, j1) of every row;
+    # isz = bytes per element
+    cdef int l, b
+    cdef Py_ssize_t BH = <Py_ssize_t>p.B * p.H, off
+    cdef char *h
+    cdef char *c
+    for l in range(p.L):
+        h = <char *>p.layers[l].h
+        c = <char *>p.layers[l].c
+        for b in range(p.B):
+            off = (<Py_ssize_t>b * p.H + j0) * isz
+            memcpy(h + off, h + BH * isz + off, (j1 - j0) * isz)
+            if c != NULL:
+                memcpy(c + off, c + BH * isz + off, (j1 - j0) * isz)
+
+
+cdef void thread_step(Plan *p, const floating *x, const floating *zero_hn, int tid,
+                      int n_team) noexcept nogil:
+    """Thread tid of n_team: every layer's units [j0, j1), a barrier after each layer."""
+    cdef int per = ((p.H + n_team - 1) // n_team + 7) // 8 * 8    # multiples of 8 units
+    cdef int j0 = min(p.H, tid * per), j1 = min(p.H, (tid + 1) * per), l
+    cdef const floating *inp = x
+    for l in range(p.L):
+        layer_units(p, &p.layers[l], inp, zero_hn, j0, j1)
+        if n_team > 1:
+            fr_omp_barrier()
+        inp = <const floating *>p.layers[l].h + <Py_ssize_t>p.B * p.H
+    carry_units(p, sizeof(floating), j0, j1)
+
+
+cdef void run_step(Plan *p, const floating *x, floating *y, const floating *zero_hn) noexcept nogil:
+    """x (B, I) -> y (B, H), the state advanced one step."""
+    cdef int l, tid
+    cdef int nt = p.n_threads
+    for l in range(p.L):
+        fuse_bias(p, &p.layers[l], <floating *>p.layers[l].bias)
+    if nt == 1:
+        thread_step(p, x, zero_hn, 0, 1)
+    else:
+        with parallel(num_threads=nt):
+            tid = threadid()
+            # the team may be smaller than asked for: chunk by its real size
+            thread_step(p, x, zero_hn, tid, omp_get_num_threads())
+    memcpy(y, p.layers[p.L - 1].h, <Py_ssize_t>p.B * p.H * sizeof(floating))
+
+
+cdef class Stream:
+    """A running recurrent network for ``batch`` streams, one call per time step; build
+    it with ``layer.stream()``. ``stream.step(x_t)``: ``x_t (B, I)`` (or ``(I,)`` when
+    B = 1) -> the top layer's output ``(B, H)`` (or ``(H,)``), a new array; the state
+    stays inside and advances. Reads the layer's parameters in place on every call."""
+    cdef Plan plan
+    cdef LayerPlan *layer_plans
+    cdef PyThread_type_lock lock
+    cdef readonly object layer
+    cdef object arrays          # everything the plan points into, kept alive
+    cdef object dtype
+    cdef int typenum, I
+    cdef bint is_f32, lstm, needs_blas
+    cdef readonly int batch
+    cdef Py_ssize_t _zero_hn_offset        # bytes into the scratch: H zeros
+
+    def __cinit__(self):
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError("could not allocate the stream's lock")
+
+    def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+        if self.layer_plans != NULL:
+            free(self.layer_plans)
+
+    def __init__(self, layer, int batch, params, int n_threads):
+        """Internal: ``params`` is one dict per layer (W_ih, W_hh, b_ih, b_hh, p_i, p_f,
+        p_o: C-contiguous arrays of the layer's dtype, or None), checked by the caller."""
+        cdef int L = len(params), l, H = layer.hidden_size
+        cdef Plan *p = &self.plan
+        self.layer, self.batch, self.dtype = layer, batch, np.dtype(layer.dtype)
+        self.is_f32 = self.dtype == np.float32
+        self.typenum = cnp.NPY_FLOAT32 if self.is_f32 else cnp.NPY_FLOAT64
+        self.I = layer.input_size
+        self.lstm = layer.cell == "lstm"
+        p.cell = {"lstm": CELL_LSTM, "gru": CELL_GRU}.get(
+            layer.cell, CELL_RNN_RELU if getattr(layer, "nonlinearity", "") == "relu"
+            else CELL_RNN_TANH)
+        p.L, p.B, p.H = L, batch, H
+        p.G = layer.gates
+        p.GH = p.G * H
+        p.coupled = getattr(layer, "coupled", False)
+        p.reset_after = getattr(layer, "reset_after", False)
+        # BLAS runs only for batch > 1 or float64 (batch-1 float32 products are gemv.h)
+        self.needs_blas = batch > 1 or not self.is_f32
+        state = np.zeros((L, 2, 2, batch, H), self.dtype)   # layer, (h, c), (in, out)
+        scratch = np.zeros((L + 1) * p.GH + 2 * batch * H + batch * p.GH + H, self.dtype)
+        self.arrays = [state, scratch, params]
+        self.layer_plans = <LayerPlan *>malloc(L * sizeof(LayerPlan))
+        if self.layer_plans == NULL:
+            raise MemoryError("could not allocate the stream's plan")
+        p.layers = self.layer_plans
+        cdef char *s0 = cnp.PyArray_BYTES(scratch)
+        cdef Py_ssize_t isz = self.dtype.itemsize
+        p.gates = s0
+        p.side = s0 + batch * p.GH * isz
+        p.tc = s0 + (batch * p.GH + batch * H) * isz
+        # scratch tail: L fused biases (GH,), then H zeros (b_hn of a bias-free GRU)
+        for l in range(L):
+            lp = &self.layer_plans[l]
+            d = params[l]
+            lp.I = d["W_ih"].shape[1]
+            lp.W_ih = _ptr(d["W_ih"])
+            lp.W_hh = _ptr(d["W_hh"])
+            lp.b_ih = _ptr(d["b_ih"])
+            lp.b_hh = _ptr(d["b_hh"])
+            lp.p_i = _ptr(d.get("p_i"))
+            lp.p_f = _ptr(d.get("p_f"))
+            lp.p_o = _ptr(d.get("p_o"))
+            lp.h = cnp.PyArray_DATA(state[l, 0])
+            lp.c = cnp.PyArray_DATA(state[l, 1]) if self.lstm else NULL
+            lp.bias = s0 + (batch * p.GH + 2 * batch * H + l * p.GH) * isz
+        self._zero_hn_offset = (batch * p.GH + 2 * batch * H + L * p.GH) * isz
+        work = sum(batch * p.GH * (H + d["W_ih"].shape[1]) for d in params)
+        p.n_threads = step_threads(n_threads, H, work)
+
+    @property
+    def n_threads(self):
+        """OpenMP threads a step runs on (one for small steps: see step_threads)."""
+        return self.plan.n_threads
+
+    def _state_array(self):
+        return self.arrays[0]
+
+    def step(self, x_t):
+        cdef Py_buffer view
+        cdef bint have_view = False, unbatched = False
+        cdef cnp.npy_intp dims[2]
+        cdef const void *xp
+        cdef char *zero_hn = <char *>cnp.PyArray_BYTES(self.arrays[1]) + self._zero_hn_offset
+        if get_buffer_noraise(x_t, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0:
+            have_view = _view_matches(&view, self.is_f32, self.batch, self.I)
+            if not have_view:
+                PyBuffer_Release(&view)
+        else:
+            _clear_error()
+        if have_view:
+            unbatched = view.ndim == 1
+            xp = view.buf
+        else:   # anything else: the slow path validates and says what was expected
+            x_t = self._checked_input(x_t)
+            unbatched = x_t.ndim == 1
+            xp = cnp.PyArray_DATA(x_t)
+        try:
+            if unbatched:
+                dims[0] = self.plan.H
+                y = cnp.PyArray_EMPTY(1, dims, self.typenum, 0)
+            else:
+                dims[0] = self.batch
+                dims[1] = self.plan.H
+                y = cnp.PyArray_EMPTY(2, dims, self.typenum, 0)
+            if self.needs_blas:
+                from ._threads import serial_blas
+                with serial_blas:
+                    self._run(xp, cnp.PyArray_DATA(y), zero_hn)
+            else:
+                self._run(xp, cnp.PyArray_DATA(y), zero_hn)
+        finally:
+            if have_view:
+                PyBuffer_Release(&view)
+        return y
+
+    cdef int _run(self, const void *xp, void *yp, char *zero_hn) except -1:
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            with nogil:       # another thread is stepping this stream: wait without the GIL
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            with nogil:
+                if self.is_f32:
+                    run_step(&self.plan, <const float *>xp, <float *>yp, <const float *>zero_hn)
+                else:
+                    run_step(&self.plan, <const double *>xp, <double *>yp,
+                             <const double *>zero_hn)
+        finally:
+            PyThread_release_lock(self.lock)
+        return 0
+
+    def _checked_input(self, x_t):
+        # a list is data in the layer's dtype, as layer.step takes it; an array must already
+        # be of that dtype (converting it silently would hide a float64 pipeline)
+        x = np.asarray(x_t, dtype=self.dtype) if isinstance(x_t, (list, tuple)) else x_t
+        want = (self.batch, self.I)
+        alt = f" or {(self.I,)}" if self.batch == 1 else ""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x_t must be a numpy array of shape {want}{alt} and dtype "
+                            f"{self.dtype}, got {type(x_t).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x_t has dtype {x.dtype}, expected {self.dtype} (the layer's)")
+        if not (x.shape == want or (self.batch == 1 and x.shape == (self.I,))):
+            raise ValueError(f"x_t has shape {x.shape}, expected {want}{alt}")
+        return np.ascontiguousarray(x)
+
+    def get_state(self):
+        """A copy of the carried state as ``layer.step`` takes it: ``h (L, B, H)``, or
+        for an LSTM the pair ``(h, c)``."""
+        st = self.arrays[0]
+        if self.lstm:
+            return st[:, 0, 0].copy(), st[:, 1, 0].copy()
+        return st[:, 0, 0].copy()
+
+    def set_state(self, state):
+        """Replace the carried state (None: zeros), in ``get_state``'s form."""
+        L, B, H = self.plan.L, self.batch, self.plan.H
+        st = self.arrays[0]
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            if state is None:
+                st[...] = 0
+                return
+            parts = state if self.lstm else (state,)
+            if self.lstm and (not isinstance(state, tuple) or len(state) != 2):
+                raise ValueError("an LSTM stream's state is a pair (h, c)")
+            checked = []
+            for part in parts:
+                a = np.asarray(part)
+                if a.shape != (L, B, H) or a.dtype != self.dtype:
+                    raise ValueError(f"state arrays must be {self.dtype} of shape {(L, B, H)}, "
+                                     f"got {a.dtype} {a.shape}")
+                checked.append(a)
+            for k, a in enumerate(checked):
+                st[:, k, 0] = a
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def __repr__(self):
+        return f"<fastrnn.Stream of {self.layer!r}, batch={self.batch}>"
+
+
+cdef const void *_ptr(a):
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(a)
+
+
+cdef bint _view_matches(Py_buffer *v, bint is_f32, int batch, int I):
+    # the fast path: a C-contiguous (B, I) buffer, or (I,) when B == 1, of the right type
+    if v.format == NULL or v.format[1] != 0 or v.format[0] != (b'f' if is_f32 else b'd'):
+        return False
+    if v.itemsize != (4 if is_f32 else 8):
+        return False
+    if v.ndim == 2:
+        return v.shape[0] == batch and v.shape[1] == I
+    return v.ndim == 1 and batch == 1 and v.shape[0] == I
+
+
+cdef extern from "Python.h":
+    void PyErr_Clear()
+    # PyObject_GetBuffer returning -1 instead of raising: failure sends the input down the
+    # validating slow path
+    int get_buffer_noraise "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags)
+
+
+cdef void _clear_error():
+    PyErr_Clear()

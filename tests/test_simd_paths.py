@@ -1,0 +1,102 @@
+"""Every float32 code path runs and is right: AVX-512, AVX2/FMA and plain C.
+
+The kernels choose their vector code at run time (include/fastrnn/cpu.h); FASTRNN_SIMD=0
+forces the plain C paths and FASTRNN_SIMD=avx2 the AVX2 ones. The choice is made once per
+process, so each path runs in a subprocess: the batch-1 matrix-vector product against
+float64 numpy at awkward sizes, and a 2-layer LSTM and GRU stream against the numpy
+reference."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastrnn import _blas
+
+CHECK = r"""
+import sys
+import numpy as np
+from fastrnn import _blas, LSTM, GRU
+import fastrnn.reference as R
+print(_blas.vector_path())
+rng = np.random.default_rng(0)
+for m, k in [(1, 1), (7, 5), (8, 16), (9, 17), (33, 31), (64, 64), (130, 200)]:
+    for beta in (0.0, 1.0, -0.5):
+        A = rng.standard_normal((m, k)).astype(np.float32)
+        x = rng.standard_normal(k).astype(np.float32)
+        y = rng.standard_normal(m).astype(np.float32)
+        want = A.astype(np.float64) @ x + beta * y.astype(np.float64)
+        _blas._gemv_memview(_blas.NoTrans, 1.0, A, x, beta, y)
+        scale = np.abs(A).astype(np.float64) @ np.abs(x) + abs(beta) * 10
+        assert np.all(np.abs(y - want) <= 1e-6 * scale + 1e-7), (m, k, beta)
+for cls in (LSTM, GRU):
+    layer = cls(12, 20, num_layers=2, seed=0)
+    xs = rng.standard_normal((5, 1, 12)).astype(np.float32)
+    s = layer.stream()
+    ys = np.stack([s.step(x) for x in xs])
+    inp = xs
+    for l in range(2):
+        W_ih, W_hh, b_ih, b_hh = layer._kernel_params(f"_l{l}")
+        z = np.zeros((1, 20), np.float32)
+        if cls is LSTM:
+            inp = R.lstm_forward(inp, z, z, W_ih, W_hh, b_ih, b_hh)[0]
+        else:
+            inp = R.gru_forward(inp, z, W_ih, W_hh, b_ih, b_hh)[0]
+    assert np.abs(ys - inp).max() < 2e-5, (cls, np.abs(ys - inp).max())
+print("ok")
+"""
+
+
+def _cpu_features():
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as f
+    except ImportError:
+        return {}
+    return f
+
+
+@pytest.mark.parametrize("simd,expected", [("0", "plain"), ("avx2", "avx2"), (None, None)])
+def test_each_vector_path(simd, expected):
+    feats = _cpu_features()
+    if expected == "avx2" and not (feats.get("AVX2") and feats.get("FMA3")):
+        pytest.skip("this CPU has no AVX2/FMA")
+    env = dict(os.environ)
+    env.pop("FASTRNN_SIMD", None)
+    if simd is not None:
+        env["FASTRNN_SIMD"] = simd
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    path, status = out.stdout.split()
+    assert status == "ok"
+    if expected is not None:
+        assert path == expected
+    else:   # the default picks the widest the CPU has
+        widest = "avx512" if feats.get("AVX512F") and feats.get("AVX2") and feats.get("FMA3") \
+            else "avx2" if feats.get("AVX2") and feats.get("FMA3") else "plain"
+        assert path == widest
+
+
+def test_gemv_rows_do_not_depend_on_the_split():
+    """A row's value is summed in a fixed order wherever it sits, so threads splitting the
+    rows of a step give bit-identical results (gemv.h)."""
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((77, 45)).astype(np.float32)
+    x = rng.standard_normal(45).astype(np.float32)
+    whole = np.zeros(77, np.float32)
+    _blas._gemv_memview(_blas.NoTrans, 1.0, A, x, 0.0, whole)
+    for lo, hi in [(0, 1), (3, 11), (8, 16), (16, 77), (70, 77), (13, 14)]:
+        part = np.zeros(hi - lo, np.float32)
+        _blas._gemv_memview(_blas.NoTrans, 1.0, np.ascontiguousarray(A[lo:hi]), x, 0.0, part)
+        np.testing.assert_array_equal(part, whole[lo:hi])
+
+
+def test_layer_parameters_start_on_a_cache_line():
+    from fastrnn import LSTM
+    for I, H in [(3, 5), (64, 64), (100, 37)]:
+        layer = LSTM(I, H, num_layers=2)
+        assert layer.flat.ctypes.data % 64 == 0
+        assert layer.grad.ctypes.data % 64 == 0
