@@ -19,8 +19,8 @@ cdef extern from "fastrnn/gemv.h" nogil:
 
 
 def vector_path():
-    """Which code the float32 kernels run here: "avx512" (batch-1 products; activations
-    AVX2), "avx2", or "plain" (no AVX2/FMA, or FASTRNN_SIMD=0)."""
+    """Which code the float32 kernels run here (batch-1 products and gate activations):
+    "avx512", "avx2", or "plain" (no AVX2/FMA, or FASTRNN_SIMD=0)."""
     if fr_have_avx512():
         return "avx512"
     return "avx2" if fr_have_avx2_fma() else "plain"

@@ -2,8 +2,8 @@
  *
  * The build targets plain x86-64 (no -march flags), so a wheel built here runs on any
  * x86-64 CPU. The AVX2/FMA kernels are compiled for that target alone through function
- * attributes and chosen here, once, from the CPU's features (AVX-512F is used where it
- * pays: the batch-1 matrix-vector product). FASTRNN_SIMD=0 in the
+ * attributes and chosen here, once, from the CPU's features (AVX-512F, where present, for
+ * the batch-1 matrix-vector product and the activations). FASTRNN_SIMD=0 in the
  * environment forces the plain C paths and FASTRNN_SIMD=avx2 the AVX2 ones, so the tests
  * run every path on a machine that has AVX-512 (tests/test_simd_paths.py).
  */
