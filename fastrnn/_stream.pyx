@@ -322,6 +322,16 @@ cdef class Stream:
             PyThread_release_lock(self.lock)
         return 0
 
+    def _takes_fast_path(self, x_t):
+        """Test hook: whether step() would read x_t in place, without the checked copy."""
+        cdef Py_buffer view
+        if get_buffer_noraise(x_t, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0:
+            _clear_error()
+            return False
+        ok = _view_matches(&view, self.is_f32, self.batch, self.I)
+        PyBuffer_Release(&view)
+        return ok
+
     def _checked_input(self, x_t):
         # a list is data in the layer's dtype, as layer.step takes it; an array must already
         # be of that dtype (converting it silently would hide a float64 pipeline)
@@ -383,7 +393,12 @@ cdef const void *_ptr(a):
 
 cdef bint _view_matches(Py_buffer *v, bint is_f32, int batch, int I):
     # the fast path: a C-contiguous (B, I) buffer, or (I,) when B == 1, of the right type
-    if v.format == NULL or v.format[1] != 0 or v.format[0] != (b'f' if is_f32 else b'd'):
+    cdef char code
+    if is_f32:
+        code = b'f'
+    else:
+        code = b'd'
+    if v.format == NULL or v.format[0] != code or v.format[1] != 0:
         return False
     if v.itemsize != (4 if is_f32 else 8):
         return False

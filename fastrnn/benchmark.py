@@ -213,10 +213,17 @@ def peer_versions():
     return found
 
 
-def time_alternating(fns, repeats=5, min_time=0.2):
+def time_alternating(fns, repeats=5, min_time=0.2, settle=0.03):
     """Median seconds of single calls of each ``fns[name]()``: a warm-up call each, then
     ``repeats`` rounds in which every side runs a block of at least 3 calls (about
-    ``min_time / repeats`` seconds), each call timed on its own, as in :func:`compare`."""
+    ``min_time / repeats`` seconds), each call timed on its own, as in :func:`compare`.
+
+    Each block starts with a pause of ``settle`` seconds and one untimed call. Why: the
+    libraries' worker threads spin-wait for a while after their last job (ONNX Runtime's
+    intra-op pool, the OpenMP runtimes, OpenBLAS), and with two cores a side timed right
+    after another shares a core with the other's spinning threads. Measured here: fastrnn
+    LSTM B=64 H=256 at 2 threads took 57 ms in blocks right after ONNX Runtime's, 43 ms
+    alone. A user runs one library, so each side is timed on a quiet machine, warm."""
     for fn in fns.values():
         fn()
     k = {name: int(min(20000, max(3, min_time / max(_once(fn), 1e-7) / repeats)))
@@ -224,6 +231,8 @@ def time_alternating(fns, repeats=5, min_time=0.2):
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(settle)
+            fn()
             times[name] += [_once(fn) for _ in range(k[name])]
     return {name: float(np.median(t)) for name, t in times.items()}
 

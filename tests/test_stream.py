@@ -101,6 +101,20 @@ def test_unbatched_input_and_output():
     np.testing.assert_array_equal(y1, y2[0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_contiguous_arrays_are_read_in_place(dtype):
+    """The fast path: a C-contiguous array of the layer's dtype and shape is read through
+    the buffer protocol, anything else goes through the checked copy."""
+    s1, s3 = LSTM(5, 8, dtype=dtype).stream(), LSTM(5, 8, dtype=dtype).stream(3)
+    x = np.ones((3, 10), dtype)
+    assert s1._takes_fast_path(x[:1, :5].copy()) and s1._takes_fast_path(x[0, :5].copy())
+    assert s3._takes_fast_path(x[:, :5].copy())
+    other = np.float64 if dtype == np.float32 else np.float32
+    for slow in (x[:, :5], x[:1, :5].astype(other), x[:2, :5].copy(), [[1.0] * 5], x[:1, ::2]):
+        assert not s1._takes_fast_path(slow)
+    assert not s3._takes_fast_path(x[0, :5].copy())   # (I,) only when batch is 1
+
+
 def test_outputs_are_new_arrays_and_inputs_untouched():
     layer = GRU(4, 6, seed=0)
     s = layer.stream(2)
