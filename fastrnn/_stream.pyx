@@ -211,8 +211,17 @@ cdef class Stream:
             free(self.layer_plans)
 
     def __init__(self, layer, int batch, params, int n_threads):
-        """Internal: ``params`` is one dict per layer (W_ih, W_hh, b_ih, b_hh, p_i, p_f,
-        p_o: C-contiguous arrays of the layer's dtype, or None), checked by the caller."""
+        """Use ``layer.stream()``. ``params`` is one dict per layer (W_ih, W_hh, b_ih, b_hh
+        and, for a peephole LSTM, p_i, p_f, p_o: C-contiguous arrays of the layer's dtype,
+        or None for absent ones); every shape is checked here, because the step reads them
+        through raw pointers."""
+        if batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch}")
+        if layer.cell not in ("rnn", "lstm", "gru") or getattr(layer, "bidirectional", True):
+            raise ValueError("a Stream runs a unidirectional fastrnn RNN, LSTM or GRU layer")
+        if len(params) != layer.num_layers or len(params) < 1:
+            raise ValueError(f"params: one dict per layer ({layer.num_layers}) expected")
+        _check_params(layer, params)
         cdef int L = len(params), l, H = layer.hidden_size
         cdef Plan *p = &self.plan
         self.layer, self.batch, self.dtype = layer, batch, np.dtype(layer.dtype)
@@ -351,9 +360,15 @@ cdef class Stream:
         """A copy of the carried state as ``layer.step`` takes it: ``h (L, B, H)``, or
         for an LSTM the pair ``(h, c)``."""
         st = self.arrays[0]
-        if self.lstm:
-            return st[:, 0, 0].copy(), st[:, 1, 0].copy()
-        return st[:, 0, 0].copy()
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            with nogil:       # not in the middle of another thread's step
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            if self.lstm:
+                return st[:, 0, 0].copy(), st[:, 1, 0].copy()
+            return st[:, 0, 0].copy()
+        finally:
+            PyThread_release_lock(self.lock)
 
     def set_state(self, state):
         """Replace the carried state (None: zeros), in ``get_state``'s form."""
@@ -383,6 +398,34 @@ cdef class Stream:
 
     def __repr__(self):
         return f"<fastrnn.Stream of {self.layer!r}, batch={self.batch}>"
+
+
+def _check_params(layer, params):
+    """Every array the plan will point into: the layer's dtype, C-contiguous, the shape the
+    cell's kernels index (a wrong one would be read out of bounds)."""
+    H, G, dtype = layer.hidden_size, layer.gates, np.dtype(layer.dtype)
+    peepholes = set(getattr(layer, "peephole", ""))
+    for l, d in enumerate(params):
+        I = layer.input_size if l == 0 else H
+        want = {"W_ih": (G * H, I), "W_hh": (G * H, H), "b_ih": (G * H,), "b_hh": (G * H,)}
+        for g in "ifo":
+            want["p_" + g] = (H,)
+        optional = {"b_ih", "b_hh"} | {"p_" + g for g in "ifo" if g not in peepholes}
+        for name, shape in want.items():
+            a = d.get(name)
+            if a is None:
+                if name not in optional:
+                    raise ValueError(f"layer {l}: {name} is missing")
+                continue
+            if name.startswith("p_") and name[2] not in peepholes:
+                raise ValueError(f"layer {l}: {name} given, but the layer has no such peephole")
+            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape \
+                    or not a.flags.c_contiguous:
+                raise ValueError(f"layer {l}: {name} must be a C-contiguous {dtype} array of "
+                                 f"shape {shape}, got {getattr(a, 'dtype', type(a).__name__)} "
+                                 f"{getattr(a, 'shape', '')}")
+        if (d.get("b_ih") is None) != (d.get("b_hh") is None):
+            raise ValueError(f"layer {l}: give both biases or neither")
 
 
 cdef const void *_ptr(a):

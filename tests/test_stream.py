@@ -168,6 +168,35 @@ def test_bidirectional_and_bad_batch_refused():
             GRU(3, 4).stream(batch)
 
 
+def test_direct_construction_checks_every_array():
+    """Stream reads its arrays through raw pointers: a wrong one is refused up front."""
+    layer = LSTM(3, 4, num_layers=2, peephole="io", seed=0)
+    good = layer.stream()   # the layer's own path works
+    assert good.step(np.ones(3, np.float32)).shape == (4,)
+
+    def params(**change):
+        ps = []
+        for l in range(2):
+            d = {"W_ih": layer.params[f"weight_ih_l{l}"], "W_hh": layer.params[f"weight_hh_l{l}"],
+                 "b_ih": layer.params[f"bias_ih_l{l}"], "b_hh": layer.params[f"bias_hh_l{l}"],
+                 "p_i": layer.params[f"peephole_i_l{l}"], "p_o": layer.params[f"peephole_o_l{l}"]}
+            d.update(change if l == 1 else {})
+            ps.append(d)
+        return ps
+    fastrnn.Stream(layer, 1, params(), 1)
+    bad = [dict(W_hh=np.zeros((16, 3), np.float32)), dict(W_ih=np.zeros((16, 4), np.float64)),
+           dict(b_ih=np.zeros(15, np.float32)), dict(p_i=None),
+           dict(p_f=np.zeros(4, np.float32)), dict(b_hh=None),
+           dict(W_ih=np.zeros((16, 8), np.float32)[:, ::2])]
+    for change in bad:
+        with pytest.raises(ValueError):
+            fastrnn.Stream(layer, 1, params(**change), 1)
+    with pytest.raises(ValueError, match="one dict per layer"):
+        fastrnn.Stream(layer, 1, params()[:1], 1)
+    with pytest.raises(ValueError, match="batch"):
+        fastrnn.Stream(layer, 0, params(), 1)
+
+
 def test_state_round_trip_and_reset():
     layer = LSTM(3, 4, num_layers=2, seed=0)
     x = np.random.default_rng(0).standard_normal((4, 1, 3)).astype(np.float32)
