@@ -77,14 +77,35 @@ from .functional import (rnn_forward, rnn_backward, lstm_forward, lstm_backward,
 from .layers import RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell
 from ._stream import Stream
 from .models import SequenceModel, cosine_similarity, pad_sequences
-from .io import load, ModelFileError
+from .io import load, save, ModelFileError
 from . import losses, optim
+from .interop import ParityError
 
 __version__ = "0.1.0"
+
+# Crossing to and from other frameworks (fastrnn.interop): loaded on first use, so that
+# `import fastrnn` neither imports PyTorch, ONNX or Keras nor pays for the converters.
+_INTEROP = {"from_torch": "torch_io", "to_torch": "torch_io", "from_onnx": "onnx_import",
+            "to_onnx": "onnx_export", "from_keras": "keras_io", "compare": "compare"}
+
+
+def __getattr__(name):
+    module = _INTEROP.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f".interop.{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_INTEROP))
 
 __all__ = ["openmp_enabled", "effective_n_threads", "set_num_threads", "get_num_threads",
            "functional", "reference",
            "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell",
            "GRUCell", "Stream", "SequenceModel", "cosine_similarity", "pad_sequences", "load",
-           "ModelFileError", "losses", "optim", "__version__"]
+           "save", "ModelFileError", "ParityError", "losses", "optim", "__version__",
+           *_INTEROP]

@@ -1,5 +1,5 @@
 """Command line: ``fastrnn demo``, ``check``, ``bench``, ``train``, ``sample``, ``predict``,
-``similar``, ``info``.
+``similar``, ``info``, ``convert``.
 
 ``fastrnn demo`` needs no arguments and no data: it trains a vanilla RNN, an LSTM and a
 GRU on the adding problem and shows that the gated networks learn the long-term
@@ -160,6 +160,122 @@ def _similar(args):
     return 0
 
 
+_FORMATS = {".pt": "torch", ".pth": "torch", ".safetensors": "safetensors", ".onnx": "onnx",
+            ".fastrnn": "fastrnn"}
+
+
+def _format_of(path):
+    import os
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"{path}: unknown extension {ext!r}; expected one of "
+                         f"{', '.join(_FORMATS)}")
+    return _FORMATS[ext]
+
+
+def _is_fastrnn_file(path):
+    """A .safetensors file whose metadata says fastrnn_format (fastrnn files are
+    safetensors too); only the JSON header is read, fastrnn.load validates the rest."""
+    import json
+    import struct
+    from fastrnn.io import MAX_HEADER
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8 or struct.unpack("<Q", head)[0] > MAX_HEADER:
+            return False
+        try:
+            meta = json.loads(f.read(struct.unpack("<Q", head)[0])).get("__metadata__")
+        except (ValueError, AttributeError):
+            return False
+    return isinstance(meta, dict) and "fastrnn_format" in meta
+
+
+def _convert_read(args, check):
+    """IN as a fastrnn object, and the parity difference of the import (None: unchecked)."""
+    import fastrnn
+    from fastrnn.interop import torch_io
+    fmt = _format_of(args.input)
+    hints = {k: v for k, v in (("kind", args.kind), ("nonlinearity", args.nonlinearity),
+                               ("batch_first", args.batch_first or None)) if v is not None}
+    state_dict = fmt == "torch" or (fmt == "safetensors" and not _is_fastrnn_file(args.input))
+    if hints and not state_dict:
+        raise ValueError(f"--{'/--'.join(hints).replace('_', '-')} apply to state dicts "
+                         "(.pt, .pth, .safetensors) only")
+    if state_dict:
+        obj = torch_io.from_torch(torch_io.read_state_dict(args.input), check=check, **hints)
+        return obj, obj.parity_max_abs_diff, "PyTorch"
+    if fmt == "onnx":
+        from fastrnn.interop.onnx_import import from_onnx
+        imported = from_onnx(args.input, check=check)
+        obj = imported.to_fastrnn(check=check)
+        diffs = [d for d in (imported.parity_max_abs_diff, obj.parity_max_abs_diff)
+                 if d is not None]
+        return obj, (max(diffs) if diffs else None), "ONNX Runtime"
+    return fastrnn.load(args.input), None, None
+
+
+def _convert_write(obj, path, check):
+    """Write ``obj`` to ``path``; the parity difference of the export (None: unchecked)."""
+    import numpy as np
+    import fastrnn
+    from fastrnn import io
+    from fastrnn.interop import torch_io
+    fmt = _format_of(path)
+    if fmt in ("torch", "safetensors"):
+        module = torch_io.to_torch(obj, check=check)
+        torch_io.write_state_dict(module.state_dict(), path)
+        return module.parity_max_abs_diff, "PyTorch"
+    if fmt == "onnx":
+        from fastrnn.interop.onnx_export import to_onnx
+        proto = to_onnx(obj, path, check=check)
+        meta = {p.key: p.value for p in proto.metadata_props}      # the exporter's report
+        diff = meta.get("fastrnn.parity_max_abs_diff")
+        return (None if diff is None else float(diff)), meta.get("fastrnn.parity_runtime")
+    io.save(obj, path)
+    if not check:
+        return None, None
+    # the file read back runs like the object written, on a random input and state
+    from fastrnn.interop.compare import compare
+    from fastrnn.interop.parity import ParityError, default_tolerance
+    x, state = torch_io._random_case(obj, np.random.default_rng(0))
+    diff = compare(obj, fastrnn.load(path), x, state=state)
+    dtype = getattr(obj, "dtype", None) or obj._layer.dtype          # cells: their layer's
+    if diff > default_tolerance(dtype):
+        raise ParityError(f"{path} read back differs from what was written by {diff:.3g}")
+    return diff, "the file read back"
+
+
+def _convert(args):
+    from fastrnn.interop.parity import ParityError
+    check = not args.no_check
+    try:
+        _format_of(args.output)                   # refuse a bad OUT before any work
+        obj, diff_in, side_in = _convert_read(args, check)
+        print(f"read   {args.input}: {_describe_obj(obj)}" +
+              (f" (against {side_in}: max abs diff {diff_in:.3g})" if diff_in is not None else ""))
+        diff_out, side_out = _convert_write(obj, args.output, check)
+        print(f"wrote  {args.output}" +
+              (f" (against {side_out}: max abs diff {diff_out:.3g})" if diff_out is not None
+               else ""))
+    except (ValueError, TypeError, ImportError, OSError, ParityError) as exc:
+        print(f"fastrnn convert: {exc}", file=sys.stderr)
+        return 1
+    diffs = [d for d in (diff_in, diff_out) if d is not None]
+    if not check:
+        print("parity check skipped (--no-check)")
+    else:
+        print(f"largest absolute difference: {max(diffs, default=0.0):.3g}")
+    return 0
+
+
+def _describe_obj(obj):
+    from fastrnn.interop.torch_io import _describe
+    from fastrnn.models import SequenceModel
+    if isinstance(obj, SequenceModel):
+        return f"SequenceModel({obj.config['cell']}, task={obj.config['task']!r}) over {obj.rnn!r}"
+    return _describe(obj)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="fastrnn", description="fast CPU recurrent networks")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -217,6 +333,22 @@ def main(argv=None):
     m.add_argument("--level", choices=["char", "word"], default="char")
     m.add_argument("--pooling", choices=["last", "mean"], default="mean")
     m.set_defaults(func=_similar)
+    c = sub.add_parser("convert", help="convert between .pt/.pth, .safetensors, .onnx and "
+                       ".fastrnn files, parity-checked",
+                       description="Formats by extension: .pt/.pth (a state dict, read with "
+                       "torch.load(weights_only=True) only), .safetensors (a state dict, or a "
+                       "fastrnn file), .onnx, .fastrnn. Both sides run on a random input; the "
+                       "largest absolute difference is printed.")
+    c.add_argument("input", help="the file to read")
+    c.add_argument("output", help="the file to write")
+    c.add_argument("--no-check", action="store_true", help="skip the parity checks")
+    c.add_argument("--kind", choices=["rnn", "lstm", "gru"],
+                   help="state dicts: assert the cell (inferred from the shapes)")
+    c.add_argument("--nonlinearity", choices=["tanh", "relu"],
+                   help="state dicts of an RNN: its nonlinearity (not recorded; default tanh)")
+    c.add_argument("--batch-first", action="store_true",
+                   help="state dicts: make a batch-first layer (not recorded; default off)")
+    c.set_defaults(func=_convert)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rc = args.func(args)

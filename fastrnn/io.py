@@ -7,23 +7,39 @@ reads it itself so that every byte is checked before it is trusted:
 
 * header length bounded (1 MiB) and inside the file; JSON only, no names resolved, no paths;
 * ``__metadata__``: ``fastrnn_format`` (this module reads version 1), ``architecture``
-  (a JSON object whose keys and values come from closed sets), ``sha256`` of that metadata
+  (a JSON object whose keys and values come from closed sets; ``"kind"`` says what the file
+  holds: a :class:`SequenceModel` (no key, or ``"model"``), a bare recurrent stack
+  (``"layer"``: ``fastrnn.RNN``/``LSTM``/``GRU``, tensors under their PyTorch names) or a
+  cell (``"cell"``); each kind has its own keys), ``sha256`` of that metadata
   and the tensor bytes, optional ``optimizer`` (name and scalars) and ``vocabulary`` (a
   JSON list of vocab_size strings);
-* tensors: dtype from {F32, F64}, shapes of non-negative ints, offsets in order, without
-  gaps or overlaps, covering the data exactly (no trailing bytes), sizes matching
-  shape x itemsize; the names and shapes must be exactly those of the architecture;
-  values finite.
+* tensors: dtype from {F32, F64}, shapes of non-negative ints, stored contiguously in name
+  order (the order fastrnn and the safetensors package write; the checksum covers the
+  bytes, not the index, so the index has one allowed layout and moved offsets are refused),
+  covering the data exactly (no trailing bytes), sizes matching shape x itemsize; the
+  architecture's parameter count no larger than the tensors present (checked before
+  anything is built, so a few bytes cannot ask for gigabytes); the names, shapes and dtype
+  must be exactly those of the architecture; values finite.
 
-Anything wrong raises :class:`ModelFileError` (a ValueError) saying what and where.
+Anything wrong raises :class:`ModelFileError` (a ValueError) saying what and where; no
+other exception escapes :func:`parse` or :func:`load_bytes` for any bytes (fuzzed:
+``tests/fuzz_load.py``). The memory a load takes is a small multiple of the file's size.
+
 :func:`save` writes atomically: a temporary file in the same folder, fsync, ``os.replace``,
-fsync of the folder, so a crash leaves the previous file or the new one, never a mix.
+fsync of the folder, so a crash leaves the previous file or the new one, never a mix. On
+Linux the temporary is anonymous (``O_TMPFILE``) until its data is on disk, so a process
+killed while writing leaves nothing behind; it is given a name (``.fastrnn-<pid>-<random>.tmp``)
+only for the instant before the rename. A failed save removes its temporary; ones left by
+killed processes are removed by the first save into that folder of a later process once
+they are an hour old (only regular files of this user with exactly that name pattern).
 """
 import hashlib
 import json
 import math
 import os
+import re
 import struct
+import time
 
 import numpy as np
 
@@ -50,9 +66,31 @@ _ARCH = {
     "peephole": lambda v: isinstance(v, bool) or v in ("", "i", "f", "o", "if", "io", "fo", "ifo"),
     "coupled": lambda v: isinstance(v, bool),
     "reset_after": lambda v: isinstance(v, bool),
+    "kind": lambda v: v in ("model", "layer", "cell"),
+    "bias": lambda v: isinstance(v, bool),
+    "batch_first": lambda v: isinstance(v, bool),
 }
-_REQUIRED = ("cell", "task", "dtype", "hidden_size", "output_size", "num_layers")
+_VARIANT_KEYS = {"nonlinearity": "rnn", "peephole": "lstm", "coupled": "lstm",
+                 "reset_after": "gru"}
+_CELL_KEYS = ("kind", "cell", "dtype", "input_size", "hidden_size", "bias")
+# kind -> (keys allowed, keys required)
+_KINDS = {
+    "model": (("kind", "cell", "task", "dtype", "input_size", "vocab_size", "embedding_dim",
+               "hidden_size", "output_size", "num_layers", "bidirectional", "dropout")
+              + tuple(_VARIANT_KEYS),
+              ("cell", "task", "dtype", "hidden_size", "output_size", "num_layers")),
+    "layer": (_CELL_KEYS + ("num_layers", "batch_first", "dropout", "bidirectional")
+              + tuple(_VARIANT_KEYS),
+              _CELL_KEYS + ("num_layers", "batch_first", "dropout", "bidirectional")),
+    "cell": (_CELL_KEYS + tuple(_VARIANT_KEYS), _CELL_KEYS),
+}
 _OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop")
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+# temporaries of save(): the pattern that stale-file cleaning matches, and their age limit
+_TMP_PATTERN = re.compile(r"\.fastrnn-[0-9]{1,10}-[0-9a-f]{12}\.tmp")
+STALE_TMP_SECONDS = 3600
+_cleaned_folders = set()            # folders this process has cleaned (once each)
 
 
 def _small_int(v, limit=1 << 24):
@@ -75,22 +113,71 @@ def _foreign(head):
         return "possibly an ONNX protobuf"
     if head[:3] == b"\x93NU" or head[:6] == b"\x93NUMPY":
         return "a numpy .npy file"
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip-compressed file (decompress it first)"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "a JSON text file"
     return None
 
 
+def _describe(obj):
+    """(architecture, {name: array}, dtype) of a SequenceModel, a layer stack or a cell."""
+    from .layers import _Cell, _Recurrent
+    from .models import SequenceModel
+    if isinstance(obj, SequenceModel):
+        return obj.config, obj.named_parameters(), obj.dtype
+    if not isinstance(obj, (_Recurrent, _Cell)):
+        raise TypeError("fastrnn files hold a SequenceModel, an RNN/LSTM/GRU layer stack or "
+                        f"a cell; got {type(obj).__name__}")
+    layer = obj._layer if isinstance(obj, _Cell) else obj
+    arch = dict(kind="cell" if isinstance(obj, _Cell) else "layer", cell=layer.cell,
+                dtype=layer.dtype.name, input_size=layer.input_size,
+                hidden_size=layer.hidden_size, bias=layer.bias)
+    if not isinstance(obj, _Cell):
+        arch.update(num_layers=layer.num_layers, batch_first=layer.batch_first,
+                    dropout=layer.dropout, bidirectional=layer.bidirectional)
+    if layer.cell == "rnn":
+        arch["nonlinearity"] = layer.nonlinearity
+    elif layer.cell == "lstm":
+        arch.update(peephole=layer.peephole, coupled=layer.coupled)
+    else:
+        arch["reset_after"] = layer.reset_after
+    return arch, obj.params, layer.dtype
+
+
+def _build(arch, where):
+    """The empty object an architecture describes (its parameters to be filled)."""
+    from . import layers
+    from .models import SequenceModel
+    arch = dict(arch)
+    kind = arch.pop("kind", "model")
+    try:
+        if kind == "model":
+            return SequenceModel(**arch)
+        cls = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[arch.pop("cell")]
+        if kind == "cell":
+            return getattr(layers, cls + "Cell")(**arch)
+        return getattr(layers, cls)(**arch)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{where}: the architecture does not make a network ({exc})") \
+            from None
+
+
 def model_bytes(model, optimizer=None):
-    """The file's bytes for ``model`` (and optionally its optimizer's state)."""
-    tensors = {name: np.ascontiguousarray(a) for name, a in model.named_parameters().items()}
+    """The file's bytes for ``model`` (a SequenceModel, a layer stack or a cell; and
+    optionally its optimizer's state)."""
+    config, params, dtype = _describe(model)
+    tensors = {name: np.ascontiguousarray(a) for name, a in params.items()}
     meta = {"fastrnn_format": str(FORMAT_VERSION),
-            "architecture": json.dumps(model.config, sort_keys=True)}
-    if model.vocabulary is not None:
+            "architecture": json.dumps(config, sort_keys=True)}
+    if getattr(model, "vocabulary", None) is not None:
         meta["vocabulary"] = json.dumps(list(model.vocabulary))
     if optimizer is not None:
         state = optimizer.state_dict()
         scalars = {}
         for k, v in state.items():
             if isinstance(v, np.ndarray):
-                tensors[f"optimizer.{k}"] = np.ascontiguousarray(v, dtype=model.dtype) \
+                tensors[f"optimizer.{k}"] = np.ascontiguousarray(v, dtype=dtype) \
                     if v.dtype.kind == "f" else None
                 if tensors[f"optimizer.{k}"] is None:
                     raise TypeError(f"optimizer state {k!r} is not a float array")
@@ -115,37 +202,39 @@ def model_bytes(model, optimizer=None):
 
 
 def save(model, path, optimizer=None):
-    """Write ``model`` (and optimizer state) to ``path`` atomically."""
+    """Write ``model`` (a SequenceModel, an RNN/LSTM/GRU layer stack or a cell; and
+    optimizer state) to ``path`` atomically: afterwards ``path`` holds the complete old file
+    or the complete new one, whatever happens (an exception, a full disk, a kill); a failed
+    save leaves no temporary file behind."""
     blob = model_bytes(model, optimizer)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    # O_EXCL with mode 0o666: the kernel applies the umask, as for any new file (mkstemp
-    # would make it 0600; changing the umask to read it races with other threads)
-    for _ in range(100):
-        tmp = os.path.join(folder, f".fastrnn-{os.getpid()}-{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                         0o666)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise OSError(f"could not create a temporary file in {folder}")
+    try:                                          # a replaced file keeps its permissions
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        mode = None
+    fd, tmp = _open_temporary(folder)
     try:
-        try:                                      # a replaced file keeps its permissions
-            os.fchmod(fd, os.stat(path).st_mode & 0o777)
-        except (FileNotFoundError, AttributeError):
-            pass
-        with os.fdopen(fd, "wb") as f:
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
+            if tmp is None:                   # anonymous until its bytes are on disk
+                tmp = _link_anonymous(f.fileno(), folder)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise
     try:                                          # make the rename itself durable
         dfd = os.open(folder, os.O_RDONLY)
@@ -155,6 +244,90 @@ def save(model, path, optimizer=None):
             os.close(dfd)
     except OSError:
         pass                                      # platforms that cannot fsync a folder
+    if folder not in _cleaned_folders:
+        _cleaned_folders.add(folder)
+        remove_stale_temporaries(folder)
+
+
+def _temporary_name(folder):
+    return os.path.join(folder, f".fastrnn-{os.getpid()}-{os.urandom(6).hex()}.tmp")
+
+
+def _open_temporary(folder):
+    """``(fd, name)`` of a new file for writing in ``folder``; ``name`` is None when the file
+    is anonymous (Linux ``O_TMPFILE``: nothing is left if the process dies before
+    :func:`_link_anonymous`). Mode 0o666: the kernel applies the umask, as for any new file
+    (mkstemp would make it 0600; changing the umask to read it races with other threads)."""
+    flags = os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    if hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd"):
+        try:
+            return os.open(folder, flags | os.O_TMPFILE, 0o666), None
+        except OSError:
+            pass                                  # a file system without O_TMPFILE
+    for _ in range(100):
+        tmp = _temporary_name(folder)
+        try:
+            return os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise OSError(f"could not create a temporary file in {folder}")
+
+
+def _link_anonymous(fd, folder):
+    """Give the anonymous file ``fd`` a temporary name in ``folder`` (linkat through
+    /proc/self/fd, as open(2) describes for O_TMPFILE) and return it."""
+    for _ in range(100):
+        tmp = _temporary_name(folder)
+        try:
+            os.link(f"/proc/self/fd/{fd}", tmp)
+            return tmp
+        except FileExistsError:
+            continue
+    raise OSError(f"could not name the temporary file in {folder}")
+
+
+def remove_stale_temporaries(folder, max_age=None):
+    """Remove temporaries that :func:`save` calls killed mid-write left in ``folder``: only
+    regular files owned by this user, named exactly ``.fastrnn-<pid>-<12 hex>.tmp``, last
+    written more than ``max_age`` seconds ago (default :data:`STALE_TMP_SECONDS`) by a
+    process that no longer runs here. Returns the names removed. Errors are ignored (the
+    folder may be shared, listing it may be refused): this is housekeeping, never a reason
+    for a save to fail."""
+    max_age = STALE_TMP_SECONDS if max_age is None else max_age
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _TMP_PATTERN.fullmatch(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not entry.is_file(follow_symlinks=False) or now - st.st_mtime < max_age or \
+                    (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                continue
+            pid = int(entry.name.split("-")[1])
+            if pid == os.getpid() or _process_exists(pid):
+                continue
+            os.unlink(entry.path)
+            removed.append(entry.name)
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
+def _process_exists(pid):
+    if pid <= 0 or not hasattr(os, "kill") or os.name != "posix":
+        return pid > 0 and os.name != "posix"     # cannot tell: assume it runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def parse(blob, where="model file"):
@@ -267,27 +440,39 @@ def _architecture(text, bad):
         arch = None
     if not isinstance(arch, dict):
         raise bad("architecture metadata is missing or not a JSON object")
+    kind = arch.get("kind", "model")
+    if kind not in _KINDS:
+        raise bad(f"architecture kind={kind!r} is not allowed")
+    allowed, required = _KINDS[kind]
     for k, v in arch.items():
-        if k not in _ARCH:
-            raise bad(f"architecture has an unknown key {k!r}")
+        if k not in allowed:
+            raise bad(f"architecture has an unknown key {k!r}" +
+                      (f" (for kind {kind!r})" if k in _ARCH else ""))
         if not _ARCH[k](v):
             raise bad(f"architecture {k}={v!r} is not allowed")
-    missing = [k for k in _REQUIRED if k not in arch]
+    missing = [k for k in required if k not in arch]
     if missing:
         raise bad(f"architecture lacks {missing}")
-    if (arch.get("input_size") is None) == (arch.get("vocab_size") is None):
-        raise bad("architecture needs exactly one of input_size and vocab_size")
+    for k in arch:
+        if k in _VARIANT_KEYS and _VARIANT_KEYS[k] != arch["cell"]:
+            raise bad(f"architecture key {k!r} is for a {_VARIANT_KEYS[k]}, not a "
+                      f"{arch['cell']}")
+    if kind == "model":
+        if (arch.get("input_size") is None) == (arch.get("vocab_size") is None):
+            raise bad("architecture needs exactly one of input_size and vocab_size")
+    elif arch["input_size"] is None:
+        raise bad("architecture needs an input_size")
     return arch
 
 
 def load_bytes(blob, where="model bytes", with_optimizer=False):
-    """A model from validated bytes (see :func:`load`)."""
-    from .models import SequenceModel
+    """A model, layer stack or cell from validated bytes (see :func:`load`)."""
     arch, tensors, optimizer = parse(blob, where)
     vocabulary = arch.pop("_vocabulary")
-    model = SequenceModel(**arch)
-    model.vocabulary = vocabulary
-    expected = model.named_parameters()
+    model = _build(arch, where)
+    if vocabulary is not None:
+        model.vocabulary = vocabulary
+    expected = _describe(model)[1]
     weights = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
     if set(weights) != set(expected):
         raise ModelFileError(f"{where}: tensors {sorted(set(weights) ^ set(expected))} do not "
@@ -300,7 +485,8 @@ def load_bytes(blob, where="model bytes", with_optimizer=False):
         if not np.isfinite(w).all():
             raise ModelFileError(f"{where}: {name} holds NaN or infinity")
         a[...] = w
-    model.eval()
+    if hasattr(model, "eval"):                    # cells have no training mode
+        model.eval()
     if not with_optimizer:
         return model
     state = None
@@ -313,7 +499,8 @@ def load_bytes(blob, where="model bytes", with_optimizer=False):
 
 
 def load(path, with_optimizer=False):
-    """Load a model saved by :meth:`SequenceModel.save`. Every byte is validated first;
+    """Load a model saved by :meth:`SequenceModel.save` (or a layer stack or cell saved by
+    :func:`save`, returned in eval mode as models are). Every byte is validated first;
     anything wrong raises :class:`ModelFileError`. ``with_optimizer=True`` returns
     ``(model, {"name": ..., "state": ...} or None)`` for resuming training."""
     path = os.fspath(path)

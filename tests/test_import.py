@@ -25,3 +25,24 @@ def test_scipy_is_unchanged_after_import(first):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_core_import_loads_no_framework_and_interop_resolves_lazily():
+    code = """
+import sys, fastrnn
+heavy = [m for m in ("torch", "onnx", "onnxruntime", "keras", "fastrnn.interop.torch_io")
+         if m in sys.modules]
+assert not heavy, heavy
+names = ["from_torch", "to_torch", "from_onnx", "to_onnx", "from_keras", "compare"]
+assert all(callable(getattr(fastrnn, n)) for n in names)
+assert set(names) <= set(dir(fastrnn)) and set(names) <= set(fastrnn.__all__)
+assert fastrnn.ParityError is fastrnn.interop.ParityError
+try:
+    fastrnn.no_such_name
+except AttributeError as e:
+    assert "no_such_name" in str(e)
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
