@@ -27,6 +27,12 @@ def cpu_count():
 _default_threads = None     # set by set_num_threads
 
 
+def max_threads():
+    """The largest ``n_threads`` accepted: 4 per CPU (oversubscription only slows down), and
+    never less than 1024 so that code written for a big machine runs on a small one."""
+    return max(1024, 4 * cpu_count())
+
+
 def set_num_threads(n_threads):
     """Default thread count of every fastrnn call that does not pass ``n_threads``
     (like torch.set_num_threads). None restores OpenMP's default (``OMP_NUM_THREADS``,
@@ -46,8 +52,9 @@ def effective_n_threads(n_threads=None):
     """Resolve a user's ``n_threads`` to a positive thread count.
 
     None: OpenMP's default (``OMP_NUM_THREADS`` when set), capped at the CPUs available.
-    -1: all CPUs; -2: all but one, and so on (scikit-learn's convention). Positive: as given.
-    Without OpenMP the answer is always 1.
+    -1: all CPUs; -2: all but one, and so on (scikit-learn's convention). Positive: as given,
+    up to ``max_threads()`` (more is refused: OpenMP would try to start them all, and a
+    million threads crash the process instead of failing). Without OpenMP the answer is 1.
     """
     if n_threads is None:
         n_threads = _default_threads
@@ -57,6 +64,10 @@ def effective_n_threads(n_threads=None):
         n_threads = int(n_threads)
         if n_threads == 0:
             raise ValueError("n_threads=0 is not a thread count; use None, -1 or a positive int")
+        if n_threads > max_threads():
+            raise ValueError(f"n_threads={n_threads} is more than fastrnn starts (at most "
+                             f"{max_threads()}, the larger of 1024 and 4 per CPU); use -1 "
+                             "for all CPUs")
     if not FASTRNN_OPENMP_ENABLED:
         return 1
     if n_threads is None:

@@ -18,6 +18,13 @@
 # and gate block, with a barrier between layers (a layer reads all of the one below) and,
 # for the reset-before GRU, between r and n. Small steps run on one thread (step_threads).
 # A lock serialises calls on one Stream; separate Streams run concurrently.
+#
+# Weights replaced while streams run (layer.load_state_dict, a step of fit): the writer
+# makes the layer's version count (fastrnn._guard, gen_array) odd, copies in place, makes
+# it even. A step reads the count before and after its arithmetic, which writes only the
+# [1] halves, the scratch and y; if the count moved (or was odd) the step is run again from
+# the unchanged [0] state, and only then carried. So every step computes from one version
+# of the weights, and the pointers stay valid because the buffers never move.
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from cpython.buffer cimport PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT
@@ -51,8 +58,39 @@ cdef extern from *:
         _Pragma("omp barrier")
     #endif
     }
+    /* the version a step starts from (even); while a write is under way (odd), give the
+       CPU to the writer. Acquire: the weights are read after the count */
+    #if defined(_MSC_VER)
+    #include <windows.h>
+    #include <intrin.h>
+    static inline void fr_yield(void) { SwitchToThread(); }
+    /* x86/x64 keep loads in order; the barrier keeps the compiler from moving them */
+    static inline long long fr_load_acquire(const long long *p) {
+        long long v = *(const volatile long long *)p; _ReadWriteBarrier(); return v; }
+    static inline void fr_fence_acquire(void) { _ReadWriteBarrier(); }
+    #else
+    #include <sched.h>
+    static inline void fr_yield(void) { sched_yield(); }
+    static inline long long fr_load_acquire(const long long *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void fr_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+    #endif
+    static inline long long fr_seq_begin(const long long *gen) {
+        long long g;
+        while ((g = fr_load_acquire(gen)) & 1)
+            fr_yield();
+        return g;
+    }
+    /* 1 when a write began or ended since fr_seq_begin returned g: the weights read in
+       between may mix two versions */
+    static inline int fr_seq_moved(const long long *gen, long long g) {
+        fr_fence_acquire();
+        return fr_load_acquire(gen) != g;
+    }
     """
     void fr_omp_barrier() noexcept nogil
+    long long fr_seq_begin(const long long *gen) noexcept nogil
+    int fr_seq_moved(const long long *gen, long long g) noexcept nogil
 
 cdef enum Cell:
     CELL_RNN_TANH = 0
@@ -155,7 +193,8 @@ cdef void carry_units(Plan *p, Py_ssize_t isz, int j0, int j1) noexcept nogil:
 
 cdef void thread_step(Plan *p, const floating *x, const floating *zero_hn, int tid,
                       int n_team) noexcept nogil:
-    """Thread tid of n_team: every layer's units [j0, j1), a barrier after each layer."""
+    """Thread tid of n_team: every layer's units [j0, j1), a barrier after each layer. The
+    carried state [0] is only read (the caller carries, once the step is known good)."""
     cdef int per = ((p.H + n_team - 1) // n_team + 7) // 8 * 8    # multiples of 8 units
     cdef int j0 = min(p.H, tid * per), j1 = min(p.H, (tid + 1) * per), l
     cdef const floating *inp = x
@@ -164,11 +203,10 @@ cdef void thread_step(Plan *p, const floating *x, const floating *zero_hn, int t
         if n_team > 1:
             fr_omp_barrier()
         inp = <const floating *>p.layers[l].h + <Py_ssize_t>p.B * p.H
-    carry_units(p, sizeof(floating), j0, j1)
 
 
 cdef void run_step(Plan *p, const floating *x, floating *y, const floating *zero_hn) noexcept nogil:
-    """x (B, I) -> y (B, H), the state advanced one step."""
+    """x (B, I) -> y (B, H) and every layer's h[1] (c[1]); h[0] (c[0]) unchanged."""
     cdef int l, tid
     cdef int nt = p.n_threads
     for l in range(p.L):
@@ -180,7 +218,9 @@ cdef void run_step(Plan *p, const floating *x, floating *y, const floating *zero
             tid = threadid()
             # the team may be smaller than asked for: chunk by its real size
             thread_step(p, x, zero_hn, tid, omp_get_num_threads())
-    memcpy(y, p.layers[p.L - 1].h, <Py_ssize_t>p.B * p.H * sizeof(floating))
+    # y = the top layer's h[1] (the step's result; not yet carried to h[0])
+    memcpy(y, <floating *>p.layers[p.L - 1].h + <Py_ssize_t>p.B * p.H,
+           <Py_ssize_t>p.B * p.H * sizeof(floating))
 
 
 cdef class Stream:
@@ -198,6 +238,7 @@ cdef class Stream:
     cdef bint is_f32, lstm, needs_blas
     cdef readonly int batch
     cdef Py_ssize_t _zero_hn_offset        # bytes into the scratch: H zeros
+    cdef const long long *gen              # the layer's weight version (1,), or NULL
 
     def __cinit__(self):
         self.lock = PyThread_allocate_lock()
@@ -269,6 +310,21 @@ cdef class Stream:
         self._zero_hn_offset = (batch * p.GH + 2 * batch * H + L * p.GH) * isz
         work = sum(batch * p.GH * (H + d["W_ih"].shape[1]) for d in params)
         p.n_threads = step_threads(n_threads, H, work)
+        # the weight version count of fastrnn._guard, read by every step without the GIL
+        gen = getattr(getattr(layer, "_guard", None), "gen_array", None)
+        self.gen = NULL
+        if gen is not None:
+            if not isinstance(gen, np.ndarray) or gen.dtype != np.int64 or gen.shape != (1,) \
+                    or not gen.flags.c_contiguous or not gen.flags.aligned:
+                raise ValueError("layer._guard.gen_array must be one aligned int64")
+            self.arrays.append(gen)
+            self.gen = <const long long *>cnp.PyArray_DATA(gen)
+
+    @property
+    def guarded(self):
+        """True when each step follows the layer's weight version (fastrnn._guard): a
+        step that overlaps a weight replacement is run again from the same state."""
+        return self.gen != NULL
 
     @property
     def n_threads(self):
@@ -317,16 +373,26 @@ cdef class Stream:
         return y
 
     cdef int _run(self, const void *xp, void *yp, char *zero_hn) except -1:
+        cdef long long g = 0
+        cdef const long long *gen = self.gen
         if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
             with nogil:       # another thread is stepping this stream: wait without the GIL
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
         try:
             with nogil:
-                if self.is_f32:
-                    run_step(&self.plan, <const float *>xp, <float *>yp, <const float *>zero_hn)
-                else:
-                    run_step(&self.plan, <const double *>xp, <double *>yp,
-                             <const double *>zero_hn)
+                while True:   # once, unless the weights were replaced meanwhile
+                    if gen != NULL:
+                        g = fr_seq_begin(gen)
+                    if self.is_f32:
+                        run_step(&self.plan, <const float *>xp, <float *>yp,
+                                 <const float *>zero_hn)
+                    else:
+                        run_step(&self.plan, <const double *>xp, <double *>yp,
+                                 <const double *>zero_hn)
+                    if gen == NULL or not fr_seq_moved(gen, g):
+                        break
+                # the step is good: its result becomes the carried state
+                carry_units(&self.plan, 4 if self.is_f32 else 8, 0, self.plan.H)
         finally:
             PyThread_release_lock(self.lock)
         return 0
@@ -354,7 +420,8 @@ cdef class Stream:
             raise TypeError(f"x_t has dtype {x.dtype}, expected {self.dtype} (the layer's)")
         if not (x.shape == want or (self.batch == 1 and x.shape == (self.I,))):
             raise ValueError(f"x_t has shape {x.shape}, expected {want}{alt}")
-        return np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        return x if x.flags.aligned else x.copy()
 
     def get_state(self):
         """A copy of the carried state as ``layer.step`` takes it: ``h (L, B, H)``, or
@@ -444,6 +511,8 @@ cdef bint _view_matches(Py_buffer *v, bint is_f32, int batch, int I):
     if v.format == NULL or v.format[0] != code or v.format[1] != 0:
         return False
     if v.itemsize != (4 if is_f32 else 8):
+        return False
+    if (<size_t>v.buf) % v.itemsize:    # misaligned (an odd byte offset): the checked copy
         return False
     if v.ndim == 2:
         return v.shape[0] == batch and v.shape[1] == I

@@ -3,11 +3,47 @@
 The kernels parallelise with OpenMP and call BLAS from inside their parallel regions, so
 BLAS's own thread pool must be limited to one thread while a kernel runs (an OpenMP thread
 calling a multi-threaded OpenBLAS oversubscribes the cores or serialises on its lock).
+
+Fork: GCC's OpenMP runtime (libgomp) cannot be used in a child forked after the parent ran
+a parallel region: the child inherits the parent's idea of its thread pool, not its
+threads, and its first parallel region waits for them forever (measured here: a
+``multiprocessing`` "fork" pool child hung in ``lstm_forward``). So in a process forked
+from one that had handed a kernel more than one thread, :func:`effective_n_threads` answers
+1: its kernels run on the calling thread, never entering a multi-thread region (OpenBLAS
+resets its own pool at fork). Use the "forkserver" or "spawn" start method for children
+that should run multi-threaded kernels. A :class:`fastrnn.Stream` made before the fork
+keeps the thread count it was made with: make streams in the child.
 """
 import os
 import threading
 
-from ._openmp import effective_n_threads, openmp_enabled  # noqa: F401  (re-exported)
+from ._openmp import effective_n_threads as _resolve_n_threads
+from ._openmp import openmp_enabled  # noqa: F401  (re-exported)
+
+_threads_used = False               # this process has handed a kernel more than one thread
+_forked_after_threads = False       # a fork child of a process where that had happened
+
+
+def effective_n_threads(n_threads=None):
+    """:func:`fastrnn._openmp.effective_n_threads` (which validates and resolves
+    ``n_threads``), except 1 in a process forked after multi-threaded use (see above)."""
+    global _threads_used
+    n = _resolve_n_threads(n_threads)
+    if n > 1:
+        if _forked_after_threads:
+            return 1
+        _threads_used = True
+    return n
+
+
+def _after_fork_in_child():
+    global _forked_after_threads
+    if _threads_used:
+        _forked_after_threads = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _SerialBLAS:

@@ -54,7 +54,10 @@ def _array(name, a, dtype, shape):
     """A C-contiguous array of `dtype` and `shape` (a copy when needed; never the caller's
     array modified). Python lists are taken in `dtype`; arrays of another dtype are refused."""
     if isinstance(a, (list, tuple)):
-        a = np.asarray(a, dtype=dtype)
+        try:
+            a = np.asarray(a, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name}: expected a (nested) list of real numbers ({exc})") from None
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
     if a.dtype != dtype:
@@ -62,7 +65,17 @@ def _array(name, a, dtype, shape):
                         f"(the weights' dtype); convert with .astype(np.{np.dtype(dtype)})")
     if a.shape != tuple(shape):
         raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}")
-    return np.ascontiguousarray(a)
+    a = np.ascontiguousarray(a)
+    # a buffer that is not aligned to its itemsize (a view at an odd byte offset) is copied:
+    # the kernels and BLAS take float pointers as aligned
+    return a if a.flags.aligned else a.copy()
+
+
+def _check_flag(name, v):
+    """A bool argument: a string such as "False" is refused, not read as True."""
+    if not isinstance(v, (bool, np.bool_)) and not (isinstance(v, (int, np.integer))
+                                                    and v in (0, 1)):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
 
 
 def _optional(name, a, dtype, shape):
@@ -72,7 +85,10 @@ def _optional(name, a, dtype, shape):
 def _sizes(x, W_ih, W_hh, G, cell):
     if not isinstance(x, np.ndarray) and not isinstance(x, (list, tuple)):
         raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
-    xs = np.shape(x)
+    try:
+        xs = np.shape(x)
+    except ValueError as exc:               # a ragged list
+        raise TypeError(f"x: expected a (nested) list of real numbers ({exc})") from None
     if len(xs) != 3:
         raise ValueError(f"x must be 3-D (T, B, I), got shape {xs}")
     T, B, I = xs
@@ -84,6 +100,9 @@ def _sizes(x, W_ih, W_hh, G, cell):
     if np.shape(W_ih) != (G * H, I):
         raise ValueError(f"{cell}: W_ih has shape {np.shape(W_ih)}, expected ({G * H}, {I}) "
                          f"for input size {I} and hidden size {H}")
+    if G * H * max(H, I) > _INT32_MAX:
+        raise ValueError(f"{cell}: a weight matrix of {G * H} x {max(H, I)} values exceeds the "
+                         "kernels' 32-bit index range")
     if T * B * max(G * H, I) > _INT32_MAX or (T + 1) * B * H > _INT32_MAX:
         raise ValueError(f"{cell}: T*B*{max(G * H, I)} = {T * B * max(G * H, I)} exceeds the "
                          "kernels' 32-bit index range; split the batch or the sequence")
@@ -93,7 +112,10 @@ def _sizes(x, W_ih, W_hh, G, cell):
 def _lengths(lengths, T, B):
     if lengths is None:
         return None
+    given = lengths
     lengths = np.asarray(lengths)
+    if isinstance(given, (list, tuple)) and lengths.size == 0:
+        lengths = lengths.astype(np.int64)      # [] has no dtype of its own: no lengths
     if lengths.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
     if lengths.shape != (B,):
@@ -101,6 +123,19 @@ def _lengths(lengths, T, B):
     if B and (lengths.min() < 0 or lengths.max() > T):
         raise ValueError(f"lengths must lie in [0, T={T}], got min {lengths.min()}, max {lengths.max()}")
     return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def _zero_padding(x, lengths):
+    """x (T, B, I) with zeros at every padding step (t >= lengths[b]), a copy when there is
+    padding. Forward never uses those steps' values, but backward's hoisted
+    dW_ih += dgates^T x runs over all T*B rows, where a zero dgate times a NaN (or an
+    infinity) left in the padding would be NaN: junk in the padding must not reach the
+    gradients."""
+    if lengths is None or not x.size or lengths.min() >= x.shape[0]:
+        return x
+    x = x.copy()
+    x[np.arange(x.shape[0])[:, None] >= lengths[None, :]] = 0
+    return x
 
 
 def _state(name, s, dtype, B, H):
@@ -124,6 +159,9 @@ def _grads(grads, shapes, dtype):
     """Accumulate into the caller's arrays, or into fresh zeros. shapes: name -> shape."""
     if grads is None:
         return {k: np.zeros(shape, dtype) for k, shape in shapes.items()}
+    if not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of arrays by name ({sorted(shapes)}) or None, "
+                        f"got {type(grads).__name__}")
     for k, shape in shapes.items():
         g = grads.get(k)
         if not isinstance(g, np.ndarray) or g.shape != shape or g.dtype != dtype \
@@ -152,7 +190,7 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     """h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh), act = tanh or relu.
 
     Returns ``hs (T, B, H), h_n (B, H), cache``."""
-    if nonlinearity not in _ACTS:
+    if not isinstance(nonlinearity, str) or nonlinearity not in _ACTS:
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     dtype = _dtype_of(W_ih)
     T, B, I, H = _sizes(x, W_ih, W_hh, 1, "rnn")
@@ -161,6 +199,7 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     W_hh = _array("W_hh", W_hh, dtype, (H, H))
     bias = _array("b_ih", b_ih, dtype, (H,)) + _array("b_hh", b_hh, dtype, (H,))
     lengths = _lengths(lengths, T, B)
+    x = _zero_padding(x, lengths)
     hbuf = np.empty((T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)
     nt = effective_n_threads(n_threads)
@@ -228,6 +267,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None
     at c_{t-1}, o at c_t); ``coupled=True`` stores three gate blocks (i, g, o), f = 1 - i.
 
     Returns ``hs (T, B, H), h_n (B, H), c_n (B, H), cache``."""
+    _check_flag("coupled", coupled)
     G = 3 if coupled else 4
     if coupled and p_f is not None:
         raise ValueError("coupled LSTM has no forget gate of its own (f = 1 - i): p_f must be None")
@@ -241,6 +281,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None
     p_f = _optional("p_f", p_f, dtype, (H,))
     p_o = _optional("p_o", p_o, dtype, (H,))
     lengths = _lengths(lengths, T, B)
+    x = _zero_padding(x, lengths)
     hbuf = np.empty((T + 1, B, H), dtype)
     cbuf = np.empty((T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)
@@ -305,6 +346,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
     """GRU over a sequence, gate order (r, z, n). ``reset_after=True``: PyTorch's form,
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); False: Cho et al. 2014,
     n = tanh(W_in x + b_in + W_hn (r * h) + b_hn). Returns ``hs, h_n, cache``."""
+    _check_flag("reset_after", reset_after)
     dtype = _dtype_of(W_ih)
     T, B, I, H = _sizes(x, W_ih, W_hh, 3, "gru")
     x = _array("x", x, dtype, (T, B, I))
@@ -314,6 +356,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
     b_hh = _array("b_hh", b_hh, dtype, (3 * H,))
     bias_x = gru_input_bias(b_ih, b_hh, reset_after)
     lengths = _lengths(lengths, T, B)
+    x = _zero_padding(x, lengths)
     hbuf = np.empty((T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)
     gates = np.empty((T, B, 3 * H), dtype)

@@ -28,10 +28,11 @@ other exception escapes :func:`parse` or :func:`load_bytes` for any bytes (fuzze
 :func:`save` writes atomically: a temporary file in the same folder, fsync, ``os.replace``,
 fsync of the folder, so a crash leaves the previous file or the new one, never a mix. On
 Linux the temporary is anonymous (``O_TMPFILE``) until its data is on disk, so a process
-killed while writing leaves nothing behind; it is given a name (``.fastrnn-<pid>-<random>.tmp``)
-only for the instant before the rename. A failed save removes its temporary; ones left by
-killed processes are removed by the first save into that folder of a later process once
-they are an hour old (only regular files of this user with exactly that name pattern).
+killed while writing leaves nothing behind; it gets a name, ``.fastrnn-<pid>-<12 hex>.tmp``,
+only for the instant before the rename (and everywhere else for the whole write). A failed
+save removes its temporary. A killed one cannot: the first save of a later process into
+that folder removes such files once they are an hour old and their process is gone (only
+regular files of this user with exactly that name; :func:`remove_stale_temporaries`).
 """
 import hashlib
 import json
@@ -145,6 +146,25 @@ def _describe(obj):
     return arch, obj.params, layer.dtype
 
 
+def _min_parameter_count(arch):
+    """A lower bound on the parameters ``arch`` makes (its weight matrices), from the
+    sizes alone: what :func:`_build` allocates is at most a few times this, so comparing it
+    with the tensors present bounds the memory a crafted architecture can ask for."""
+    G = 3 if arch["cell"] == "lstm" and arch.get("coupled") else _GATES[arch["cell"]]
+    H, layers = arch["hidden_size"], arch.get("num_layers", 1)
+    D = 2 if arch.get("bidirectional") else 1
+    inp, n = arch.get("input_size"), 0
+    if arch.get("kind", "model") == "model":
+        if inp is None:                               # token ids: an embedding first
+            inp = arch.get("embedding_dim") or H
+            n += arch["vocab_size"] * inp
+        n += D * H * arch["output_size"]              # head.weight
+    for layer in range(layers):
+        # weight_ih (G*H, I_l) and weight_hh (G*H, H) per direction
+        n += D * G * H * ((inp if layer == 0 else D * H) + H)
+    return n
+
+
 def _build(arch, where):
     """The empty object an architecture describes (its parameters to be filled)."""
     from . import layers
@@ -206,6 +226,7 @@ def save(model, path, optimizer=None):
     optimizer state) to ``path`` atomically: afterwards ``path`` holds the complete old file
     or the complete new one, whatever happens (an exception, a full disk, a kill); a failed
     save leaves no temporary file behind."""
+    global _anonymous_temporaries
     blob = model_bytes(model, optimizer)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -213,29 +234,11 @@ def save(model, path, optimizer=None):
         mode = os.stat(path).st_mode & 0o777
     except FileNotFoundError:
         mode = None
-    fd, tmp = _open_temporary(folder)
     try:
-        try:
-            if mode is not None:
-                os.fchmod(fd, mode)
-            f = os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            raise
-        with f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-            if tmp is None:                   # anonymous until its bytes are on disk
-                tmp = _link_anonymous(f.fileno(), folder)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        raise
+        _write_and_replace(blob, path, folder, mode, _anonymous_temporaries)
+    except _CannotLink:                           # O_TMPFILE works here, linkat does not
+        _anonymous_temporaries = False
+        _write_and_replace(blob, path, folder, mode, False)
     try:                                          # make the rename itself durable
         dfd = os.open(folder, os.O_RDONLY)
         try:
@@ -249,17 +252,51 @@ def save(model, path, optimizer=None):
         remove_stale_temporaries(folder)
 
 
+# O_TMPFILE + linkat through /proc (Linux); False once linking has been refused here
+_anonymous_temporaries = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+
+
+class _CannotLink(Exception):
+    """The anonymous temporary could not be given a name (nothing is left behind)."""
+
+
+def _write_and_replace(blob, path, folder, mode, anonymous):
+    fd, tmp = _open_temporary(folder, anonymous)
+    try:
+        try:
+            if mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+            if tmp is None:                       # anonymous until its bytes are on disk
+                tmp = _link_anonymous(f.fileno(), folder)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+
+
 def _temporary_name(folder):
     return os.path.join(folder, f".fastrnn-{os.getpid()}-{os.urandom(6).hex()}.tmp")
 
 
-def _open_temporary(folder):
+def _open_temporary(folder, anonymous):
     """``(fd, name)`` of a new file for writing in ``folder``; ``name`` is None when the file
     is anonymous (Linux ``O_TMPFILE``: nothing is left if the process dies before
     :func:`_link_anonymous`). Mode 0o666: the kernel applies the umask, as for any new file
     (mkstemp would make it 0600; changing the umask to read it races with other threads)."""
     flags = os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    if hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd"):
+    if anonymous:
         try:
             return os.open(folder, flags | os.O_TMPFILE, 0o666), None
         except OSError:
@@ -274,15 +311,25 @@ def _open_temporary(folder):
 
 
 def _link_anonymous(fd, folder):
-    """Give the anonymous file ``fd`` a temporary name in ``folder`` (linkat through
-    /proc/self/fd, as open(2) describes for O_TMPFILE) and return it."""
-    for _ in range(100):
-        tmp = _temporary_name(folder)
-        try:
-            os.link(f"/proc/self/fd/{fd}", tmp)
-            return tmp
-        except FileExistsError:
-            continue
+    """Give the anonymous file ``fd`` a temporary name in ``folder`` and return it:
+    linkat(/proc/self/fd/N, AT_SYMLINK_FOLLOW), as open(2) describes for O_TMPFILE (the
+    src_dir_fd makes Python call linkat; a plain link() would not follow the /proc link)."""
+    try:
+        proc = os.open("/proc/self/fd", os.O_RDONLY)
+    except OSError as exc:
+        raise _CannotLink(str(exc)) from None
+    try:
+        for _ in range(100):
+            tmp = _temporary_name(folder)
+            try:
+                os.link(str(fd), tmp, src_dir_fd=proc)
+                return tmp
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _CannotLink(str(exc)) from None
+    finally:
+        os.close(proc)
     raise OSError(f"could not name the temporary file in {folder}")
 
 
@@ -319,8 +366,8 @@ def remove_stale_temporaries(folder, max_age=None):
 
 
 def _process_exists(pid):
-    if pid <= 0 or not hasattr(os, "kill") or os.name != "posix":
-        return pid > 0 and os.name != "posix"     # cannot tell: assume it runs
+    if os.name != "posix":
+        return True                               # cannot tell cheaply: assume it runs
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -342,19 +389,31 @@ def parse(blob, where="model file"):
         raise bad(f"{len(blob)} bytes is too short for a fastrnn file"
                   + (f"; it looks like {foreign}" if foreign else ""))
     (n,) = struct.unpack("<Q", blob[:8])
+    if 2 <= n <= MAX_HEADER and n > len(blob) - 8 and blob[8:9] == b"{":
+        raise bad(f"truncated: the header alone needs {n} bytes, the file has "
+                  f"{len(blob) - 8} after the length")
     if n > MAX_HEADER or n > len(blob) - 8 or n < 2:
         foreign = _foreign(blob[:16])
         raise bad(f"header length {n} does not fit (file is {len(blob)} bytes)"
                   + (f"; it looks like {foreign}" if foreign else "; not a fastrnn file"))
     try:
-        header = json.loads(blob[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise bad(f"header is not valid JSON ({exc})") from None
+        header = _json(blob[8:8 + n].decode("utf-8"), "header", bad)
+    except UnicodeDecodeError as exc:
+        raise bad(f"header is not UTF-8 text ({exc})") from None
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
-        raise bad("header has no __metadata__ object")
+        tensors_only = isinstance(header, dict) and "__metadata__" not in header and all(
+            isinstance(v, dict) and "data_offsets" in v for v in header.values())
+        raise bad("header has no __metadata__ object" + (
+            ": a safetensors file, but not fastrnn's (import a PyTorch state dict with "
+            "fastrnn.interop)" if tensors_only else ""))
     meta = header.pop("__metadata__")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise bad("metadata values must be strings")
+    for k, v in meta.items():                 # JSON escapes can make lone surrogates
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(f"metadata {k!r} is not valid Unicode text") from None
     version = meta.get("fastrnn_format")
     if version is None:
         raise bad("no fastrnn_format in the metadata: a safetensors file, but not fastrnn's")
@@ -367,10 +426,12 @@ def parse(blob, where="model file"):
         raise bad("checksum mismatch: the tensor bytes or the metadata are corrupted or "
                   "truncated")
     tensors, end = {}, 0
-    entries = sorted(header.items(), key=lambda kv: _offsets(kv, bad)[0])
-    for name, info in entries:
+    # one layout is allowed: contiguous, in name order (the checksum covers the bytes, not
+    # this index, so two same-shaped tensors with swapped offsets must not load)
+    for name in sorted(header):
+        info = header[name]
         begin, stop = _offsets((name, info), bad)
-        dtype = _DTYPES.get(info.get("dtype"))
+        dtype = _DTYPES.get(info["dtype"]) if isinstance(info.get("dtype"), str) else None
         if dtype is None:
             raise bad(f"tensor {name!r}: dtype {info.get('dtype')!r} is not one of {sorted(_DTYPES)}")
         shape = info.get("shape")
@@ -378,7 +439,8 @@ def parse(blob, where="model file"):
                 isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape):
             raise bad(f"tensor {name!r}: bad shape {shape!r}")
         if begin != end:
-            raise bad(f"tensor {name!r}: starts at {begin}, expected {end} (gap or overlap)")
+            raise bad(f"tensor {name!r}: starts at {begin}, expected {end} (tensors must be "
+                      "contiguous in name order: a gap or overlap, or moved offsets)")
         count = math.prod(shape)                   # Python ints: no overflow
         if stop - begin != count * dtype.itemsize:
             raise bad(f"tensor {name!r}: {stop - begin} bytes for shape {shape} {info['dtype']}")
@@ -391,24 +453,29 @@ def parse(blob, where="model file"):
         raise bad(f"{len(data) - end} trailing bytes after the last tensor")
     vocabulary = None
     if "vocabulary" in meta:
-        try:
-            vocabulary = json.loads(meta["vocabulary"])
-        except ValueError:
-            raise bad("vocabulary metadata is not JSON") from None
+        vocabulary = _json(meta["vocabulary"], "vocabulary metadata", bad)
         if not isinstance(vocabulary, list) or len(vocabulary) != arch.get("vocab_size") or \
                 not all(isinstance(t, str) and len(t) < 1024 for t in vocabulary):
             raise bad("vocabulary must be a list of vocab_size strings")
     arch = dict(arch, _vocabulary=vocabulary)
     optimizer = None
     if "optimizer" in meta:
-        try:
-            optimizer = json.loads(meta["optimizer"])
-        except ValueError:
-            raise bad("optimizer metadata is not JSON") from None
+        optimizer = _json(meta["optimizer"], "optimizer metadata", bad)
         if not isinstance(optimizer, dict) or optimizer.get("name") not in _OPTIMIZERS \
                 or not isinstance(optimizer.get("scalars"), dict):
             raise bad("optimizer metadata must name one of " + ", ".join(_OPTIMIZERS))
     return arch, tensors, optimizer
+
+
+def _json(text, what, bad):
+    """``json.loads(text)``; anything it refuses (nesting deep enough to exhaust the
+    recursion limit included) is a ModelFileError."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise bad(f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise bad(f"{what} is JSON nested too deeply") from None
 
 
 def _checksum(meta, data):
@@ -434,14 +501,13 @@ def _offsets(kv, bad):
 
 
 def _architecture(text, bad):
-    try:
-        arch = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        arch = None
+    if not isinstance(text, str):
+        raise bad("architecture metadata is missing or not a JSON object")
+    arch = _json(text, "architecture metadata", bad)
     if not isinstance(arch, dict):
         raise bad("architecture metadata is missing or not a JSON object")
     kind = arch.get("kind", "model")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise bad(f"architecture kind={kind!r} is not allowed")
     allowed, required = _KINDS[kind]
     for k, v in arch.items():
@@ -469,6 +535,11 @@ def load_bytes(blob, where="model bytes", with_optimizer=False):
     """A model, layer stack or cell from validated bytes (see :func:`load`)."""
     arch, tensors, optimizer = parse(blob, where)
     vocabulary = arch.pop("_vocabulary")
+    needed = _min_parameter_count(arch)
+    present = sum(a.size for k, a in tensors.items() if not k.startswith("optimizer."))
+    if needed > present:                          # refused before anything is allocated
+        raise ModelFileError(f"{where}: the tensors do not match the architecture (it needs "
+                             f"at least {needed} parameters, the file holds {present})")
     model = _build(arch, where)
     if vocabulary is not None:
         model.vocabulary = vocabulary
@@ -485,6 +556,10 @@ def load_bytes(blob, where="model bytes", with_optimizer=False):
         if not np.isfinite(w).all():
             raise ModelFileError(f"{where}: {name} holds NaN or infinity")
         a[...] = w
+    dtype = _describe(model)[2]
+    for k, v in tensors.items():
+        if k.startswith("optimizer.") and v.dtype != dtype:
+            raise ModelFileError(f"{where}: {k} is {v.dtype}, the model is {dtype}")
     if hasattr(model, "eval"):                    # cells have no training mode
         model.eval()
     if not with_optimizer:
@@ -501,8 +576,9 @@ def load_bytes(blob, where="model bytes", with_optimizer=False):
 def load(path, with_optimizer=False):
     """Load a model saved by :meth:`SequenceModel.save` (or a layer stack or cell saved by
     :func:`save`, returned in eval mode as models are). Every byte is validated first;
-    anything wrong raises :class:`ModelFileError`. ``with_optimizer=True`` returns
-    ``(model, {"name": ..., "state": ...} or None)`` for resuming training."""
+    anything wrong raises :class:`ModelFileError`; a path that cannot be read raises
+    OSError as ``open`` does. ``with_optimizer=True`` returns ``(model, {"name": ...,
+    "state": ...} or None)`` for resuming training."""
     path = os.fspath(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:

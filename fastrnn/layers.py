@@ -26,8 +26,9 @@ choice (initialisation and dropout masks); the same seed gives bit-identical mod
 """
 import numpy as np
 
-from . import _gru, _lstm, _rnn
+from . import _gru, _lstm, _openmp, _rnn
 from . import functional as F
+from ._guard import WeightGuard
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -47,6 +48,14 @@ def _positive_int(name, v):
     return int(v)
 
 
+def _flag(name, v):
+    """A bool argument: True/False (numpy's too) or 0/1; a string such as "False" is
+    refused rather than read as True."""
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
+        return bool(v)
+    raise TypeError(f"{name} must be True or False, got {v!r}")
+
+
 def _aligned_zeros(n, dtype, align=64):
     """n zeros of dtype starting on an ``align``-byte boundary (a cache line): the batch-1
     kernels stream weight rows with 64-byte loads, and loads that straddle two lines made
@@ -55,6 +64,48 @@ def _aligned_zeros(n, dtype, align=64):
     raw = np.zeros(n * itemsize + align, np.uint8)
     start = -raw.ctypes.data % align
     return raw[start:start + n * itemsize].view(dtype)
+
+
+def _float_array(name, a, dtype):
+    """``a`` as an array of ``dtype``: a list is taken in ``dtype``, a float array of another
+    width is cast; anything else (complex, ints, bools, objects, strings) is refused."""
+    if isinstance(a, (list, tuple)):
+        try:
+            return np.asarray(a, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name}: expected a (nested) list of real numbers ({exc})") from None
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} has dtype {a.dtype}, expected floats ({np.dtype(dtype)})")
+    return a.astype(dtype, copy=False)
+
+
+def _checked_state(state, layout, params):
+    """{name: float array} from a state dict, every name, shape and value checked against
+    ``layout`` ((name, shape, offset) triples) before anything is copied."""
+    from collections.abc import Mapping
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping of parameter name -> array, got "
+                        f"{type(state).__name__}")
+    missing = [n for n, _, _ in layout if n not in state]
+    extra = [k for k in state if k not in params]
+    if missing or extra:
+        raise ValueError(f"state dict mismatch: missing {missing}, unexpected {extra}")
+    out = {}
+    for name, shape, _ in layout:
+        v = state[name]
+        a = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+        if a.dtype.kind != "f":
+            raise TypeError(f"{name}: dtype {a.dtype}, expected a float array")
+        if a.shape != tuple(shape):
+            raise ValueError(f"{name}: shape {a.shape}, expected {tuple(shape)}")
+        with np.errstate(over="ignore"):         # a float64 beyond float32's range -> inf
+            a = a.astype(params[name].dtype, copy=False)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} holds NaN or infinity (in the layer's {a.dtype})")
+        out[name] = a
+    return out
 
 
 def _orthogonal(rng, n):
@@ -71,13 +122,22 @@ class _Recurrent:
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_layers = _positive_int("num_layers", num_layers)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.bias, self.batch_first = bool(bias), bool(batch_first)
-        self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(
+                dropout, (int, float, np.integer, np.floating)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.bias, self.batch_first = _flag("bias", bias), _flag("batch_first", batch_first)
+        self.dropout, self.bidirectional = float(dropout), _flag("bidirectional", bidirectional)
         self.dtype = _dtype(dtype)
+        _openmp.effective_n_threads(n_threads)  # refuses a bad count now, not at the first call
         self.n_threads = n_threads
         self.training = True
+        self._guard = WeightGuard()             # load_state_dict is atomic for readers
+        H, G = self.hidden_size, self.gates
+        widest = G * H * max(self.input_size, H * self.num_directions, H)
+        if widest > F._INT32_MAX:
+            raise ValueError(f"a weight matrix of {widest} values (gates * hidden_size * "
+                             "max(input_size, hidden_size)) exceeds the kernels' 32-bit index "
+                             "range")
         self._rng = np.random.default_rng(seed)
         self._layout = self._param_layout()
         size = sum(int(np.prod(shape)) for _, shape, _ in self._layout)
@@ -146,20 +206,34 @@ class _Recurrent:
 
     def load_state_dict(self, state):
         """Copy arrays (numpy or anything with ``.numpy()``/``__array__``) into the
-        parameters; names and shapes must match exactly."""
-        state = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-                 for k, v in state.items()}
-        missing = [n for n, _, _ in self._layout if n not in state]
-        extra = [k for k in state if k not in self.params]
-        if missing or extra:
-            raise ValueError(f"state dict mismatch: missing {missing}, unexpected {extra}")
-        for name, shape, _ in self._layout:
-            if state[name].shape != shape:
-                raise ValueError(f"{name}: shape {state[name].shape}, expected {shape}")
-            self.params[name][...] = state[name]
+        parameters; names and shapes must match exactly, values must be finite floats
+        (float16/32/64, cast to the layer's dtype). Everything is checked before anything
+        is written, and the copy is one step for concurrent readers: a call running
+        meanwhile (``__call__``, ``step``, a stream's step) computes entirely from the old
+        weights or entirely from the new ones (fastrnn._guard). The parameter buffer stays
+        the same object, so optimizers and streams made earlier follow the new weights."""
+        state = _checked_state(state, self._layout, self.params)
+        with self._guard.writing():
+            for name, _, _ in self._layout:
+                self.params[name][...] = state[name]
 
     def zero_grad(self):
         self.grad.fill(0)
+
+    def __reduce__(self):
+        """Pickle (and copy.deepcopy) as the bytes of a model file, ``fastrnn.io.load_bytes``
+        applied to ``fastrnn.io.model_bytes(self)``: unpickling runs that validated loader
+        and references no other fastrnn code, so a process pool can ship layers safely. The
+        copy comes back in eval mode, with n_threads and the dropout generator at their
+        defaults (they belong to the process, not to the weights)."""
+        from . import io
+        return io.load_bytes, (io.model_bytes(self),)
+
+    def to_onnx(self, path=None, **kwargs):
+        """Export to ONNX (written to ``path`` when given), parity-checked against ONNX
+        Runtime; see :func:`fastrnn.interop.onnx_export.to_onnx`."""
+        from .interop.onnx_export import to_onnx
+        return to_onnx(self, path, **kwargs)
 
     def train(self, mode=True):
         self.training = bool(mode)
@@ -167,6 +241,11 @@ class _Recurrent:
 
     def eval(self):
         return self.train(False)
+
+    def to_torch(self, **kwargs):
+        """The equivalent torch.nn module, parity-checked; see fastrnn.interop.torch_io."""
+        from .interop.torch_io import to_torch
+        return to_torch(self, **kwargs)
 
     # ---- the kernels, per direction --------------------------------------------------
     def _kernel_params(self, sfx):
@@ -203,7 +282,7 @@ class _Recurrent:
     # ---- public calls --------------------------------------------------------------
     def _prepare(self, x, state, lengths):
         if isinstance(x, (list, tuple)):
-            x = np.asarray(x, dtype=self.dtype)
+            x = _float_array("x", x, self.dtype)
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
         if x.dtype != self.dtype:
@@ -235,7 +314,9 @@ class _Recurrent:
             if self.cell == "lstm" and not (isinstance(state, tuple) and len(state) == 2):
                 raise TypeError("LSTM state must be a pair (h0, c0)")
             for i, s in enumerate(given):
-                s = np.asarray(s)
+                # a list is data in the layer's dtype, as x is; an array keeps its own
+                s = _float_array("initial state", s, self.dtype) if isinstance(s, list) \
+                    else np.asarray(s)
                 if s.dtype != self.dtype:
                     raise TypeError(f"initial state has dtype {s.dtype}, expected {self.dtype}")
                 want = (LD, H) if unbatched else (LD, B, H)
@@ -246,8 +327,10 @@ class _Recurrent:
         return [(None if parts[0] is None else parts[0][k],
                  None if parts[1] is None else parts[1][k]) for k in range(LD)]
 
-    def _forward(self, x, states, lengths, need_cache):
-        """Whole stack; returns out (T, B, D*H), [(h_n, c_n)] per (layer, direction), tape."""
+    def _forward(self, x, states, lengths, need_cache, training):
+        """Whole stack; returns out (T, B, D*H), [(h_n, c_n)] per (layer, direction), tape.
+        ``training``: dropout between layers (an argument, not ``self.training``, so that
+        inference in one thread never changes the mode another thread trains in)."""
         nt = F.effective_n_threads(self.n_threads)
         T, B, _ = x.shape
         rev = None if not self.bidirectional else _reverse_index(T, B, lengths)
@@ -265,7 +348,7 @@ class _Recurrent:
                 layer_tape.append(cache)
             out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
             mask = None
-            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+            if training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = 1.0 - self.dropout
                 mask = (self._rng.random(out.shape) < keep).astype(self.dtype) / keep
                 out = out * mask
@@ -289,18 +372,14 @@ class _Recurrent:
     def __call__(self, x, state=None, lengths=None):
         """Inference: ``out, state_n`` with PyTorch's shapes (dropout off)."""
         x, states, lengths, unbatched = self._prepare(x, state, lengths)
-        training, self.training = self.training, False
-        try:
-            out, finals, _ = self._forward(x, states, lengths, need_cache=False)
-        finally:
-            self.training = training
+        out, finals, _ = self._guard.read(self._forward, x, states, lengths, False, False)
         return self._pack_out(out, unbatched).copy(), self._pack_state(finals, x.shape[1], unbatched)
 
     def forward(self, x, state=None, lengths=None):
         """Training forward: ``out, state_n, tape``; pass the tape to :meth:`backward`.
         Dropout between layers is applied when ``self.training``."""
         x, states, lengths, unbatched = self._prepare(x, state, lengths)
-        out, finals, tape = self._forward(x, states, lengths, need_cache=True)
+        out, finals, tape = self._forward(x, states, lengths, True, self.training)
         tape = tape + (unbatched, x.shape)
         return (self._pack_out(out, unbatched).copy(),
                 self._pack_state(finals, x.shape[1], unbatched), tape)
@@ -309,13 +388,16 @@ class _Recurrent:
         """Gradients of a loss through :meth:`forward`: accumulates into ``self.grad`` (call
         :meth:`zero_grad` first) and returns ``dx, dstate0`` in the input's layout.
         ``dout`` and ``dstate_n`` may be None (zeros). ``need_dx=False`` skips the input
-        gradient (dx is None), for inputs that are data."""
+        gradient (dx is None), for inputs that are data. A float ``dout`` of another
+        width is cast to the layer's dtype."""
+        if not (isinstance(tape, tuple) and len(tape) == 6):
+            raise TypeError("tape must be the third value returned by this layer's forward()")
         stack, rev, lengths, nt, unbatched, (T, B, I) = tape
         LD, H, D = self.num_layers * self.num_directions, self.hidden_size, self.num_directions
         if dout is None:
             dout = np.zeros((T, B, D * H), self.dtype)
         else:
-            dout = np.asarray(dout, dtype=self.dtype)
+            dout = _float_array("dout", dout, self.dtype)
             dout = dout[:, None, :] if unbatched else (
                 dout.transpose(1, 0, 2) if self.batch_first else dout)
             if dout.shape != (T, B, D * H):
@@ -367,19 +449,39 @@ class _Recurrent:
                 or x_t.shape[1] != self.input_size:
             x_t = self._step_input(x_t)
         B, H, L = x_t.shape[0], self.hidden_size, self.num_layers
+        if B * max(self.gates * H, x_t.shape[1]) > F._INT32_MAX:
+            raise ValueError(f"batch {B} is too large for the kernels' 32-bit index range; "
+                             "split it")
         lstm = self.cell == "lstm"
         if state is None:
             state = self.initial_state(B)
+        if lstm and not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise ValueError(f"state must be a pair of {self.dtype} arrays of shape "
+                             f"{(L, B, H)} (from initial_state({B}))")
         hs = state[0] if lstm else state
         cs = state[1] if lstm else None
         for s in (hs, cs) if lstm else (hs,):
             if not isinstance(s, np.ndarray) or s.shape != (L, B, H) or s.dtype != self.dtype:
                 raise ValueError(f"state must be {'a pair of ' if lstm else ''}{self.dtype} "
                                  f"arrays of shape {(L, B, H)} (from initial_state({B}))")
+        inp = np.ascontiguousarray(x_t)
+        if not inp.flags.aligned:               # a misaligned buffer: the kernels get a copy
+            inp = inp.copy()
+        # one version of the weights for the whole step (fastrnn._guard, inlined: this is
+        # the hot path); _step_all changes nothing the caller sees, so it can run again
+        guard = self._guard
+        g = guard.gen
+        if not g & 1:
+            out = self._step_all(inp, hs, cs, B)
+            if guard.gen == g:
+                return out
+        return guard.read(self._step_all, inp, hs, cs, B)
+
+    def _step_all(self, inp, hs, cs, B):
+        H, L, lstm = self.hidden_size, self.num_layers, self.cell == "lstm"
         nt = F.effective_n_threads(self.n_threads)
         h_new = np.empty((L, B, H), self.dtype)
         c_new = np.empty((L, B, H), self.dtype) if lstm else None
-        inp = np.ascontiguousarray(x_t)
         with F.serial_blas:
             for layer in range(L):
                 self._step_layer(f"_l{layer}", inp, hs[layer], None if cs is None else cs[layer],
@@ -395,11 +497,19 @@ class _Recurrent:
         The lowest-latency way to serve a model: ``y = s.step(x_t)`` with ``x_t (B, I)``,
         or ``(I,)`` when ``batch`` is 1, returns ``(B, H)`` (or ``(H,)``). The stream reads
         this layer's parameters in place on every call and fixes its thread count when
-        made. One stream's calls are serialised by a lock; give each client its own."""
+        made. One stream's calls are serialised by a lock; give each client its own.
+
+        Weights replaced with :meth:`load_state_dict` (or by a step of ``fit``) while the
+        stream runs: each step computes from one version, old or new, never a mix; the
+        step after the replacement runs the new weights from the state the old ones left
+        (make a new stream to start over). The parameter buffer is written in place, so
+        the stream's pointers into it stay valid."""
         from ._stream import Stream
         if self.bidirectional:
             raise ValueError("a bidirectional layer needs the whole sequence; it cannot stream")
         batch = _positive_int("batch", batch)
+        if batch * max(self.gates * self.hidden_size, self.input_size) > F._INT32_MAX:
+            raise ValueError(f"batch={batch} is too large for the kernels' 32-bit index range")
         params = []
         for layer in range(self.num_layers):
             sfx = f"_l{layer}"
@@ -415,7 +525,7 @@ class _Recurrent:
         return s
 
     def _step_input(self, x_t):
-        x_t = np.asarray(x_t, dtype=self.dtype) if isinstance(x_t, (list, tuple)) else x_t
+        x_t = _float_array("x_t", x_t, self.dtype) if isinstance(x_t, (list, tuple)) else x_t
         if not isinstance(x_t, np.ndarray) or x_t.ndim != 2:
             raise ValueError(f"x_t must be 2-D (batch, input_size), got {getattr(x_t, 'shape', x_t)}")
         if x_t.dtype != self.dtype:
@@ -499,7 +609,7 @@ class LSTM(_Recurrent):
         if set(gates) - set("ifo") or len(set(gates)) != len(gates):
             raise ValueError(f"peephole must be a bool or a string of distinct gates from 'ifo', "
                              f"got {peephole!r}")
-        self.coupled = bool(coupled)
+        self.coupled = _flag("coupled", coupled)
         if self.coupled and "f" in gates:
             raise ValueError("a coupled LSTM has no forget gate of its own: peephole 'f' "
                              "is not available (use 'io')")
@@ -558,7 +668,7 @@ class GRU(_Recurrent):
     cell = "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, reset_after=True, **kw):
-        self.reset_after = bool(reset_after)
+        self.reset_after = _flag("reset_after", reset_after)
         super().__init__(input_size, hidden_size, num_layers, **kw)
 
     def _run(self, sfx, x, h0, c0, lengths, nt):
@@ -604,19 +714,40 @@ class _Cell:
             return params[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
+    def to_torch(self, **kwargs):
+        """The equivalent torch.nn cell, parity-checked; see fastrnn.interop.torch_io."""
+        from .interop.torch_io import to_torch
+        return to_torch(self, **kwargs)
+
+    def __reduce__(self):
+        """Pickle as the validated model-file bytes (fastrnn.io), so unpickling runs the
+        checked loader and nothing else; see _Recurrent.__reduce__."""
+        from . import io
+        return io.load_bytes, (io.model_bytes(self),)
+
     def __call__(self, x, state=None):
-        x = np.asarray(x) if isinstance(x, (list, tuple)) else x
+        layer = self._layer
+        if isinstance(x, (list, tuple)):
+            x = _float_array("x", x, layer.dtype)          # a list is data in the cell's dtype
         if not isinstance(x, np.ndarray) or x.ndim not in (1, 2):
             raise ValueError(f"x must be (batch, input_size) or (input_size,), "
                              f"got {getattr(x, 'shape', x)}")
         unbatched = x.ndim == 1
         xb = x[None] if unbatched else x
         if state is not None:
-            pair = state if isinstance(state, tuple) else (state,)
-            pair = tuple(np.asarray(s)[None] if unbatched else np.asarray(s) for s in pair)
-            state = tuple(s[None] for s in pair)
-            state = state if self._layer.cell == "lstm" else state[0]
-        _, st = self._layer(xb[None], state)
+            lstm, B, H = layer.cell == "lstm", xb.shape[0], self.hidden_size
+            if lstm != isinstance(state, tuple) or (lstm and len(state) != 2):
+                raise TypeError(f"{type(self).__name__} state must be "
+                                + ("a pair (h, c)" if lstm else "one array h, not a tuple"))
+            want = (H,) if unbatched else (B, H)
+            parts = []
+            for s in (state if lstm else (state,)):
+                s = _float_array("state", s, layer.dtype) if isinstance(s, list) else np.asarray(s)
+                if s.shape != want:
+                    raise ValueError(f"state has shape {s.shape}, expected {want}")
+                parts.append(s.reshape(1, B, H))
+            state = tuple(parts) if lstm else parts[0]
+        _, st = layer(xb[None], state)
         st = st if isinstance(st, tuple) else (st,)
         st = tuple(s[0, 0] if unbatched else s[0] for s in st)
         return st if self._layer.cell == "lstm" else st[0]

@@ -95,9 +95,9 @@ class SequenceModel:
                  task="next_token", vocab_size=None, embedding_dim=None, num_layers=1,
                  bidirectional=False, dropout=0.0, dtype=np.float32, seed=None,
                  n_threads=None, **cell_kwargs):
-        if cell not in _CELLS:
+        if not isinstance(cell, str) or cell not in _CELLS:
             raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
-        if task not in _TASKS:
+        if not isinstance(task, str) or task not in _TASKS:
             raise ValueError(f"task must be one of {sorted(_TASKS)}, got {task!r}")
         if (input_size is None) == (vocab_size is None):
             raise ValueError("give exactly one of input_size (feature inputs) and vocab_size "
@@ -106,6 +106,14 @@ class SequenceModel:
             if vocab_size is None:
                 raise ValueError("output_size is required")
             output_size = vocab_size
+        # sizes as Python ints (the config is written to model files as JSON)
+        input_size, vocab_size, embedding_dim = (
+            None if v is None else L._positive_int(name, v) for name, v in
+            (("input_size", input_size), ("vocab_size", vocab_size),
+             ("embedding_dim", embedding_dim)))
+        hidden_size = L._positive_int("hidden_size", hidden_size)
+        output_size = L._positive_int("output_size", output_size)
+        num_layers = L._positive_int("num_layers", num_layers)
         self.config = dict(cell=cell, input_size=input_size, hidden_size=hidden_size,
                            output_size=output_size, task=task, vocab_size=vocab_size,
                            embedding_dim=embedding_dim, num_layers=num_layers,
@@ -123,7 +131,10 @@ class SequenceModel:
         self.rnn = _CELLS[cell](input_size, hidden_size, num_layers, batch_first=True,
                                 dropout=dropout, bidirectional=bidirectional, dtype=self.dtype,
                                 seed=rng.integers(2**63), n_threads=n_threads, **cell_kwargs)
-        D = 2 if bidirectional else 1
+        # the layer has checked them: store its reading (a bool, a float) in the config
+        self.config.update(bidirectional=self.rnn.bidirectional, dropout=self.rnn.dropout)
+        self._guard = self.rnn._guard       # one version count for the model and its layer
+        D = 2 if self.rnn.bidirectional else 1
         self.head = Linear(D * hidden_size, output_size, self.dtype, rng)
         self.vocabulary = None      # optional tokens of a language model, saved with it
 
@@ -153,23 +164,72 @@ class SequenceModel:
     def eval(self):
         return self.train(False)
 
+    def to_torch(self, **kwargs):
+        """The equivalent torch.nn.Module, parity-checked; see fastrnn.interop.torch_io."""
+        from .interop.torch_io import to_torch
+        return to_torch(self, **kwargs)
+
     # ---- forward / backward ----------------------------------------------------------
     def _inputs(self, x):
+        """(features (B, T, I), ids (B, T) or None) of a batch, checked."""
+        x = self._checked_inputs(x)
+        if self.embedding is not None:
+            return self.embedding.forward(x), x
+        return x, None
+
+    def _checked_inputs(self, x, ndim=3):
+        """``x`` checked, not yet embedded: token ids ``(B, T)`` in range, or finite features
+        ``(B, T, I)`` of the model's dtype (a list is taken in it). ``ndim`` one less for a
+        single step."""
         if self.embedding is not None:
             x = np.asarray(x)
             if x.dtype.kind not in "iu":
                 raise TypeError(f"this model takes token ids: x must be integers, got {x.dtype}")
-            if x.ndim != 2:
-                raise ValueError(f"token ids must be 2-D (batch, time), got shape {x.shape}")
-            return self.embedding.forward(x), x
+            if x.ndim != ndim - 1:
+                raise ValueError(f"token ids must be {ndim - 1}-D "
+                                 f"({'batch, time' if ndim == 3 else 'batch,'}), got shape "
+                                 f"{x.shape}")
+            self._check_row_size(x.shape)
+            V = self.embedding.weight.shape[0]
+            if x.size and (x.min() < 0 or x.max() >= V):
+                raise ValueError(f"token ids must lie in [0, {V}), got min {x.min()}, "
+                                 f"max {x.max()}")
+            return x
         if isinstance(x, (list, tuple)):
-            x = np.asarray(x, dtype=self.dtype)
-        if not isinstance(x, np.ndarray) or x.ndim != 3:
-            raise ValueError(f"x must be 3-D (batch, time, {self.config['input_size']}), "
+            x = L._float_array("x", x, self.dtype)
+        want = "(batch, time, " if ndim == 3 else "(batch, "
+        if not isinstance(x, np.ndarray) or x.ndim != ndim:
+            raise ValueError(f"x must be {ndim}-D {want}{self.config['input_size']}), "
                              f"got {getattr(x, 'shape', type(x).__name__)}")
-        if not np.isfinite(x).all():
+        if x.dtype != self.dtype:
+            raise TypeError(f"x has dtype {x.dtype}, expected {self.dtype} (the model's dtype)")
+        self._check_row_size(x.shape)
+        if not _all_finite(x):
             raise ValueError("x contains NaN or infinity")
-        return x, None
+        return x
+
+    def _check_row_size(self, shape):
+        """One sequence must fit the kernels' 32-bit indexing (checked here, before a scan
+        of a huge zero-stride view could allocate its size)."""
+        if len(shape) == 3 or (len(shape) == 2 and self.embedding is not None):
+            T = shape[1]
+            width = max(self.rnn.gates * self.rnn.hidden_size * self.rnn.num_directions,
+                        self.rnn.input_size)
+            if T * width > L.F._INT32_MAX:
+                raise ValueError(f"a sequence of T={T} steps is too long for the kernels' "
+                                 "32-bit index range; split it (stateful chunks)")
+
+    def _checked_lengths(self, lengths, n):
+        """None, or ``n`` integer lengths (their range is checked against T per batch)."""
+        if lengths is None:
+            return None
+        given, lengths = lengths, np.asarray(lengths)
+        if isinstance(given, (list, tuple)) and lengths.size == 0:
+            lengths = lengths.astype(np.int64)      # [] has no dtype of its own
+        if lengths.dtype.kind not in "iu" or lengths.shape != (n,):
+            raise ValueError(f"lengths must be {n} integers (one per sequence), got shape "
+                             f"{lengths.shape} dtype {lengths.dtype}")
+        return lengths
 
     def _last(self, out, state_n, lengths):
         """Features of each row's last valid step, (B, D*H)."""
@@ -179,17 +239,54 @@ class SequenceModel:
 
     def forward(self, x, lengths=None, state=None, need_tape=False):
         """Outputs (logits, or predictions for regression), final state, and a tape for
-        :meth:`backward` when ``need_tape``."""
-        xin, ids = self._inputs(x)
+        :meth:`backward` when ``need_tape``. Without a tape this is inference, computed
+        from one version of the weights (see :meth:`load_state_dict`)."""
+        x = self._checked_inputs(x)
+        if need_tape:
+            return self._forward_checked(x, lengths, state, True)
+        return self._guard.read(self._forward_checked, x, lengths, state, False)
+
+    def _forward_checked(self, x, lengths, state, need_tape):
+        """:meth:`forward` of checked inputs (token ids are embedded here)."""
+        xin, ids = (self.embedding.weight[x], x) if self.embedding is not None else (x, None)
         if need_tape:
             out, state_n, rtape = self.rnn.forward(xin, state, lengths)
         else:
-            out, state_n = self.rnn(xin, state, lengths)
+            out, state_n = self._infer(xin, state, lengths)
             rtape = None
         feats = out if self.output == "per_step" else self._last(out, state_n, lengths)
         y = self.head.forward(feats)
         tape = (ids, rtape, feats, out.shape) if need_tape else None
         return y, state_n, tape
+
+    # Most multiply-adds one inference kernel call does. Ctrl-C (SIGINT) raises
+    # KeyboardInterrupt only between kernel calls (they run without the GIL), so a long
+    # sequence runs in chunks of time steps, the state carried from one to the next: the
+    # interrupt arrives within about one chunk (~0.1 s on the 2-core test machine) instead
+    # of after the whole sequence (measured: 22 s for a 64 x 4000-step LSTM-256 batch).
+    _INFER_CHUNK_WORK = 1 << 28
+
+    def _infer(self, xin, state, lengths):
+        """``self.rnn(xin, state, lengths)`` for batch-first ``xin (B, T, I)``, in chunks of
+        at least 16 time steps when the call would exceed ``_INFER_CHUNK_WORK``.
+        Unidirectional stacks only (a bidirectional one needs the whole sequence at once).
+        The chunked result equals the whole call up to float rounding (the kernels'
+        products run over fewer rows, which can change the last bit)."""
+        rnn = self.rnn
+        B, T = xin.shape[0], xin.shape[1]
+        G, H, n_layers = rnn.gates, rnn.hidden_size, rnn.num_layers
+        per_step = G * H * ((rnn.input_size + H) + (n_layers - 1) * 2 * H)   # a row, all layers
+        k = max(16, self._INFER_CHUNK_WORK // max(1, B * per_step))
+        if rnn.bidirectional or T <= k:
+            return rnn(xin, state, lengths)
+        if lengths is not None:
+            lengths = L.F._lengths(lengths, T, B)   # checked against the whole T first
+        outs = []
+        for t0 in range(0, T, k):
+            lc = None if lengths is None else np.clip(lengths - t0, 0, min(k, T - t0))
+            out, state = rnn(xin[:, t0:t0 + k], state, lc)
+            outs.append(out)
+        return np.concatenate(outs, axis=1), state
 
     def backward(self, dy, tape):
         """Accumulate parameter gradients of a loss whose gradient w.r.t. the outputs is
@@ -219,19 +316,35 @@ class SequenceModel:
             mask = losses.mask_from_lengths(lengths, y.shape[1]).T      # (B, T)
         if self.loss_name == "cross_entropy":
             return losses.softmax_cross_entropy(y, target, mask)
+        target = np.asarray(target)
+        if target.dtype.kind not in "fiub":
+            raise TypeError(f"targets must be real numbers, got dtype {target.dtype}")
+        if not np.isfinite(target).all():
+            raise ValueError("targets contain NaN or infinity")
+        target = target.astype(self.dtype, copy=False)
         if self.loss_name == "binary_cross_entropy":
-            return losses.sigmoid_binary_cross_entropy(
-                y, np.asarray(target, self.dtype), mask, reduction="sum_over_labels")
-        return losses.mean_squared_error(y, np.asarray(target, self.dtype), mask)
+            return losses.sigmoid_binary_cross_entropy(y, target, mask,
+                                                       reduction="sum_over_labels")
+        return losses.mean_squared_error(y, target, mask)
 
     # ---- inference -----------------------------------------------------------------
     def predict(self, x, lengths=None, batch_size=256):
-        """Raw outputs: logits for classification, values for regression."""
-        self.eval()
-        outs = [self.forward(x[i:i + batch_size],
-                             None if lengths is None else lengths[i:i + batch_size])[0]
+        """Raw outputs: logits for classification, values for regression. ``(B, T, C)`` for
+        per-step tasks, ``(B, C)`` otherwise, ``B`` = 0 included. The whole call computes
+        from one version of the weights, even while another thread replaces them."""
+        x = self._checked_inputs(x)
+        lengths = self._checked_lengths(lengths, len(x))
+        batch_size = L._positive_int("batch_size", batch_size)
+        return self._guard.read(self._predict, x, lengths, batch_size)
+
+    def _predict(self, x, lengths, batch_size):
+        if len(x) == 0:                 # the empty batch still has the output's shape
+            return self._forward_checked(x, lengths, None, False)[0]
+        outs = [self._forward_checked(x[i:i + batch_size],
+                                      None if lengths is None else lengths[i:i + batch_size],
+                                      None, False)[0]
                 for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0,), self.dtype)
+        return np.concatenate(outs)
 
     def predict_proba(self, x, lengths=None, batch_size=256):
         """Class probabilities (softmax) or label probabilities (sigmoid)."""
@@ -244,12 +357,21 @@ class SequenceModel:
         raise ValueError("predict_proba is for classification tasks; use predict")
 
     def evaluate(self, x, y, lengths=None, batch_size=256):
-        """Mean loss over the data (and accuracy for classification), dropout off."""
-        self.eval()
+        """Mean loss over the data (and accuracy for classification), dropout off, from one
+        version of the weights."""
+        x = self._checked_inputs(x)
+        lengths = self._checked_lengths(lengths, len(x))
+        batch_size = L._positive_int("batch_size", batch_size)
+        if not hasattr(y, "__len__") or len(y) != len(x):
+            raise ValueError(f"y must hold one target per sequence ({len(x)}), got "
+                             f"{len(y) if hasattr(y, '__len__') else type(y).__name__}")
+        return self._guard.read(self._evaluate, x, y, lengths, batch_size)
+
+    def _evaluate(self, x, y, lengths, batch_size):
         total, count, correct = 0.0, 0, 0
         for i in range(0, len(x), batch_size):
             lb = None if lengths is None else lengths[i:i + batch_size]
-            out = self.forward(x[i:i + batch_size], lb)[0]
+            out = self._forward_checked(x[i:i + batch_size], lb, None, False)[0]
             loss, _ = self.loss(out, y[i:i + batch_size], lb)
             n = self._count(out, lb)
             total, count = total + loss * n, count + n
@@ -271,11 +393,15 @@ class SequenceModel:
     def encode(self, x, lengths=None, pooling="last"):
         """Sequence features for comparison: the final hidden state ("last") or the mean of
         the last layer's outputs over valid steps ("mean"), (B, D*H)."""
-        if pooling not in ("last", "mean"):
+        if not isinstance(pooling, str) or pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
-        self.eval()
-        xin, _ = self._inputs(x)
-        out, state_n = self.rnn(xin, None, lengths)
+        x = self._checked_inputs(x)
+        lengths = self._checked_lengths(lengths, len(x))
+        return self._guard.read(self._encode, x, lengths, pooling)
+
+    def _encode(self, x, lengths, pooling):
+        xin = self.embedding.weight[x] if self.embedding is not None else x
+        out, state_n = self._infer(xin, None, lengths)
         if pooling == "last":
             return self._last(out, state_n, lengths)
         T = out.shape[1]
@@ -288,6 +414,12 @@ class SequenceModel:
         from .io import save
         save(self, path, optimizer)
 
+    def to_onnx(self, path=None, **kwargs):
+        """Export to ONNX (written to ``path`` when given), parity-checked against ONNX
+        Runtime; see :func:`fastrnn.interop.onnx_export.to_onnx`."""
+        from .interop.onnx_export import to_onnx
+        return to_onnx(self, path, **kwargs)
+
     # ---- streaming -----------------------------------------------------------------
     def initial_state(self, batch=1):
         """The zero state for ``batch`` streams (a plain array, or a pair for LSTM)."""
@@ -296,21 +428,63 @@ class SequenceModel:
     def step(self, x_t, state):
         """One time step for ``B`` streams: ``x_t`` is ``(B,)`` token ids or ``(B, I)``
         features; returns ``(y_t (B, C), state)``. Per-step tasks only; the caller owns
-        the state (never modified in place), so one model serves many streams."""
+        the state (never modified in place), so one model serves many streams. Computed
+        from one version of the weights, as :meth:`predict` is."""
         if self.output != "per_step":
             raise ValueError("step() is for per-step tasks; this model predicts once per sequence")
-        x_t = np.asarray(x_t)
+        x_t = self._checked_inputs(x_t, ndim=2)
+        g = self._guard.gen                 # fastrnn._guard, inlined: the per-step path
+        if not g & 1:
+            out = self._step_checked(x_t, state)
+            if self._guard.gen == g:
+                return out
+        return self._guard.read(self._step_checked, x_t, state)
+
+    def _step_checked(self, x_t, state):
         if self.embedding is not None:
-            if x_t.ndim != 1:
-                raise ValueError(f"x_t must be (batch,) token ids, got shape {x_t.shape}")
-            x_t = self.embedding.forward(x_t[:, None])[:, 0]
+            x_t = self.embedding.weight[x_t]
         h_t, state = self.rnn.step(x_t, state)       # refuses bidirectional stacks
         return self.head.forward(h_t), state
+
+    def state_dict(self):
+        """Copies of every parameter, by :meth:`named_parameters`' names."""
+        return {k: v.copy() for k, v in self.named_parameters().items()}
+
+    def load_state_dict(self, state):
+        """Replace every parameter (names as :meth:`named_parameters`; finite floats, cast
+        to the model's dtype), e.g. ``m.load_state_dict(fastrnn.load(path).state_dict())``
+        to serve new weights without a new object. Everything is checked first; then the
+        copy is one step for concurrent readers: a ``predict``/``evaluate``/``encode``/
+        ``step`` running meanwhile, or a stream of ``self.rnn``, computes entirely from the
+        old weights or entirely from the new ones, never from a mix (fastrnn._guard). The
+        buffers stay the same objects, so optimizers and streams keep following them."""
+        named = self.named_parameters()
+        state = L._checked_state(state, [(k, v.shape, None) for k, v in named.items()], named)
+        with self._guard.writing():
+            for k, a in named.items():
+                a[...] = state[k]
+
+    def __reduce__(self):
+        """Pickle (and copy.deepcopy) as the bytes of a model file: ``fastrnn.io.load_bytes``
+        applied to ``fastrnn.io.model_bytes(self)``. Unpickling runs that validated loader
+        and references no other fastrnn code, so models travel safely to process pools.
+        The copy comes back in eval mode with the default n_threads; the vocabulary is kept."""
+        from . import io
+        return io.load_bytes, (io.model_bytes(self),)
 
     def fit(self, *args, **kwargs):
         """Train; see :func:`fastrnn.training.fit`."""
         from .training import fit
         return fit(self, *args, **kwargs)
+
+
+def _all_finite(x, chunk=1 << 20):
+    """np.isfinite(x).all() over row blocks of about ``chunk`` values: the temporary stays
+    small however large x (or a broadcast view pretending to be large) is."""
+    if x.dtype.kind in "iu":
+        return True
+    rows = max(1, chunk // max(1, int(np.prod(x.shape[1:]))))
+    return all(np.isfinite(x[i:i + rows]).all() for i in range(0, len(x), rows))
 
 
 def cosine_similarity(a, b):

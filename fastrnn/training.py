@@ -1,12 +1,14 @@
 """Training loop: mini-batches over ragged data, optimizers, clipping, truncated BPTT,
 validation, early stopping, progress and checkpoints."""
 import math
+import signal
+import threading
 import time
 
 import numpy as np
 
 from . import optim
-from .models import pad_sequences
+from .models import _all_finite, pad_sequences
 
 _OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
                "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
@@ -21,10 +23,23 @@ def _as_batch_data(model, x, y, lengths):
         x, lengths = pad_sequences(x, None if model.embedding else model.dtype)
         if model.output == "per_step":
             y, _ = pad_sequences(y)
-    x = np.asarray(x) if model.embedding else np.asarray(x, model.dtype)
+    if model.embedding:
+        x = np.asarray(x)
+    else:
+        raw = x if isinstance(x, np.ndarray) else np.asarray(x)
+        # real numbers only: complex, bool, strings and objects would be read as something
+        # they are not (numpy casts "1.5" and True to floats, complex by dropping a part)
+        if raw.dtype.kind not in "fiu":
+            raise TypeError(f"x must hold real numbers (features), got dtype {raw.dtype}")
+        x = raw.astype(model.dtype, copy=False)
     y = np.asarray(y)
     if len(x) == 0:
         raise ValueError("no training data: x is empty")
+    if x.ndim < 2 or x.shape[1] == 0:
+        raise ValueError(f"x must be (N, T{'' if model.embedding else ', I'}) with T >= 1 "
+                         f"time steps, got shape {x.shape}")
+    if not model.embedding and not _all_finite(x):
+        raise ValueError("x contains NaN or infinity")
     if len(y) != len(x):
         raise ValueError(f"x has {len(x)} sequences but y has {len(y)}")
     if lengths is not None:
@@ -94,6 +109,38 @@ def _other_blas_serial():
     return controller.select(filepath=others).limit(limits=1)
 
 
+class _HoldCtrlC:
+    """Context manager: a Ctrl-C (SIGINT) arriving inside is held back and delivered, to
+    the handler that was there before, when the block ends. For the short blocks that must
+    not stop half way (a parameter update: an interrupt between two buffers' updates would
+    leave the model a mix of two steps). Only the main thread receives signals, and only it
+    can install handlers; elsewhere, and when the current handler was not set from Python,
+    this does nothing."""
+
+    def __enter__(self):
+        self.previous, self.received = None, None
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGINT)
+            if current is not None:               # None: a handler not set from Python
+                self.previous = current
+                signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self.received = (signum, frame)
+
+    def __exit__(self, *exc):
+        if self.previous is None:
+            return False
+        signal.signal(signal.SIGINT, self.previous)
+        if self.received is not None:
+            if callable(self.previous):
+                self.previous(*self.received)     # default_int_handler: KeyboardInterrupt
+            elif self.previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+        return False
+
+
 def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", lr=1e-3,
         weight_decay=0.0, clip_norm=None, clip_value=None, schedule=None,
         validation_data=None, early_stopping=None, shuffle=True, seed=0, tbptt=None,
@@ -114,9 +161,15 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
     per chunk. ``checkpoint``: a path where the model and the optimizer state are saved
     (atomically) every ``checkpoint_every`` steps and at the end of every epoch, to resume
     from; ``best_checkpoint``: a path for the model of the best validation loss so far.
-    ``max_steps`` stops after that many updates. A non-finite loss stops
-    training with FloatingPointError before the update, so the model keeps its last good
-    parameters.
+    ``max_steps`` stops after that many updates. A non-finite output, loss or gradient stops
+    training with FloatingPointError before the update, and an update that leaves a
+    parameter non-finite is undone before the same error, so the model keeps its last good
+    parameters. Ctrl-C (KeyboardInterrupt) stops training within one kernel call (a
+    training step's forward or backward through one layer; ``tbptt`` shortens them for
+    long sequences) and never in the middle of an update, so the model holds the parameters
+    of its last complete step. Hyper-parameters are checked before anything runs. Each
+    update is one step for threads that read the model meanwhile (``predict`` never sees
+    half an update).
 
     Returns ``{"loss": [...], "val_loss": [...], "val_accuracy": [...], "steps": n,
     "seconds": s, "sequences_per_second": r}`` (per-epoch lists).
@@ -130,6 +183,15 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
                                      allow_none=True)
     checkpoint_every = _check_positive("checkpoint_every", checkpoint_every, integer=True,
                                        allow_none=True)
+    max_steps = _check_positive("max_steps", max_steps, integer=True, allow_none=True)
+    for name, v in (("shuffle", shuffle), ("progress", progress)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {v!r}")
+    if checkpoint_every and not checkpoint:
+        raise ValueError("checkpoint_every needs checkpoint (the path to save to)")
+    if schedule is not None and not callable(schedule):
+        raise TypeError("schedule must be a callable optimizer -> schedule, e.g. "
+                        "lambda o: optim.CosineLR(o, total_steps)")
     if tbptt and model.output != "per_step":
         raise ValueError("truncated BPTT needs a per-step task; this model predicts once per "
                          "sequence")
@@ -148,6 +210,14 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
         lr = _check_positive("lr", lr)
         kw = {"weight_decay": weight_decay} if weight_decay else {}
         optimizer = _OPTIMIZERS[optimizer](model.parameters(), lr=lr, **kw)
+    elif not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"optimizer must be a name ({sorted(_OPTIMIZERS)}) or an optimizer "
+                        f"object with a step() method, got {type(optimizer).__name__}")
+    elif hasattr(optimizer, "params"):
+        ours = {id(p) for p, _ in model.parameters()}
+        if not any(id(p) in ours for p in optimizer.params):
+            raise ValueError("the optimizer updates none of this model's parameters: build it "
+                             "on model.parameters()")
     sched = schedule(optimizer) if schedule is not None else None
 
     # every BLAS (numpy's included, for the output layer and the losses) on one thread while
@@ -170,6 +240,7 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
     history = {"loss": [], "val_loss": [], "val_accuracy": [], "steps": 0}
     best, best_params, bad_epochs = math.inf, None, 0
     t_start, seen = time.perf_counter(), 0
+    backup = [np.empty_like(p) for p, _ in model.parameters()]     # the last good parameters
     for epoch in range(epochs):
         model.train()
         order = rng.permutation(N) if shuffle else np.arange(N)
@@ -185,7 +256,7 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
                 if model.output == "per_step":
                     yb = yb[:, :T]
             loss = _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value,
-                                sched)
+                                sched, backup)
             history["steps"] += 1 if not tbptt else -(-xb.shape[1] // tbptt)
             total, count, seen = total + loss * len(idx), count + len(idx), seen + len(idx)
             rate = seen / max(time.perf_counter() - t_start, 1e-9)
@@ -216,8 +287,9 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
         if max_steps and history["steps"] >= max_steps:
             break
     if early_stopping and best_params is not None:
-        for (p, _), b in zip(model.parameters(), best_params):
-            p[...] = b
+        with _HoldCtrlC(), model._guard.writing():
+            for (p, _), b in zip(model.parameters(), best_params):
+                p[...] = b
     elapsed = time.perf_counter() - t_start
     history["seconds"] = elapsed
     history["sequences_per_second"] = seen / max(elapsed, 1e-9)
@@ -225,8 +297,9 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
     return history
 
 
-def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sched):
-    """One batch: one update, or one per chunk of ``tbptt`` steps. Returns the mean loss."""
+def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sched, backup):
+    """One batch: one update, or one per chunk of ``tbptt`` steps. Returns the mean loss.
+    ``backup``: arrays shaped like the parameters, where they are kept across each update."""
     T = xb.shape[1]
     k = tbptt or T
     state, losses = None, []
@@ -237,6 +310,10 @@ def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sch
         if lc is not None and not lc.any():
             break
         out, state_n, tape = model.forward(xc, lc, state, need_tape=True)
+        if not np.isfinite(out).all():
+            raise FloatingPointError("the model's outputs are NaN or infinite: stopped before "
+                                     "the update (the model keeps its last good parameters); "
+                                     "lower the learning rate or clip gradients (clip_norm=1.0)")
         loss, dy = model.loss(out, yc, lc)
         if not math.isfinite(loss):
             raise FloatingPointError(f"the training loss is {loss}: stopped before the update "
@@ -259,9 +336,26 @@ def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sch
             optim.clip_grad_value(grads, clip_value)
             if clip_norm:
                 optim.clip_grad_norm(grads, clip_norm)
-        optimizer.step()
-        if sched is not None:
-            sched.step()
+        # the update is one step for threads reading the model meanwhile (fastrnn._guard);
+        # one that leaves a parameter non-finite (a finite gradient times a huge learning
+        # rate overflows) is undone
+        params = [p for p, _ in model.parameters()]
+        for b, p in zip(backup, params):
+            np.copyto(b, p)
+        # a Ctrl-C here is held to the end of the update (and of the schedule's step)
+        with _HoldCtrlC(), model._guard.writing():
+            optimizer.step()
+            finite = all(np.isfinite(p).all() for p in params)
+            if not finite:
+                for b, p in zip(backup, params):
+                    np.copyto(p, b)
+            elif sched is not None:
+                sched.step()
+        if not finite:
+            raise FloatingPointError("the update made parameters NaN or infinite: it was undone "
+                                     "(the model keeps its last good parameters; the optimizer's "
+                                     "own state includes the refused step); lower the learning "
+                                     "rate or clip gradients (clip_norm=1.0)")
         losses.append(loss)
         state = state_n                      # carried forward, gradient cut here
     return float(np.mean(losses))

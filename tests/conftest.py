@@ -28,3 +28,23 @@ def pytest_configure(config):
     one thread below a per-step work threshold (fastrnn._blas.set_min_parallel_work)."""
     from fastrnn import _blas
     _blas.set_min_parallel_work(0)
+    config.addinivalue_line("markers", "long: a long run (soak, many examples); skipped "
+                                       "unless pytest is given --long")
+
+
+# ---- long runs (soaks, many hypothesis examples): `python -m pytest --long` ---------------
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="also run the tests marked long (soaks, 100,000-call memory runs, "
+                          "thousands of hypothesis examples)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--long"):
+        return
+    import pytest
+    skip = pytest.mark.skip(reason="long run: pass --long to run it")
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(skip)
