@@ -83,18 +83,16 @@ from .interop import ParityError
 
 __version__ = "0.1.0"
 
-# Crossing to and from other frameworks (fastrnn.interop): loaded on first use, so that
-# `import fastrnn` neither imports PyTorch, ONNX or Keras nor pays for the converters.
-_INTEROP = {"from_torch": "torch_io", "to_torch": "torch_io", "from_onnx": "onnx_import",
-            "to_onnx": "onnx_export", "from_keras": "keras_io", "compare": "compare"}
+# Crossing to and from other frameworks: fastrnn.interop loads each converter on first use,
+# so `import fastrnn` neither imports PyTorch, ONNX or Keras nor pays for the converters.
+from .interop import _LAZY as _INTEROP  # noqa: E402
 
 
 def __getattr__(name):
-    module = _INTEROP.get(name)
-    if module is None:
+    if name not in _INTEROP:
         raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
-    import importlib
-    value = getattr(importlib.import_module(f".interop.{module}", __name__), name)
+    from . import interop
+    value = getattr(interop, name)
     globals()[name] = value
     return value
 
