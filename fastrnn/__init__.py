@@ -91,8 +91,10 @@ from .interop import _LAZY as _INTEROP  # noqa: E402
 def __getattr__(name):
     if name not in _INTEROP:
         raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
-    from . import interop
-    value = getattr(interop, name)
+    # the converter's own module, not fastrnn.interop's attribute: importing the submodule
+    # fastrnn.interop.compare rebinds the package's `compare` to that module
+    import importlib
+    value = getattr(importlib.import_module(f".interop.{_INTEROP[name]}", __name__), name)
     globals()[name] = value
     return value
 
