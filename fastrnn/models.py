@@ -368,6 +368,15 @@ class SequenceModel:
         return self._guard.read(self._evaluate, x, y, lengths, batch_size)
 
     def _evaluate(self, x, y, lengths, batch_size):
+        total, correct, count = self._evaluate_sums(x, y, lengths, batch_size)
+        result = {"loss": total / max(count, 1)}
+        if self.loss_name == "cross_entropy":
+            result["accuracy"] = correct / max(count, 1)
+        return result
+
+    def _evaluate_sums(self, x, y, lengths, batch_size):
+        """(loss summed over the loss terms, correct predictions, loss terms) of checked
+        inputs: the sums data-parallel validation adds across processes."""
         total, count, correct = 0.0, 0, 0
         for i in range(0, len(x), batch_size):
             lb = None if lengths is None else lengths[i:i + batch_size]
@@ -380,10 +389,7 @@ class SequenceModel:
                 if self.output == "per_step" and lb is not None:
                     hit = hit[np.arange(out.shape[1])[None, :] < np.asarray(lb)[:, None]]
                 correct += int(hit.sum())
-        result = {"loss": total / max(count, 1)}
-        if self.loss_name == "cross_entropy":
-            result["accuracy"] = correct / max(count, 1)
-        return result
+        return total, correct, count
 
     def _count(self, out, lengths):
         if self.output == "per_step" and lengths is not None:

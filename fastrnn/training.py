@@ -145,7 +145,7 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
         weight_decay=0.0, clip_norm=None, clip_value=None, schedule=None,
         validation_data=None, early_stopping=None, shuffle=True, seed=0, tbptt=None,
         progress=True, checkpoint=None, checkpoint_every=None, best_checkpoint=None,
-        max_steps=None):
+        max_steps=None, allreduce=None):
     """Train ``model`` on ``x`` (N sequences) and ``y`` (targets) and return the history.
 
     ``x``: padded array ``(N, T, I)`` (or ``(N, T)`` token ids) with ``lengths (N,)``, or a
@@ -170,6 +170,18 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
     of its last complete step. Hyper-parameters are checked before anything runs. Each
     update is one step for threads that read the model meanwhile (``predict`` never sees
     half an update).
+
+    ``allreduce``: data-parallel training over several processes, each running ``fit`` on
+    its own part of every batch (:func:`fastrnn.mpi.shard` picks the rows). A callable
+    ``allreduce(buffer)`` that sums a 1-D array in place across the processes (MPI's
+    ``Allreduce`` with ``SUM``; :class:`fastrnn.mpi.Allreduce` is one). It is called once
+    per update with the flat gradient buffer, each process's gradient weighted by its number
+    of loss terms, so the update equals one process training on the whole batch even when
+    the parts differ in size or length. When it has a ``broadcast(buffer)`` method (rank 0's
+    values in place), the parameters are broadcast at the start; its ``rank`` attribute
+    (0 when absent) limits checkpoints and the progress bar to rank 0. Every decision (NaN
+    stop, validation loss, early stopping) is taken on reduced values, so all processes
+    take it together; inputs that fail their checks on one process fail on all.
 
     Returns ``{"loss": [...], "val_loss": [...], "val_accuracy": [...], "steps": n,
     "seconds": s, "sequences_per_second": r}`` (per-epoch lists).
@@ -197,12 +209,26 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
                          "sequence")
     if early_stopping and validation_data is None:
         raise ValueError("early_stopping needs validation_data")
-    x, y, lengths = _as_batch_data(model, x, y, lengths)
-    if validation_data is not None:
-        if len(validation_data) not in (2, 3):
-            raise ValueError("validation_data must be (x, y) or (x, y, lengths)")
-        vx, vy, vl = _as_batch_data(model, *validation_data[:2],
-                                    validation_data[2] if len(validation_data) == 3 else None)
+    if allreduce is not None and not callable(allreduce):
+        raise TypeError("allreduce must be a callable that sums a buffer in place across "
+                        f"processes (e.g. fastrnn.mpi.Allreduce()), got "
+                        f"{type(allreduce).__name__}")
+    parallel = _DataParallel(allreduce, model) if allreduce is not None else None
+    try:
+        x, y, lengths = _as_batch_data(model, x, y, lengths)
+        if validation_data is not None:
+            if len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be (x, y) or (x, y, lengths)")
+            vx, vy, vl = _as_batch_data(model, *validation_data[:2],
+                                        validation_data[2] if len(validation_data) == 3
+                                        else None)
+    except (ValueError, TypeError):
+        if parallel is not None:        # the other processes must not wait for this one
+            parallel.start(failed=True)
+        raise
+    if parallel is not None:
+        parallel.start(n_batches=-(-len(x) // batch_size), validation=validation_data is not None,
+                       T=x.shape[1] if tbptt else 0)
     if isinstance(optimizer, str):
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)} or an optimizer "
@@ -228,12 +254,14 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
         return _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm,
                          clip_value, sched, validation_data and (vx, vy, vl), early_stopping,
                          shuffle, seed, tbptt, progress, checkpoint, checkpoint_every,
-                         best_checkpoint, max_steps)
+                         best_checkpoint, max_steps, parallel)
 
 
 def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, clip_value,
               sched, validation, early_stopping, shuffle, seed, tbptt, progress, checkpoint,
-              checkpoint_every, best_checkpoint, max_steps):
+              checkpoint_every, best_checkpoint, max_steps, parallel):
+    if parallel is not None and parallel.rank != 0:
+        progress, checkpoint, best_checkpoint = False, None, None   # rank 0 writes them
     rng = np.random.default_rng(seed)
     N = len(x)
     n_batches = -(-N // batch_size)
@@ -250,15 +278,17 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
             idx = order[bi * batch_size:(bi + 1) * batch_size]
             xb, yb = x[idx], y[idx]
             lb = None if lengths is None else lengths[idx]
-            if lb is not None:                      # no time steps past the longest row
+            # no time steps past the longest row (data-parallel tbptt keeps the common T:
+            # every process must take the same number of chunks)
+            if lb is not None and not (parallel and tbptt):
                 T = max(int(lb.max()), 1)
                 xb = xb[:, :T]
                 if model.output == "per_step":
                     yb = yb[:, :T]
-            loss = _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value,
-                                sched, backup)
-            history["steps"] += 1 if not tbptt else -(-xb.shape[1] // tbptt)
-            total, count, seen = total + loss * len(idx), count + len(idx), seen + len(idx)
+            loss, updates, rows = _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm,
+                                               clip_value, sched, backup, parallel)
+            history["steps"] += updates
+            total, count, seen = total + loss * rows, count + rows, seen + len(idx)
             rate = seen / max(time.perf_counter() - t_start, 1e-9)
             bar.update(loss=f"{loss:.4f}", seq_per_s=f"{rate:.0f}")
             if checkpoint and checkpoint_every and history["steps"] % checkpoint_every == 0:
@@ -268,7 +298,7 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
         history["loss"].append(total / count)
         post = {"loss": f"{total / count:.4f}"}
         if validation:
-            v = model.evaluate(*validation)
+            v = model.evaluate(*validation) if parallel is None else parallel.evaluate(*validation)
             history["val_loss"].append(v["loss"])
             history["val_accuracy"].append(v.get("accuracy"))
             post["val_loss"] = f"{v['loss']:.4f}"
@@ -297,30 +327,39 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
     return history
 
 
-def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sched, backup):
-    """One batch: one update, or one per chunk of ``tbptt`` steps. Returns the mean loss.
-    ``backup``: arrays shaped like the parameters, where they are kept across each update."""
+def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sched, backup,
+                 parallel=None):
+    """One batch: one update, or one per chunk of ``tbptt`` steps. Returns ``(mean loss,
+    updates made, sequences in the batch)``, the last two over all processes when
+    ``parallel`` (a :class:`_DataParallel`) is given. ``backup``: arrays shaped like the
+    parameters, where they are kept across each update."""
     T = xb.shape[1]
     k = tbptt or T
-    state, losses = None, []
+    state, losses, rows = None, [], len(xb)
     for t0 in range(0, T, k):
         xc = xb[:, t0:t0 + k]
         yc = yb[:, t0:t0 + k] if model.output == "per_step" and tbptt else yb
         lc = None if lb is None else np.clip(lb - t0, 0, xc.shape[1])
-        if lc is not None and not lc.any():
-            break
-        out, state_n, tape = model.forward(xc, lc, state, need_tape=True)
-        if not np.isfinite(out).all():
-            raise FloatingPointError("the model's outputs are NaN or infinite: stopped before "
-                                     "the update (the model keeps its last good parameters); "
-                                     "lower the learning rate or clip gradients (clip_norm=1.0)")
-        loss, dy = model.loss(out, yc, lc)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss is {loss}: stopped before the update "
-                                     "(the model keeps its last good parameters); lower the "
-                                     "learning rate or clip gradients (clip_norm=1.0)")
-        model.zero_grad()
-        model.backward(dy, tape)
+        if parallel is None:
+            if lc is not None and not lc.any():
+                break
+            out, state_n, tape = model.forward(xc, lc, state, need_tape=True)
+            if not np.isfinite(out).all():
+                raise FloatingPointError(_STOPPED.format(
+                    "the model's outputs are NaN or infinite"))
+            loss, dy = model.loss(out, yc, lc)
+            if not math.isfinite(loss):
+                raise FloatingPointError(_STOPPED.format(f"the training loss is {loss}"))
+            model.zero_grad()
+            model.backward(dy, tape)
+        else:
+            loss, state_n = parallel.gradient(xc, yc, lc, state)
+            if loss is None:            # no process has a valid step left in this batch
+                break
+            rows = parallel.rows
+            if not math.isfinite(loss):
+                raise FloatingPointError(_STOPPED.format(
+                    f"the training loss (over all processes) is {loss}"))
         grads = [g for _, g in model.parameters()]
         if clip_norm and not clip_value:
             # the norm is non-finite exactly when a gradient is (and then nothing is scaled):
@@ -358,4 +397,118 @@ def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sch
                                      "rate or clip gradients (clip_norm=1.0)")
         losses.append(loss)
         state = state_n                      # carried forward, gradient cut here
-    return float(np.mean(losses))
+    return float(np.mean(losses)) if losses else 0.0, len(losses), rows
+
+
+_STOPPED = ("{}: stopped before the update (the model keeps its last good parameters); lower "
+            "the learning rate or clip gradients (clip_norm=1.0)")
+
+
+class _DataParallel:
+    """fit's side of data-parallel training: each process computes the gradient of its part
+    of the batch; ``hook(buffer)`` sums one flat buffer across processes in place.
+
+    buffer  (P + 4,) in the model's dtype: every parameter's gradient (P values, in
+            ``model.parameters()`` order) times this process's number of loss terms w, then
+            a failure flag, loss * w, w, and the number of sequences. After the sum, gradient / sum(w) is
+            the gradient of the whole batch's mean loss: exact however the rows were split.
+
+    Collective calls come in the same order on every process (each rank runs the same loop
+    over the same number of batches, checked at the start), so decisions taken on reduced
+    values (a NaN, a validation loss) are the same everywhere and nobody waits forever."""
+
+    def __init__(self, hook, model):
+        self.hook, self.model = hook, model
+        rank = getattr(hook, "rank", 0)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 0:
+            raise ValueError(f"allreduce.rank must be a non-negative int, got {rank!r}")
+        self.rank = int(rank)
+        pairs = model.parameters()
+        self.offsets = np.cumsum([0] + [p.size for p, _ in pairs])
+        self.buffer = np.empty(int(self.offsets[-1]) + 4, model.dtype)
+        self.rows = 0
+
+    def _sum(self, values):
+        """Sum a small float64 vector over the processes (for the checks and validation)."""
+        buf = np.array(values, np.float64)
+        self.hook(buf)
+        return buf
+
+    def start(self, failed=False, n_batches=0, validation=False, T=0):
+        """Agree before the first update: every process passed its input checks, has the
+        same number of batches per epoch (and of time steps under tbptt), and validation
+        data on all or none. Then rank 0's parameters replace everyone's."""
+        nb, t, v = float(n_batches), float(T), float(validation)
+        s = self._sum([failed, nb, nb * nb, t, t * t, v, 1.0])
+        if failed:
+            return
+        n = s[6]
+        if s[0]:
+            raise ValueError(f"{int(s[0])} of {int(n)} processes failed their input checks "
+                             "(their error says why)")
+        # all equal exactly when n * sum(a^2) == (sum a)^2, decided alike everywhere
+        if n * s[2] != s[1] ** 2:
+            raise ValueError("the processes have different numbers of batches per epoch "
+                             f"(mean {s[1] / n:g}); give each the same number of rows or use "
+                             "fastrnn.mpi.shard")
+        if n * s[4] != s[3] ** 2:
+            raise ValueError("with tbptt, every process needs the same padded length T")
+        if s[5] not in (0, n):
+            raise ValueError("give validation_data on every process or on none")
+        broadcast = getattr(self.hook, "broadcast", None)
+        if broadcast is not None:
+            pairs = self.model.parameters()
+            flat = np.concatenate([p for p, _ in pairs])
+            broadcast(flat)
+            with self.model._guard.writing():
+                for (p, _), a, b in zip(pairs, self.offsets[:-1], self.offsets[1:]):
+                    p[...] = flat[a:b]
+
+    def gradient(self, x, y, lengths, state):
+        """This process's part of one update: forward, loss and backward, then the sum.
+        Leaves the whole batch's mean gradient in the model's gradient buffers and returns
+        ``(mean loss over all processes, final state)``; ``(None, None)`` when no process
+        has a valid step (a finished tbptt batch: no update)."""
+        model, buf = self.model, self.buffer
+        model.zero_grad()
+        state_n, loss, w, failed = state, 0.0, 0, None
+        try:
+            if lengths is None or lengths.any():
+                out, state_n, tape = model.forward(x, lengths, state, need_tape=True)
+                w = model._count(out, lengths)
+                if np.isfinite(out).all():
+                    loss, dy = model.loss(out, y, lengths)
+                    model.backward(dy, tape)
+                else:                   # every process learns of it through the sum
+                    loss = math.nan
+        except (ValueError, TypeError) as exc:      # e.g. a target out of range here
+            failed, loss, w = exc, 0.0, 0
+            model.zero_grad()
+        for (_, g), a, b in zip(model.parameters(), self.offsets[:-1], self.offsets[1:]):
+            np.multiply(g, w, out=buf[a:b])
+        buf[-4:] = failed is not None, (loss * w if w else 0.0), w, len(x)
+        self.hook(buf)
+        if buf[-4]:                     # raised everywhere, so nobody waits for the others
+            if failed is not None:
+                raise failed
+            raise ValueError(f"{int(buf[-4])} other process(es) failed on this batch (their "
+                             "error says why)")
+        total = float(buf[-2])
+        if total == 0:
+            return None, None
+        self.rows = int(round(float(buf[-1])))
+        for (_, g), a, b in zip(model.parameters(), self.offsets[:-1], self.offsets[1:]):
+            np.divide(buf[a:b], total, out=g)
+        return float(buf[-3]) / total, state_n
+
+    def evaluate(self, x, y, lengths):
+        """The validation loss (and accuracy) over every process's validation data."""
+        model = self.model
+        x = model._checked_inputs(x)
+        lengths = model._checked_lengths(lengths, len(x))
+        total, correct, count = model._guard.read(model._evaluate_sums, x, y, lengths, 256)
+        s = self._sum([total, correct, count])
+        result = {"loss": s[0] / max(s[2], 1)}
+        if model.loss_name == "cross_entropy":
+            result["accuracy"] = s[1] / max(s[2], 1)
+        return result
