@@ -1,6 +1,8 @@
 """Batch inference on Dask (issue 8): a 2-worker LocalCluster on loopback predicting 1,000
 ragged sequences in several partitions gives exactly (bit for bit) what one process's
 ``model.predict`` gives, and each worker decodes the model once. Needs the ``dask`` extra."""
+import os
+
 import numpy as np
 import pytest
 
@@ -24,10 +26,18 @@ def _data(n=1000, T=30, I=5, seed=0):
 @pytest.fixture(scope="module")
 def client():
     from distributed import Client, LocalCluster
+    # a LocalCluster's nannies copy their worker environment (OMP_NUM_THREADS=1,
+    # MALLOC_TRIM_THRESHOLD_, ...) into this process's os.environ; later tests' subprocesses
+    # must not inherit it
+    saved = dict(os.environ)
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            host="127.0.0.1", dashboard_address=None, silence_logs=40)
-    with cluster, Client(cluster) as c:
-        yield c
+    try:
+        with cluster, Client(cluster) as c:
+            yield c
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _models():

@@ -1,5 +1,6 @@
 """The README's Python examples run as written. The MPI recipe (a ``train.py`` for
 ``mpiexec``) runs in test_mpi.py, under ``mpiexec -n 2``."""
+import os
 import pathlib
 import re
 
@@ -17,4 +18,9 @@ def test_readme_example_runs(i, tmp_path, monkeypatch):
     if "dask" in BLOCKS[i]:
         pytest.importorskip("distributed", reason="the dask extra is not installed")
     monkeypatch.chdir(tmp_path)
-    exec(compile(BLOCKS[i], f"README.md block {i}", "exec"), {})
+    saved = dict(os.environ)        # a Dask LocalCluster writes its workers' variables here
+    try:
+        exec(compile(BLOCKS[i], f"README.md block {i}", "exec"), {})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
