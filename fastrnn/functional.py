@@ -125,7 +125,7 @@ def _lengths(lengths, T, B):
     return np.ascontiguousarray(lengths, dtype=np.int64)
 
 
-def _zero_padding(x, lengths):
+def _zero_padding(x, lengths, workspace=None):
     """x (T, B, I) with zeros at every padding step (t >= lengths[b]), a copy when there is
     padding. Forward never uses those steps' values, but backward's hoisted
     dW_ih += dgates^T x runs over all T*B rows, where a zero dgate times a NaN (or an
@@ -133,9 +133,38 @@ def _zero_padding(x, lengths):
     gradients."""
     if lengths is None or not x.size or lengths.min() >= x.shape[0]:
         return x
-    x = x.copy()
-    x[np.arange(x.shape[0])[:, None] >= lengths[None, :]] = 0
-    return x
+    out = _scratch(workspace, "x", x.shape, x.dtype)
+    np.copyto(out, x)
+    out[np.arange(x.shape[0])[:, None] >= lengths[None, :]] = 0
+    return out
+
+
+class Workspace:
+    """Scratch buffers kept from one inference call to the next (one per thread and layer
+    direction; fastrnn.layers owns them). Fresh buffers of tens of MB cost a page fault per
+    4 KiB page when the allocator maps them anew, which glibc does on every call once
+    ``MALLOC_TRIM_THRESHOLD_`` (or another malloc tunable) is set, as Dask sets it for its
+    workers: measured, a third of an LSTM batch's time. ``get`` returns a view of a kept
+    buffer when one is large enough; past ``limit`` bytes in all, buffers are not kept.
+    The arrays handed out are valid until the next call that uses the same workspace."""
+
+    def __init__(self, limit=1 << 28):
+        self.limit, self._buffers = limit, {}
+
+    def get(self, name, shape, dtype):
+        n = int(np.prod(shape))
+        kept = self._buffers.get(name)
+        if kept is None or kept.dtype != dtype or kept.size < n:
+            held = sum(b.nbytes for k, b in self._buffers.items() if k != name)
+            if held + n * np.dtype(dtype).itemsize > self.limit:
+                return np.empty(shape, dtype)
+            kept = self._buffers[name] = np.empty(n, dtype)
+        return kept[:n].reshape(shape)
+
+
+def _scratch(workspace, name, shape, dtype):
+    """An uninitialised (shape) array: a workspace's buffer, or a fresh one."""
+    return np.empty(shape, dtype) if workspace is None else workspace.get(name, shape, dtype)
 
 
 def _state(name, s, dtype, B, H):
@@ -186,10 +215,11 @@ _ACTS = {"tanh": 0, "relu": 1}
 
 
 def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh",
-                n_threads=None):
+                n_threads=None, workspace=None):
     """h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh), act = tanh or relu.
 
-    Returns ``hs (T, B, H), h_n (B, H), cache``."""
+    Returns ``hs (T, B, H), h_n (B, H), cache``. ``workspace``: a :class:`Workspace` to
+    take the buffers from (outputs and cache then live in it until its next use)."""
     if not isinstance(nonlinearity, str) or nonlinearity not in _ACTS:
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     dtype = _dtype_of(W_ih)
@@ -199,8 +229,8 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     W_hh = _array("W_hh", W_hh, dtype, (H, H))
     bias = _array("b_ih", b_ih, dtype, (H,)) + _array("b_hh", b_hh, dtype, (H,))
     lengths = _lengths(lengths, T, B)
-    x = _zero_padding(x, lengths)
-    hbuf = np.empty((T + 1, B, H), dtype)
+    x = _zero_padding(x, lengths, workspace)
+    hbuf = _scratch(workspace, "h", (T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)
     nt = effective_n_threads(n_threads)
     if T and B:
@@ -262,11 +292,13 @@ def _threads(n_threads, cache):
 # ---- LSTM ----------------------------------------------------------------------------
 
 def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None,
-                 coupled=False, lengths=None, n_threads=None):
+                 coupled=False, lengths=None, n_threads=None, workspace=None):
     """LSTM over a sequence; peepholes ``p_i, p_f, p_o (H,)`` each optional (i and f look
     at c_{t-1}, o at c_t); ``coupled=True`` stores three gate blocks (i, g, o), f = 1 - i.
 
-    Returns ``hs (T, B, H), h_n (B, H), c_n (B, H), cache``."""
+    Returns ``hs (T, B, H), h_n (B, H), c_n (B, H), cache``. ``workspace``: a
+    :class:`Workspace` to take the buffers from (outputs and cache then live in it until its
+    next use)."""
     _check_flag("coupled", coupled)
     G = 3 if coupled else 4
     if coupled and p_f is not None:
@@ -281,13 +313,13 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None
     p_f = _optional("p_f", p_f, dtype, (H,))
     p_o = _optional("p_o", p_o, dtype, (H,))
     lengths = _lengths(lengths, T, B)
-    x = _zero_padding(x, lengths)
-    hbuf = np.empty((T + 1, B, H), dtype)
-    cbuf = np.empty((T + 1, B, H), dtype)
+    x = _zero_padding(x, lengths, workspace)
+    hbuf = _scratch(workspace, "h", (T + 1, B, H), dtype)
+    cbuf = _scratch(workspace, "c", (T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)
     cbuf[0] = _state("c0", c0, dtype, B, H)
-    gates = np.empty((T, B, G * H), dtype)
-    tcbuf = np.empty((T, B, H), dtype)
+    gates = _scratch(workspace, "gates", (T, B, G * H), dtype)
+    tcbuf = _scratch(workspace, "tanh_c", (T, B, H), dtype)
     nt = effective_n_threads(n_threads)
     if T and B:
         with serial_blas:
@@ -342,10 +374,13 @@ def gru_input_bias(b_ih, b_hh, reset_after):
     return bias_x
 
 
-def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n_threads=None):
+def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n_threads=None,
+                workspace=None):
     """GRU over a sequence, gate order (r, z, n). ``reset_after=True``: PyTorch's form,
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); False: Cho et al. 2014,
-    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn). Returns ``hs, h_n, cache``."""
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn). Returns ``hs, h_n, cache``.
+    ``workspace``: a :class:`Workspace` to take the buffers from (outputs and cache then live
+    in it until its next use)."""
     _check_flag("reset_after", reset_after)
     dtype = _dtype_of(W_ih)
     T, B, I, H = _sizes(x, W_ih, W_hh, 3, "gru")
@@ -356,11 +391,11 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
     b_hh = _array("b_hh", b_hh, dtype, (3 * H,))
     bias_x = gru_input_bias(b_ih, b_hh, reset_after)
     lengths = _lengths(lengths, T, B)
-    x = _zero_padding(x, lengths)
-    hbuf = np.empty((T + 1, B, H), dtype)
+    x = _zero_padding(x, lengths, workspace)
+    hbuf = _scratch(workspace, "h", (T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)
-    gates = np.empty((T, B, 3 * H), dtype)
-    side = np.empty((T, B, H), dtype)
+    gates = _scratch(workspace, "gates", (T, B, 3 * H), dtype)
+    side = _scratch(workspace, "side", (T, B, H), dtype)
     nt = effective_n_threads(n_threads)
     if T and B:
         with serial_blas:

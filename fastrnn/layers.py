@@ -24,6 +24,8 @@ block is 1.0 so the cell remembers by default (for the coupled LSTM, where f = 1
 input-gate bias is -1.0, giving the same f = 0.73 at the start). ``seed`` fixes every random
 choice (initialisation and dropout masks); the same seed gives bit-identical models.
 """
+import threading
+
 import numpy as np
 
 from . import _gru, _lstm, _openmp, _rnn
@@ -259,9 +261,24 @@ class _Recurrent:
         return (p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx],
                 p["bias_hh" + sfx])
 
-    def _run(self, sfx, x, h0, c0, lengths, nt):
-        """One direction of one layer: (hs, h_n, c_n or None, cache)."""
+    def _run(self, sfx, x, h0, c0, lengths, nt, workspace=None):
+        """One direction of one layer: (hs, h_n, c_n or None, cache); with a
+        ``workspace`` (inference), hs and the cache live in its buffers."""
         raise NotImplementedError
+
+    def _workspace(self, sfx):
+        """This thread's inference buffers for one direction of one layer (F.Workspace):
+        kept across calls, so a batch does not map and fault tens of MB anew each time."""
+        local = self.__dict__.get("_workspaces")
+        if local is None:
+            local = self.__dict__.setdefault("_workspaces", threading.local())
+        spaces = getattr(local, "spaces", None)
+        if spaces is None:
+            spaces = local.spaces = {}
+        ws = spaces.get(sfx)
+        if ws is None:
+            ws = spaces[sfx] = F.Workspace()
+        return ws
 
     def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
         """Backward of one direction: (dx, dh0, dc0 or None); accumulates into self.grads."""
@@ -342,7 +359,10 @@ class _Recurrent:
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 h0, c0 = states[layer * self.num_directions + d]
                 xin = inp if d == 0 else _gather_time(inp, rev)
-                hs, h_n, c_n, cache = self._run(sfx, xin, h0, c0, lengths, nt)
+                # inference keeps its buffers per thread (the caller copies what it
+                # returns); training's cache must outlive the call
+                ws = None if need_cache else self._workspace(sfx)
+                hs, h_n, c_n, cache = self._run(sfx, xin, h0, c0, lengths, nt, ws)
                 outs.append(hs if d == 0 else _gather_time(hs, rev))
                 finals.append((h_n, c_n))
                 layer_tape.append(cache)
@@ -574,9 +594,10 @@ class RNN(_Recurrent):
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, **kw)
 
-    def _run(self, sfx, x, h0, c0, lengths, nt):
+    def _run(self, sfx, x, h0, c0, lengths, nt, workspace=None):
         hs, h_n, cache = F.rnn_forward(x, h0, *self._kernel_params(sfx), lengths=lengths,
-                                       nonlinearity=self.nonlinearity, n_threads=nt)
+                                       nonlinearity=self.nonlinearity, n_threads=nt,
+                                       workspace=workspace)
         return hs, h_n, None, cache
 
     def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
@@ -635,9 +656,10 @@ class LSTM(_Recurrent):
     def _peepholes(self, sfx):
         return {f"p_{g}": self.params[f"peephole_{g}" + sfx] for g in self.peephole}
 
-    def _run(self, sfx, x, h0, c0, lengths, nt):
+    def _run(self, sfx, x, h0, c0, lengths, nt, workspace=None):
         return F.lstm_forward(x, h0, c0, *self._kernel_params(sfx), coupled=self.coupled,
-                              lengths=lengths, n_threads=nt, **self._peepholes(sfx))
+                              lengths=lengths, n_threads=nt, workspace=workspace,
+                              **self._peepholes(sfx))
 
     def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
         B, H = x.shape[0], self.hidden_size
@@ -671,10 +693,10 @@ class GRU(_Recurrent):
         self.reset_after = _flag("reset_after", reset_after)
         super().__init__(input_size, hidden_size, num_layers, **kw)
 
-    def _run(self, sfx, x, h0, c0, lengths, nt):
+    def _run(self, sfx, x, h0, c0, lengths, nt, workspace=None):
         hs, h_n, cache = F.gru_forward(x, h0, *self._kernel_params(sfx),
                                        reset_after=self.reset_after, lengths=lengths,
-                                       n_threads=nt)
+                                       n_threads=nt, workspace=workspace)
         return hs, h_n, None, cache
 
     def _step_bias(self, b_ih, b_hh):

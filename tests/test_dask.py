@@ -144,3 +144,21 @@ def test_bad_arguments():
         frd.predict(model, da.from_array(x), n_threads=0)
     with pytest.raises(TypeError, match="SequenceModel"):
         frd.predict(object(), da.from_array(x))
+
+
+def test_the_readme_recipe_runs_as_a_script(tmp_path):
+    """The README's Dask example saved as a file and run by python: Dask starts its workers
+    by re-importing the main script, so the example must work as one."""
+    import subprocess
+    import sys
+    from test_readme import DASK_BLOCKS
+    assert len(DASK_BLOCKS) == 1
+    script = tmp_path / "predict.py"
+    script.write_text(DASK_BLOCKS[0] + "\n    print(y.shape)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "(1000, 3)"

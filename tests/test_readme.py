@@ -1,5 +1,6 @@
-"""The README's Python examples run as written. The MPI recipe (a ``train.py`` for
-``mpiexec``) runs in test_mpi.py, under ``mpiexec -n 2``."""
+"""The README's Python examples run as written, as a script's main module. The Dask recipe
+also runs as a script of its own (test_dask.py), and the MPI recipe (a ``train.py`` for
+``mpiexec``) in test_mpi.py, under ``mpiexec -n 2``."""
 import os
 import pathlib
 import re
@@ -9,6 +10,7 @@ import pytest
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 MPI_BLOCKS = [b for b in BLOCKS if "fastrnn.mpi" in b]
+DASK_BLOCKS = [b for b in BLOCKS if "fastrnn.dask" in b]
 
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)))
@@ -20,7 +22,7 @@ def test_readme_example_runs(i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     saved = dict(os.environ)        # a Dask LocalCluster writes its workers' variables here
     try:
-        exec(compile(BLOCKS[i], f"README.md block {i}", "exec"), {})
+        exec(compile(BLOCKS[i], f"README.md block {i}", "exec"), {"__name__": "__main__"})
     finally:
         os.environ.clear()
         os.environ.update(saved)
