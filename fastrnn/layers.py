@@ -395,6 +395,13 @@ class _Recurrent:
         out, finals, _ = self._guard.read(self._forward, x, states, lengths, False, False)
         return self._pack_out(out, unbatched).copy(), self._pack_state(finals, x.shape[1], unbatched)
 
+    def _final_state(self, x, state=None, lengths=None):
+        """``self(x, state, lengths)[1]`` without copying out the outputs (a model that
+        predicts once per sequence reads only the final state)."""
+        x, states, lengths, unbatched = self._prepare(x, state, lengths)
+        _, finals, _ = self._guard.read(self._forward, x, states, lengths, False, False)
+        return self._pack_state(finals, x.shape[1], unbatched)
+
     def forward(self, x, state=None, lengths=None):
         """Training forward: ``out, state_n, tape``; pass the tape to :meth:`backward`.
         Dropout between layers is applied when ``self.training``."""

@@ -252,7 +252,7 @@ class SequenceModel:
         if need_tape:
             out, state_n, rtape = self.rnn.forward(xin, state, lengths)
         else:
-            out, state_n = self._infer(xin, state, lengths)
+            out, state_n = self._infer(xin, state, lengths, self.output == "per_step")
             rtape = None
         feats = out if self.output == "per_step" else self._last(out, state_n, lengths)
         y = self.head.forward(feats)
@@ -266,27 +266,32 @@ class SequenceModel:
     # of after the whole sequence (measured: 22 s for a 64 x 4000-step LSTM-256 batch).
     _INFER_CHUNK_WORK = 1 << 28
 
-    def _infer(self, xin, state, lengths):
+    def _infer(self, xin, state, lengths, need_out=True):
         """``self.rnn(xin, state, lengths)`` for batch-first ``xin (B, T, I)``, in chunks of
         at least 16 time steps when the call would exceed ``_INFER_CHUNK_WORK``.
         Unidirectional stacks only (a bidirectional one needs the whole sequence at once).
         The chunked result equals the whole call up to float rounding (the kernels'
-        products run over fewer rows, which can change the last bit)."""
+        products run over fewer rows, which can change the last bit). ``need_out=False``
+        returns ``(None, state)``: the outputs are never copied out or joined."""
         rnn = self.rnn
         B, T = xin.shape[0], xin.shape[1]
         G, H, n_layers = rnn.gates, rnn.hidden_size, rnn.num_layers
         per_step = G * H * ((rnn.input_size + H) + (n_layers - 1) * 2 * H)   # a row, all layers
         k = max(16, self._INFER_CHUNK_WORK // max(1, B * per_step))
         if rnn.bidirectional or T <= k:
-            return rnn(xin, state, lengths)
+            return rnn(xin, state, lengths) if need_out else \
+                (None, rnn._final_state(xin, state, lengths))
         if lengths is not None:
             lengths = L.F._lengths(lengths, T, B)   # checked against the whole T first
         outs = []
         for t0 in range(0, T, k):
             lc = None if lengths is None else np.clip(lengths - t0, 0, min(k, T - t0))
-            out, state = rnn(xin[:, t0:t0 + k], state, lc)
-            outs.append(out)
-        return np.concatenate(outs, axis=1), state
+            if need_out:
+                out, state = rnn(xin[:, t0:t0 + k], state, lc)
+                outs.append(out)
+            else:
+                state = rnn._final_state(xin[:, t0:t0 + k], state, lc)
+        return (np.concatenate(outs, axis=1) if need_out else None), state
 
     def backward(self, dy, tape):
         """Accumulate parameter gradients of a loss whose gradient w.r.t. the outputs is
@@ -407,7 +412,7 @@ class SequenceModel:
 
     def _encode(self, x, lengths, pooling):
         xin = self.embedding.weight[x] if self.embedding is not None else x
-        out, state_n = self._infer(xin, None, lengths)
+        out, state_n = self._infer(xin, None, lengths, pooling != "last")
         if pooling == "last":
             return self._last(out, state_n, lengths)
         T = out.shape[1]

@@ -100,3 +100,22 @@ def test_threads_have_their_own_buffers():
     for t in threads:
         t.join()
     assert bad == []
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_sequence_outputs_from_the_final_state_alone(cell, monkeypatch):
+    """A model that predicts once per sequence reads only the final state (no outputs
+    copied out), in one call or in chunks of time steps: the same predictions as the head
+    applied to the layer's full call."""
+    rng = np.random.default_rng(4)
+    model = fastrnn.SequenceModel(cell, input_size=3, hidden_size=8, num_layers=2,
+                                  output_size=4, task="sequence_classification", seed=2)
+    x = rng.standard_normal((6, 50, 3)).astype(np.float32)
+    lengths = np.array([50, 0, 17, 33, 1, 49])
+    _, state = model.rnn(x, None, lengths)
+    h_n = state[0] if isinstance(state, tuple) else state
+    want = model.head.forward(h_n[-1])
+    np.testing.assert_array_equal(model.predict(x, lengths), want)
+    monkeypatch.setattr(type(model), "_INFER_CHUNK_WORK", 1)        # 16-step chunks
+    np.testing.assert_allclose(model.predict(x, lengths), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.encode(x, lengths), h_n[-1], rtol=1e-5, atol=1e-6)
