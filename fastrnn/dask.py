@@ -17,9 +17,10 @@ by the bytes' SHA-256), so tasks find it ready. Each task runs the pure function
 :func:`predict_padded` on its block.
 
 Speed: Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which makes glibc map
-and page-fault every large buffer of every call anew (a 256-row LSTM batch uses about
-90 MB): measured here, a worker then predicts a third slower than one process. Unset it
-before the cluster starts, where the memory trade-off allows::
+and page-fault every large buffer of every call anew. fastrnn keeps its inference buffers
+across calls (fastrnn.functional.Workspace), which leaves about 7% of that cost here (it
+was a third); unset the variable before the cluster starts for the rest, where the memory
+trade-off allows::
 
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
