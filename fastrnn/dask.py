@@ -18,7 +18,7 @@ by the bytes' SHA-256), so tasks find it ready. Each task runs the pure function
 
 Speed: Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which makes glibc map
 and page-fault every large buffer of every call anew. fastrnn keeps its inference buffers
-across calls (fastrnn.functional.Workspace), which leaves about 7% of that cost here (it
+across calls (fastrnn.functional.Workspace), which leaves about 5% of that cost here (it
 was a third); unset the variable before the cluster starts for the rest, where the memory
 trade-off allows::
 
