@@ -266,6 +266,11 @@ class _Recurrent:
         ``workspace`` (inference), hs and the cache live in its buffers."""
         raise NotImplementedError
 
+    def release_buffers(self):
+        """Drop the inference buffers every thread keeps for this layer (at most 64 MiB per
+        thread and direction of each layer; they come back on the next call)."""
+        self.__dict__["_workspaces"] = threading.local()
+
     def _workspace(self, sfx):
         """This thread's inference buffers for one direction of one layer (F.Workspace):
         kept across calls, so a batch does not map and fault tens of MB anew each time."""

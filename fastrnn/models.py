@@ -79,9 +79,10 @@ class Linear:
         # (predictions keep their bits across this change; OpenBLAS threads a gemv only
         # past about 9,000 values).
         C, D = self.weight.shape
+        if not isinstance(x, np.ndarray) or x.dtype != self.weight.dtype or \
+                x.shape[-1:] != (D,) or x.size == D or C == 1:
+            return x @ self.weight.T + self.bias    # numpy's casts, errors and gemv
         x2 = np.ascontiguousarray(x.reshape(-1, D))
-        if x2.shape[0] == 1 or C == 1:
-            return x @ self.weight.T + self.bias
         y = np.empty((x2.shape[0], C), self.weight.dtype)
         y[...] = self.bias
         if x2.shape[0]:
@@ -435,6 +436,10 @@ class SequenceModel:
         T = out.shape[1]
         n = np.full(out.shape[0], T) if lengths is None else np.asarray(lengths)
         return out.sum(axis=1) / np.maximum(n, 1)[:, None].astype(self.dtype)
+
+    def release_buffers(self):
+        """Drop the inference buffers kept per thread (see fastrnn.layers)."""
+        self.rnn.release_buffers()
 
     def save(self, path, optimizer=None):
         """Write the model (and optionally the optimizer's state) to ``path`` atomically, in

@@ -181,40 +181,44 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
     values in place), the parameters are broadcast at the start; its ``rank`` attribute
     (0 when absent) limits checkpoints and the progress bar to rank 0. Every decision (NaN
     stop, validation loss, early stopping) is taken on reduced values, so all processes
-    take it together; inputs that fail their checks on one process fail on all.
+    take it together; a failure on one process (its inputs, a target, a validation
+    batch, rank 0's checkpoint write) makes every process raise instead of waiting. Every
+    process must get the same model and the same loop arguments (epochs, max_steps, tbptt,
+    early stopping, the checkpoint arguments), checked at the start. Only parameters are
+    broadcast: an optimizer's state (a resumed Adam) must be loaded on every process.
 
     Returns ``{"loss": [...], "val_loss": [...], "val_accuracy": [...], "steps": n,
     "seconds": s, "sequences_per_second": r}`` (per-epoch lists).
     """
-    epochs = _check_positive("epochs", epochs, integer=True)
-    batch_size = _check_positive("batch_size", batch_size, integer=True)
-    clip_norm = _check_positive("clip_norm", clip_norm, allow_none=True)
-    clip_value = _check_positive("clip_value", clip_value, allow_none=True)
-    tbptt = _check_positive("tbptt", tbptt, integer=True, allow_none=True)
-    early_stopping = _check_positive("early_stopping", early_stopping, integer=True,
-                                     allow_none=True)
-    checkpoint_every = _check_positive("checkpoint_every", checkpoint_every, integer=True,
-                                       allow_none=True)
-    max_steps = _check_positive("max_steps", max_steps, integer=True, allow_none=True)
-    for name, v in (("shuffle", shuffle), ("progress", progress)):
-        if not isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{name} must be True or False, got {v!r}")
-    if checkpoint_every and not checkpoint:
-        raise ValueError("checkpoint_every needs checkpoint (the path to save to)")
-    if schedule is not None and not callable(schedule):
-        raise TypeError("schedule must be a callable optimizer -> schedule, e.g. "
-                        "lambda o: optim.CosineLR(o, total_steps)")
-    if tbptt and model.output != "per_step":
-        raise ValueError("truncated BPTT needs a per-step task; this model predicts once per "
-                         "sequence")
-    if early_stopping and validation_data is None:
-        raise ValueError("early_stopping needs validation_data")
     if allreduce is not None and not callable(allreduce):
         raise TypeError("allreduce must be a callable that sums a buffer in place across "
                         f"processes (e.g. fastrnn.mpi.Allreduce()), got "
                         f"{type(allreduce).__name__}")
     parallel = _DataParallel(allreduce, model) if allreduce is not None else None
     try:
+        epochs = _check_positive("epochs", epochs, integer=True)
+        batch_size = _check_positive("batch_size", batch_size, integer=True)
+        clip_norm = _check_positive("clip_norm", clip_norm, allow_none=True)
+        clip_value = _check_positive("clip_value", clip_value, allow_none=True)
+        tbptt = _check_positive("tbptt", tbptt, integer=True, allow_none=True)
+        early_stopping = _check_positive("early_stopping", early_stopping, integer=True,
+                                         allow_none=True)
+        checkpoint_every = _check_positive("checkpoint_every", checkpoint_every, integer=True,
+                                           allow_none=True)
+        max_steps = _check_positive("max_steps", max_steps, integer=True, allow_none=True)
+        for name, v in (("shuffle", shuffle), ("progress", progress)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {v!r}")
+        if checkpoint_every and not checkpoint:
+            raise ValueError("checkpoint_every needs checkpoint (the path to save to)")
+        if schedule is not None and not callable(schedule):
+            raise TypeError("schedule must be a callable optimizer -> schedule, e.g. "
+                            "lambda o: optim.CosineLR(o, total_steps)")
+        if tbptt and model.output != "per_step":
+            raise ValueError("truncated BPTT needs a per-step task; this model predicts once "
+                             "per sequence")
+        if early_stopping and validation_data is None:
+            raise ValueError("early_stopping needs validation_data")
         x, y, lengths = _as_batch_data(model, x, y, lengths)
         if validation_data is not None:
             if len(validation_data) not in (2, 3):
@@ -222,29 +226,32 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
             vx, vy, vl = _as_batch_data(model, *validation_data[:2],
                                         validation_data[2] if len(validation_data) == 3
                                         else None)
-    except (ValueError, TypeError):
+        if isinstance(optimizer, str):
+            if optimizer not in _OPTIMIZERS:
+                raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)} or an "
+                                 f"optimizer object, got {optimizer!r}")
+            lr = _check_positive("lr", lr)
+            kw = {"weight_decay": weight_decay} if weight_decay else {}
+            optimizer = _OPTIMIZERS[optimizer](model.parameters(), lr=lr, **kw)
+        elif not callable(getattr(optimizer, "step", None)):
+            raise TypeError(f"optimizer must be a name ({sorted(_OPTIMIZERS)}) or an optimizer "
+                            f"object with a step() method, got {type(optimizer).__name__}")
+        elif hasattr(optimizer, "params"):
+            ours = {id(p) for p, _ in model.parameters()}
+            if not any(id(p) in ours for p in optimizer.params):
+                raise ValueError("the optimizer updates none of this model's parameters: "
+                                 "build it on model.parameters()")
+        sched = schedule(optimizer) if schedule is not None else None
+    except Exception:
         if parallel is not None:        # the other processes must not wait for this one
             parallel.start(failed=True)
         raise
     if parallel is not None:
-        parallel.start(n_batches=-(-len(x) // batch_size), validation=validation_data is not None,
-                       T=x.shape[1] if tbptt else 0)
-    if isinstance(optimizer, str):
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)} or an optimizer "
-                             f"object, got {optimizer!r}")
-        lr = _check_positive("lr", lr)
-        kw = {"weight_decay": weight_decay} if weight_decay else {}
-        optimizer = _OPTIMIZERS[optimizer](model.parameters(), lr=lr, **kw)
-    elif not callable(getattr(optimizer, "step", None)):
-        raise TypeError(f"optimizer must be a name ({sorted(_OPTIMIZERS)}) or an optimizer "
-                        f"object with a step() method, got {type(optimizer).__name__}")
-    elif hasattr(optimizer, "params"):
-        ours = {id(p) for p, _ in model.parameters()}
-        if not any(id(p) in ours for p in optimizer.params):
-            raise ValueError("the optimizer updates none of this model's parameters: build it "
-                             "on model.parameters()")
-    sched = schedule(optimizer) if schedule is not None else None
+        # every process must run the same loop: the same collective calls in the same order
+        parallel.start(n_batches=-(-len(x) // batch_size), T=x.shape[1] if tbptt else 0,
+                       same=[validation_data is not None, epochs, max_steps or 0, tbptt or 0,
+                             early_stopping or 0, bool(checkpoint), checkpoint_every or 0,
+                             bool(best_checkpoint)])
 
     # every BLAS (numpy's included, for the output layer and the losses) on one thread while
     # training: fastrnn's OpenMP threads are the parallelism, and an idle BLAS pool woken by
@@ -261,7 +268,21 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
               sched, validation, early_stopping, shuffle, seed, tbptt, progress, checkpoint,
               checkpoint_every, best_checkpoint, max_steps, parallel):
     if parallel is not None and parallel.rank != 0:
-        progress, checkpoint, best_checkpoint = False, None, None   # rank 0 writes them
+        progress = False                # rank 0 shows progress and writes the checkpoints
+
+    def save(path, opt=None):
+        """Write a checkpoint (rank 0 only). With several processes, every one learns
+        whether the write worked, so a failed write on rank 0 stops them all."""
+        failed = None
+        if parallel is None or parallel.rank == 0:
+            try:
+                model.save(path, opt)
+            except OSError as exc:
+                if parallel is None:
+                    raise
+                failed = exc
+        if parallel is not None:
+            parallel.agree(failed, "rank 0 could not write the checkpoint")
     rng = np.random.default_rng(seed)
     N = len(x)
     n_batches = -(-N // batch_size)
@@ -287,16 +308,19 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
                     yb = yb[:, :T]
             loss, updates, rows = _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm,
                                                clip_value, sched, backup, parallel)
+            seen += len(idx)
+            if not updates:             # every row empty: no update, nothing to count
+                continue
             history["steps"] += updates
-            total, count, seen = total + loss * rows, count + rows, seen + len(idx)
+            total, count = total + loss * rows, count + rows
             rate = seen / max(time.perf_counter() - t_start, 1e-9)
             bar.update(loss=f"{loss:.4f}", seq_per_s=f"{rate:.0f}")
             if checkpoint and checkpoint_every and history["steps"] % checkpoint_every == 0:
-                model.save(checkpoint, optimizer)
+                save(checkpoint, optimizer)
             if max_steps and history["steps"] >= max_steps:
                 break
-        history["loss"].append(total / count)
-        post = {"loss": f"{total / count:.4f}"}
+        history["loss"].append(total / count if count else math.nan)
+        post = {"loss": f"{history['loss'][-1]:.4f}"}
         if validation:
             v = model.evaluate(*validation) if parallel is None else parallel.evaluate(*validation)
             history["val_loss"].append(v["loss"])
@@ -306,12 +330,12 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
                 best, bad_epochs = v["loss"], 0
                 best_params = [p.copy() for p, _ in model.parameters()]
                 if best_checkpoint:
-                    model.save(best_checkpoint)
+                    save(best_checkpoint)
             else:
                 bad_epochs += 1
         bar.close(**post)
         if checkpoint:
-            model.save(checkpoint, optimizer)
+            save(checkpoint, optimizer)
         if early_stopping and bad_epochs >= early_stopping:
             break
         if max_steps and history["steps"] >= max_steps:
@@ -408,9 +432,10 @@ class _DataParallel:
     """fit's side of data-parallel training: each process computes the gradient of its part
     of the batch; ``hook(buffer)`` sums one flat buffer across processes in place.
 
-    buffer  (P + 4,) in the model's dtype: every parameter's gradient (P values, in
+    buffer  (P + 5,) in the model's dtype: every parameter's gradient (P values, in
             ``model.parameters()`` order) times this process's number of loss terms w, then
-            a failure flag, loss * w, w, and the number of sequences. After the sum, gradient / sum(w) is
+            a failure flag, a has-a-valid-step flag, loss * w, w, and the number of
+            sequences. After the sum, gradient / sum(w) is
             the gradient of the whole batch's mean loss: exact however the rows were split.
 
     Collective calls come in the same order on every process (each rank runs the same loop
@@ -425,7 +450,7 @@ class _DataParallel:
         self.rank = int(rank)
         pairs = model.parameters()
         self.offsets = np.cumsum([0] + [p.size for p, _ in pairs])
-        self.buffer = np.empty(int(self.offsets[-1]) + 4, model.dtype)
+        self.buffer = np.empty(int(self.offsets[-1]) + 5, model.dtype)
         self.rows = 0
 
     def _sum(self, values):
@@ -434,27 +459,40 @@ class _DataParallel:
         self.hook(buf)
         return buf
 
-    def start(self, failed=False, n_batches=0, validation=False, T=0):
-        """Agree before the first update: every process passed its input checks, has the
-        same number of batches per epoch (and of time steps under tbptt), and validation
-        data on all or none. Then rank 0's parameters replace everyone's."""
-        nb, t, v = float(n_batches), float(T), float(validation)
-        s = self._sum([failed, nb, nb * nb, t, t * t, v, 1.0])
+    # what every process must share, in start()'s vector after the two counts
+    _SAME = ("validation_data given", "epochs", "max_steps", "tbptt", "early_stopping",
+             "checkpoint given", "checkpoint_every", "best_checkpoint given",
+             "number of parameters", "number of parameters", "parameter dtype")
+
+    def start(self, failed=False, n_batches=0, T=0, same=()):
+        """Agree before the first update: every process passed its checks, has the same
+        number of batches per epoch (and of time steps under tbptt), the same model size
+        and dtype, and the same loop arguments. Then rank 0's parameters replace
+        everyone's. Decided on summed values, so alike everywhere: a ValueError on all
+        processes, or on none."""
+        P = int(self.offsets[-1])       # in two parts: their squares stay exact in float64
+        values = [float(n_batches), float(T)] + [float(v) for v in same] + \
+            [float(P % 65536), float(P // 65536), float(self.buffer.itemsize)]
+        if failed:                      # its values are not known: only the flag counts
+            values = [0.0] * (2 + len(self._SAME))
+        # all equal exactly when n * sum(a^2) == (sum a)^2
+        s = self._sum([failed, 1.0] + values + [v * v for v in values])
         if failed:
             return
-        n = s[6]
+        n, k = s[1], len(values)
         if s[0]:
             raise ValueError(f"{int(s[0])} of {int(n)} processes failed their input checks "
                              "(their error says why)")
-        # all equal exactly when n * sum(a^2) == (sum a)^2, decided alike everywhere
-        if n * s[2] != s[1] ** 2:
-            raise ValueError("the processes have different numbers of batches per epoch "
-                             f"(mean {s[1] / n:g}); give each the same number of rows or use "
-                             "fastrnn.mpi.shard")
-        if n * s[4] != s[3] ** 2:
-            raise ValueError("with tbptt, every process needs the same padded length T")
-        if s[5] not in (0, n):
-            raise ValueError("give validation_data on every process or on none")
+        sums, squares = s[2:2 + k], s[2 + k:]
+        for i, name in enumerate(("batches per epoch", "padded length T (tbptt)") + self._SAME):
+            if n * squares[i] != sums[i] ** 2:
+                if i == 0:
+                    raise ValueError("the processes have different numbers of batches per "
+                                     f"epoch (mean {sums[0] / n:g}); give each the same number "
+                                     "of rows or use fastrnn.mpi.shard")
+                raise ValueError(f"the processes differ in their {name}: give every process "
+                                 "the same model and the same fit arguments (only rank 0 "
+                                 "writes the checkpoints)")
         broadcast = getattr(self.hook, "broadcast", None)
         if broadcast is not None:
             pairs = self.model.parameters()
@@ -464,6 +502,16 @@ class _DataParallel:
                 for (p, _), a, b in zip(pairs, self.offsets[:-1], self.offsets[1:]):
                     p[...] = flat[a:b]
 
+    def agree(self, failed, message):
+        """Every process learns whether any failed a local step (``failed``: its exception
+        or None): all raise, the failing ones their own error, or none does."""
+        s = self._sum([failed is not None])
+        if s[0]:
+            if failed is not None:
+                raise failed
+            raise RuntimeError(f"{message} (on {int(s[0])} process(es); their error says "
+                               "why)")
+
     def gradient(self, x, y, lengths, state):
         """This process's part of one update: forward, loss and backward, then the sum.
         Leaves the whole batch's mean gradient in the model's gradient buffers and returns
@@ -472,8 +520,11 @@ class _DataParallel:
         model, buf = self.model, self.buffer
         model.zero_grad()
         state_n, loss, w, failed = state, 0.0, 0, None
+        # a per-step chunk whose rows have all ended has no loss term here; a per-sequence
+        # row of length 0 still has one (its prediction comes from the initial state)
+        valid = lengths is None or bool(lengths.any())
         try:
-            if lengths is None or lengths.any():
+            if valid or model.output != "per_step":
                 out, state_n, tape = model.forward(x, lengths, state, need_tape=True)
                 w = model._count(out, lengths)
                 if np.isfinite(out).all():
@@ -481,21 +532,21 @@ class _DataParallel:
                     model.backward(dy, tape)
                 else:                   # every process learns of it through the sum
                     loss = math.nan
-        except (ValueError, TypeError) as exc:      # e.g. a target out of range here
+        except Exception as exc:        # e.g. a target out of range: the others must hear
             failed, loss, w = exc, 0.0, 0
             model.zero_grad()
         for (_, g), a, b in zip(model.parameters(), self.offsets[:-1], self.offsets[1:]):
             np.multiply(g, w, out=buf[a:b])
-        buf[-4:] = failed is not None, (loss * w if w else 0.0), w, len(x)
+        buf[-5:] = failed is not None, valid, (loss * w if w else 0.0), w, len(x)
         self.hook(buf)
-        if buf[-4]:                     # raised everywhere, so nobody waits for the others
+        if buf[-5]:                     # raised everywhere, so nobody waits for the others
             if failed is not None:
                 raise failed
-            raise ValueError(f"{int(buf[-4])} other process(es) failed on this batch (their "
+            raise ValueError(f"{int(buf[-5])} other process(es) failed on this batch (their "
                              "error says why)")
         total = float(buf[-2])
-        if total == 0:
-            return None, None
+        if not buf[-4] or total == 0:   # no row of any process has a step: no update, as
+            return None, None           # one process skips such a batch
         self.rows = int(round(float(buf[-1])))
         for (_, g), a, b in zip(model.parameters(), self.offsets[:-1], self.offsets[1:]):
             np.divide(buf[a:b], total, out=g)
@@ -503,11 +554,21 @@ class _DataParallel:
 
     def evaluate(self, x, y, lengths):
         """The validation loss (and accuracy) over every process's validation data."""
-        model = self.model
-        x = model._checked_inputs(x)
-        lengths = model._checked_lengths(lengths, len(x))
-        total, correct, count = model._guard.read(model._evaluate_sums, x, y, lengths, 256)
-        s = self._sum([total, correct, count])
+        model, failed = self.model, None
+        total = correct = count = 0.0
+        try:
+            x = model._checked_inputs(x)
+            lengths = model._checked_lengths(lengths, len(x))
+            total, correct, count = model._guard.read(model._evaluate_sums, x, y, lengths, 256)
+        except Exception as exc:        # e.g. a validation target out of range
+            failed = exc
+        s = self._sum([failed is not None, total, correct, count])
+        if s[0]:
+            if failed is not None:
+                raise failed
+            raise ValueError(f"validation failed on {int(s[0])} other process(es) (their "
+                             "error says why)")
+        s = s[1:]
         result = {"loss": s[0] / max(s[2], 1)}
         if model.loss_name == "cross_entropy":
             result["accuracy"] = s[1] / max(s[2], 1)

@@ -282,3 +282,93 @@ def test_shard_splits_every_batch_among_the_ranks(n, batch, size):
 def test_shard_refuses_what_cannot_split(args, match):
     with pytest.raises(ValueError, match=match):
         shard(*args)
+
+
+# ---- every failure reaches every rank (no rank left waiting in a collective) --------------
+
+def _both_raise(work, kinds=(ValueError,)):
+    results = ThreadGroup(2).run(work)
+    for r in results:
+        assert isinstance(r, kinds), results
+    return results
+
+
+@pytest.mark.parametrize("case", ["early_stopping_one_rank", "epochs", "hidden_size",
+                                  "dtype", "checkpoint_one_rank", "bad_lr"])
+def test_ranks_that_disagree_all_refuse(case, tmp_path):
+    x, y, lengths = _ragged(16, 5, 3, seed=2)
+
+    def work(rank, hook):
+        args = dict(batch_size=4, progress=False, allreduce=hook, epochs=1)
+        model = _model("lstm", 1)
+        if case == "early_stopping_one_rank" and rank == 0:
+            args.update(early_stopping=1, validation_data=(x[:4], y[:4], lengths[:4]))
+        if case == "early_stopping_one_rank" and rank == 1:
+            args.update(early_stopping=1)                   # no validation data here
+        if case == "epochs" and rank == 1:
+            args.update(epochs=2)
+        if case == "hidden_size" and rank == 1:
+            model = fastrnn.SequenceModel("lstm", input_size=3, hidden_size=9, output_size=2,
+                                          task="regression", dtype=np.float64, seed=1)
+        if case == "dtype" and rank == 1:
+            model = fastrnn.SequenceModel("lstm", input_size=3, hidden_size=8, output_size=2,
+                                          task="regression", seed=1)
+            return model.fit(x[:8].astype(np.float32), y[:8], lengths[:8], **args)
+        if case == "checkpoint_one_rank" and rank == 0:
+            args.update(checkpoint=tmp_path / "c.fastrnn", checkpoint_every=1)
+        if case == "bad_lr" and rank == 1:
+            args.update(lr=-1.0)
+        return model.fit(x[:8], y[:8], lengths[:8], **args)
+
+    _both_raise(work)
+
+
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank(tmp_path):
+    x, y, lengths = _ragged(16, 5, 3, seed=2)
+    missing = tmp_path / "no such folder" / "c.fastrnn"
+
+    def work(rank, hook):
+        return _model("gru", 1).fit(x[:8], y[:8], lengths[:8], allreduce=hook, batch_size=4,
+                                    progress=False, checkpoint=missing, checkpoint_every=1)
+
+    r0, r1 = ThreadGroup(2).run(work)
+    assert isinstance(r0, OSError)
+    assert isinstance(r1, RuntimeError) and "could not write the checkpoint" in str(r1)
+
+
+def test_a_validation_failure_on_one_rank_stops_every_rank():
+    x, y, lengths = _ragged(16, 5, 3, seed=2, C=3, per_step=False)
+
+    def work(rank, hook):
+        vy = y[:4].copy()
+        if rank == 1:
+            vy[0] = 9                   # class 9 of 3, found at validation only
+        model = _model("gru", 1, "sequence_classification", 3)
+        return model.fit(x[:8], y[:8], lengths[:8], allreduce=hook, batch_size=4,
+                         progress=False, validation_data=(x[:4], vy, lengths[:4]))
+
+    r0, r1 = ThreadGroup(2).run(work)
+    assert isinstance(r1, ValueError) and "class indices" in str(r1)
+    assert isinstance(r0, ValueError) and "validation failed" in str(r0)
+
+
+def test_length_zero_rows_of_a_per_sequence_task_count_as_in_one_process():
+    """A rank whose rows all have length 0 still has their loss terms (the prediction comes
+    from the initial state), as one process on the whole batch has."""
+    x, y, lengths = _ragged(16, 5, 3, seed=2, per_step=False)
+    lengths[[4, 5, 6, 7, 12, 13, 14, 15]] = 0               # rank 1's half of both batches
+    args = dict(epochs=2, batch_size=8, shuffle=False, progress=False)
+    single = _model("lstm", 3, "sequence_regression")
+    h1 = single.fit(x, y, lengths, **args)
+
+    def work(rank, hook):
+        model = _model("lstm", 3, "sequence_regression")
+        rows = shard(16, 8, rank, 2)
+        h = model.fit(x[rows], y[rows], lengths[rows], allreduce=hook,
+                      **{**args, "batch_size": 4})
+        return model, h
+
+    for model, h in ThreadGroup(2).run(work):
+        np.testing.assert_allclose(h["loss"], h1["loss"], rtol=1e-12)
+        for name, a in single.named_parameters().items():
+            np.testing.assert_allclose(model.named_parameters()[name], a, rtol=0, atol=1e-12)

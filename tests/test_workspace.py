@@ -119,3 +119,22 @@ def test_sequence_outputs_from_the_final_state_alone(cell, monkeypatch):
     monkeypatch.setattr(type(model), "_INFER_CHUNK_WORK", 1)        # 16-step chunks
     np.testing.assert_allclose(model.predict(x, lengths), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.encode(x, lengths), h_n[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_release_buffers_and_the_output_layer_with_other_inputs():
+    model = fastrnn.SequenceModel("lstm", input_size=3, hidden_size=8, output_size=4,
+                                  task="regression", seed=1)
+    x = np.random.default_rng(0).standard_normal((5, 7, 3)).astype(np.float32)
+    want = model.predict(x)
+    model.release_buffers()
+    assert model.predict(x).tobytes() == want.tobytes()
+    head = model.head
+    feats = np.random.default_rng(1).standard_normal((6, 8)).astype(np.float32)
+    ref = feats @ head.weight.T + head.bias
+    assert head.forward(feats).tobytes() == ref.tobytes()           # the kernels' GEMM
+    np.testing.assert_allclose(head.forward(feats.astype(np.float64)), ref, rtol=1e-6)
+    np.testing.assert_allclose(head.forward(feats.tolist()), ref, rtol=1e-6)
+    np.testing.assert_array_equal(head.forward(feats[:1]),            # one row: numpy's
+                                  feats[:1] @ head.weight.T + head.bias)
+    with pytest.raises(ValueError):
+        head.forward(feats[:, :5])
