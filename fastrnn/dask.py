@@ -171,6 +171,13 @@ def predict(model, x, lengths=None, *, client=None, n_threads=1, batch_size=256)
                          f"shape {x.shape}")
     if any(np.isnan(c) for c in x.shape):
         raise ValueError("x needs known chunk sizes (call x.compute_chunk_sizes())")
+    if model.embedding is not None and x.dtype.kind not in "iu":
+        raise TypeError(f"this model takes token ids: x must be integers, got {x.dtype}")
+    if model.embedding is None and x.dtype != model.dtype:
+        raise TypeError(f"x has dtype {x.dtype}, expected {model.dtype} (the model's dtype)")
+    if model.embedding is None and x.shape[2] != model.config["input_size"]:
+        raise ValueError(f"x has {x.shape[2]} features, expected "
+                         f"input_size={model.config['input_size']}")
     batch_size = _checked_threads(batch_size, "batch_size")
     given = x.chunks[0]
     x = x.rechunk({i: -1 for i in range(1, x.ndim)})
@@ -187,7 +194,10 @@ def predict(model, x, lengths=None, *, client=None, n_threads=1, batch_size=256)
                 raise ValueError(f"lengths must be ({x.shape[0]},), got {lengths.shape}")
             lengths = da.from_array(lengths, chunks=(x.chunks[0],))
         if lengths.shape != (x.shape[0],):
-            raise ValueError(f"lengths must be ({x.shape[0]},), got {lengths.shape}")
+            raise ValueError(f"lengths must be ({x.shape[0]},), got {lengths.shape} (a dask "
+                             "array of unknown size: call lengths.compute_chunk_sizes())")
+        if lengths.dtype.kind not in "iu":
+            raise TypeError(f"lengths must be integers, got {lengths.dtype}")
         lblocks = lengths.rechunk((x.chunks[0],)).to_delayed().ravel()
     else:
         lblocks = [None] * len(blocks)

@@ -145,6 +145,12 @@ def test_bad_arguments():
         frd.predict(model, da.from_array(x), n_threads=0)
     with pytest.raises(TypeError, match="SequenceModel"):
         frd.predict(object(), da.from_array(x))
+    with pytest.raises(TypeError, match="dtype float64"):            # found now, not later
+        frd.predict(model, da.from_array(x.astype(np.float64)))
+    with pytest.raises(ValueError, match="features"):
+        frd.predict(model, da.zeros((10, 30, 4), dtype=np.float32))
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        frd.predict(model, da.from_array(x), lengths.astype(np.float64))
 
 
 def test_the_readme_recipe_runs_as_a_script(tmp_path):
