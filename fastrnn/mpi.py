@@ -18,6 +18,8 @@ the transport.
 """
 import numpy as np
 
+from .layers import _positive_int
+
 __all__ = ["Allreduce", "shard"]
 
 
@@ -93,9 +95,8 @@ def shard(n, batch_size, rank=None, size=None):
         comm = _mpi().COMM_WORLD
         rank = comm.Get_rank() if rank is None else rank
         size = comm.Get_size() if size is None else size
-    for name, v in (("n", n), ("batch_size", batch_size), ("size", size)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    n, batch_size, size = (_positive_int(name, v) for name, v in
+                           (("n", n), ("batch_size", batch_size), ("size", size)))
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or \
             not 0 <= rank < size:
         raise ValueError(f"rank must be an int in [0, {size}), got {rank!r}")
