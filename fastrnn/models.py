@@ -382,16 +382,21 @@ class SequenceModel:
     def evaluate(self, x, y, lengths=None, batch_size=256):
         """Mean loss over the data (and accuracy for classification), dropout off, from one
         version of the weights."""
+        return self._evaluation(*self._evaluation_sums(x, y, lengths, batch_size))
+
+    def _evaluation_sums(self, x, y, lengths=None, batch_size=256):
+        """:meth:`evaluate`'s sums (see :meth:`_evaluate_sums`) of checked inputs; data-parallel
+        validation adds them across processes before :meth:`_evaluation`."""
         x = self._checked_inputs(x)
         lengths = self._checked_lengths(lengths, len(x))
         batch_size = L._positive_int("batch_size", batch_size)
         if not hasattr(y, "__len__") or len(y) != len(x):
             raise ValueError(f"y must hold one target per sequence ({len(x)}), got "
                              f"{len(y) if hasattr(y, '__len__') else type(y).__name__}")
-        return self._guard.read(self._evaluate, x, y, lengths, batch_size)
+        return self._guard.read(self._evaluate_sums, x, y, lengths, batch_size)
 
-    def _evaluate(self, x, y, lengths, batch_size):
-        total, correct, count = self._evaluate_sums(x, y, lengths, batch_size)
+    def _evaluation(self, total, correct, count):
+        """{"loss": mean loss[, "accuracy"]} from :meth:`_evaluation_sums`."""
         result = {"loss": total / max(count, 1)}
         if self.loss_name == "cross_entropy":
             result["accuracy"] = correct / max(count, 1)

@@ -557,9 +557,7 @@ class _DataParallel:
         model, failed = self.model, None
         total = correct = count = 0.0
         try:
-            x = model._checked_inputs(x)
-            lengths = model._checked_lengths(lengths, len(x))
-            total, correct, count = model._guard.read(model._evaluate_sums, x, y, lengths, 256)
+            total, correct, count = model._evaluation_sums(x, y, lengths)
         except Exception as exc:        # e.g. a validation target out of range
             failed = exc
         s = self._sum([failed is not None, total, correct, count])
@@ -568,8 +566,4 @@ class _DataParallel:
                 raise failed
             raise ValueError(f"validation failed on {int(s[0])} other process(es) (their "
                              "error says why)")
-        s = s[1:]
-        result = {"loss": s[0] / max(s[2], 1)}
-        if model.loss_name == "cross_entropy":
-            result["accuracy"] = s[1] / max(s[2], 1)
-        return result
+        return model._evaluation(*s[1:])
