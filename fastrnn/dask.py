@@ -208,14 +208,20 @@ def predict(model, x, lengths=None, *, client=None, n_threads=1, batch_size=256)
 
 # ---- data frames: one row per time step ---------------------------------------------------
 
+def _empty_frame(columns, sequence, sequence_dtype, dtype):
+    """The output frame with no rows: Dask's meta, and an empty partition's result."""
+    import pandas as pd
+    kinds = {sequence: sequence_dtype, "step": "int64"}
+    return pd.DataFrame({c: pd.Series(dtype=kinds.get(c, dtype)) for c in columns})
+
+
 def _frame_part(part, sequence, time, features, digest, blob, n_threads, batch_size, per_step,
                 columns):
     """One partition of time steps -> its predictions (pandas in, pandas out)."""
     import pandas as pd
     model = _worker_model(digest, blob, n_threads)
     if len(part) == 0:
-        return pd.DataFrame({c: pd.Series(dtype=model.dtype if c.startswith("y") else
-                                          part[sequence].dtype) for c in columns})
+        return _empty_frame(columns, sequence, part[sequence].dtype, model.dtype)
     part = part.sort_values([sequence, time], kind="stable") if time else \
         part.sort_values(sequence, kind="stable")
     keys = part[sequence].to_numpy()
@@ -276,10 +282,7 @@ def predict_frame(model, df, sequence, features, time=None, *, client=None, n_th
     per_step = model.output == "per_step"
     C = model.config["output_size"]
     columns = [sequence, *(["step"] if per_step else []), *[f"y{j}" for j in range(C)]]
-    import pandas as pd
-    meta = pd.DataFrame({c: pd.Series(dtype=(model.dtype if c.startswith("y") else
-                                             "int64" if c == "step" else
-                                             df[sequence].dtype)) for c in columns})
+    meta = _empty_frame(columns, sequence, df[sequence].dtype, model.dtype)
     digest, shipped = _shipped_model(model, _client(client))
     run = dask.delayed(_frame_part, pure=True)
     parts = [run(p, sequence, time, features, digest, shipped, n_threads, batch_size,

@@ -169,3 +169,18 @@ def test_the_readme_recipe_runs_as_a_script(tmp_path):
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "(1000, 3)"
+
+
+def test_an_empty_partition_has_the_outputs_dtypes():
+    """A partition the shuffle left empty gives Dask's meta: the sequence column in its own
+    dtype, step as int64, outputs in the model's dtype."""
+    import pandas as pd
+    model = fastrnn.SequenceModel("gru", input_size=2, hidden_size=4, output_size=2,
+                                  task="regression", seed=0)
+    part = pd.DataFrame({"yid": pd.Series(dtype="int32"), "t": pd.Series(dtype="int64"),
+                         "a": pd.Series(dtype="float32"), "b": pd.Series(dtype="float32")})
+    columns = ["yid", "step", "y0", "y1"]
+    out = frd._frame_part(part, "yid", "t", ["a", "b"], "d", fastrnn.io.model_bytes(model), 1,
+                          256, True, columns)
+    assert list(out.columns) == columns and len(out) == 0
+    assert [str(t) for t in out.dtypes] == ["int32", "int64", "float32", "float32"]
