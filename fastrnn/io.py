@@ -25,20 +25,24 @@ Anything wrong raises :class:`ModelFileError` (a ValueError) saying what and whe
 other exception escapes :func:`parse` or :func:`load_bytes` for any bytes (fuzzed:
 ``tests/fuzz_load.py``). The memory a load takes is a small multiple of the file's size.
 
-:func:`save` writes atomically: a temporary file in the same folder, fsync, ``os.replace``,
-fsync of the folder, so a crash leaves the previous file or the new one, never a mix. On
+:func:`save` writes with :func:`atomic_write`, which every fastrnn writer uses: a temporary
+file in the same folder, fsync, ``os.replace``, fsync of the folder, so a crash leaves the
+previous file or the new one, never a mix; folders, FIFOs, devices and sockets at the path
+are refused, a symlink's target is replaced (the link stays), the umask is honoured. On
 Linux the temporary is anonymous (``O_TMPFILE``) until its data is on disk, so a process
 killed while writing leaves nothing behind; it gets a name, ``.fastrnn-<pid>-<12 hex>.tmp``,
 only for the instant before the rename (and everywhere else for the whole write). A failed
-save removes its temporary. A killed one cannot: the first save of a later process into
+write removes its temporary. A killed one cannot: the first write of a later process into
 that folder removes such files once they are an hour old and their process is gone (only
 regular files of this user with exactly that name; :func:`remove_stale_temporaries`).
 """
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import stat
 import struct
 import time
 
@@ -225,20 +229,115 @@ def save(model, path, optimizer=None):
     """Write ``model`` (a SequenceModel, an RNN/LSTM/GRU layer stack or a cell; and
     optimizer state) to ``path`` atomically: afterwards ``path`` holds the complete old file
     or the complete new one, whatever happens (an exception, a full disk, a kill); a failed
-    save leaves no temporary file behind."""
-    global _anonymous_temporaries
-    blob = model_bytes(model, optimizer)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:                                          # a replaced file keeps its permissions
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = None
+    save leaves no temporary file behind.
+
+    ``path`` is written as :func:`atomic_write` writes it: a new file gets mode
+    ``0o666 & ~umask``, a replaced one keeps its mode; when ``path`` is a symlink, the
+    file it points to is replaced and the link stays a link (a dangling link's target is
+    created); a folder, FIFO, device or socket at ``path`` is refused
+    (:class:`NotARegularFileError`), as is a missing folder (FileNotFoundError); every error
+    names ``path``."""
+    atomic_write(path, model_bytes(model, optimizer), what="model file")
+
+
+class NotARegularFileError(OSError, ValueError):
+    """A folder, FIFO, device or socket where a regular file was expected (to write or to
+    load). Both an OSError (the path cannot be used as a file) and a ValueError (the
+    caller gave a wrong path), so either ``except`` clause catches it."""
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _kind_of(mode):
+    """What a non-regular file is, in words."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def _with_path(exc, path, what):
+    """The OSError ``exc`` of writing ``path`` as one that names ``path`` (``exc`` may name
+    the temporary, which the user never heard of), keeping its errno and so its class."""
+    strerror = exc.strerror if exc.errno is not None and exc.strerror else str(exc)
+    message = f"cannot write {what} {path}: {strerror}"
+    return OSError(exc.errno, message) if exc.errno is not None else OSError(message)
+
+
+def _write_target(path, what):
+    """``(target, mode)``: the file a write of ``path`` replaces (``path``, or the end of
+    the symlinks starting there, created when missing) and the mode to keep (None for a
+    new file). Raises :class:`NotARegularFileError` for a folder, FIFO, device or socket,
+    FileNotFoundError for a missing folder, the OSError of ``stat`` otherwise; each names
+    ``path``."""
+    target = os.path.realpath(path)               # every symlink followed, relative ones too
+    via = "" if target == os.path.abspath(path) else f" (a link to {target})"
     try:
-        _write_and_replace(blob, path, folder, mode, _anonymous_temporaries)
-    except _CannotLink:                           # O_TMPFILE works here, linkat does not
-        _anonymous_temporaries = False
-        _write_and_replace(blob, path, folder, mode, False)
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:                        # a symlink loop, a file in the way, ...
+        raise _with_path(exc, path, what) from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise NotARegularFileError(f"cannot write {what} {path}{via}: it is "
+                                   f"{_kind_of(st.st_mode)}, not a file; refusing to "
+                                   "replace it")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {what} {path}{via}: the folder "
+                                              f"{folder} does not exist")
+    return target, (None if st is None else stat.S_IMODE(st.st_mode))
+
+
+def check_writable(path, what="file"):
+    """Check, writing nothing, that :func:`atomic_write` (and so :func:`save`) can write
+    ``path``: its folder exists and may be written, and ``path`` is not a folder, FIFO,
+    device or socket (nor a symlink to one). Meant for a caller about to spend a long time
+    before its first write (``fastrnn train``, ``fit`` with checkpoints).
+
+    Raises :class:`NotARegularFileError`, FileNotFoundError (missing folder) or
+    PermissionError (a folder this process may not write in), each naming ``path``; a later
+    write can still fail (a full disk, a folder removed meanwhile)."""
+    path = os.fspath(path)
+    target, _ = _write_target(path, what)
+    folder = os.path.dirname(target)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write {what} {path}: the folder "
+                                            f"{folder} may not be written by this process")
+
+
+def atomic_write(path, data, what="file"):
+    """Write the bytes ``data`` to ``path`` atomically: a temporary file in the same
+    folder, fsync, ``os.replace``, fsync of the folder, so that ``path`` holds its complete
+    old content or ``data``, whatever happens (an exception, a full disk, a kill), and a
+    failed write leaves no temporary behind (see the module docstring for a killed one).
+
+    A new file gets mode ``0o666 & ~umask``, as ``open(path, "wb")`` would make it; a
+    replaced file keeps its mode. A symlink at ``path`` is followed to the end: the file it
+    points to is replaced, in that file's folder, and the link stays a link (a dangling
+    link's target is created, as ``open`` would). A folder, FIFO, device or socket at
+    ``path`` (or at the end of its links) is refused with :class:`NotARegularFileError`
+    rather than replaced by a file (the check and the rename are two steps: a FIFO created
+    at ``path`` in between is still replaced). ``what`` names the file in messages
+    (``"model file"``, ``"ONNX file"``).
+
+    Raises :class:`NotARegularFileError`, FileNotFoundError for a missing folder, and any
+    other OSError of writing, each naming ``path`` (never the temporary), with the errno
+    (and so the class: PermissionError, ...) of the failure; TypeError when ``data`` is not
+    bytes-like."""
+    global _anonymous_temporaries
+    path = os.fspath(path)
+    data = memoryview(data)                       # TypeError for str, before any file exists
+    target, mode = _write_target(path, what)
+    folder = os.path.dirname(target)
+    try:
+        try:
+            _write_and_replace(data, target, folder, mode, _anonymous_temporaries)
+        except _CannotLink:                       # O_TMPFILE works here, linkat does not
+            _anonymous_temporaries = False
+            _write_and_replace(data, target, folder, mode, False)
+    except OSError as exc:
+        raise _with_path(exc, path, what) from None
     try:                                          # make the rename itself durable
         dfd = os.open(folder, os.O_RDONLY)
         try:
@@ -260,7 +359,7 @@ class _CannotLink(Exception):
     """The anonymous temporary could not be given a name (nothing is left behind)."""
 
 
-def _write_and_replace(blob, path, folder, mode, anonymous):
+def _write_and_replace(data, path, folder, mode, anonymous):
     fd, tmp = _open_temporary(folder, anonymous)
     try:
         try:
@@ -271,7 +370,7 @@ def _write_and_replace(blob, path, folder, mode, anonymous):
             os.close(fd)
             raise
         with f:
-            f.write(blob)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
             if tmp is None:                       # anonymous until its bytes are on disk
@@ -334,7 +433,7 @@ def _link_anonymous(fd, folder):
 
 
 def remove_stale_temporaries(folder, max_age=None):
-    """Remove temporaries that :func:`save` calls killed mid-write left in ``folder``: only
+    """Remove temporaries that :func:`atomic_write` calls killed mid-write left in ``folder``: only
     regular files owned by this user, named exactly ``.fastrnn-<pid>-<12 hex>.tmp``, last
     written more than ``max_age`` seconds ago (default :data:`STALE_TMP_SECONDS`) by a
     process that no longer runs here. Returns the names removed. Errors are ignored (the
