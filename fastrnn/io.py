@@ -12,7 +12,8 @@ reads it itself so that every byte is checked before it is trusted:
   (``"layer"``: ``fastrnn.RNN``/``LSTM``/``GRU``, tensors under their PyTorch names) or a
   cell (``"cell"``); each kind has its own keys), ``sha256`` of that metadata
   and the tensor bytes, optional ``optimizer`` (name and scalars) and ``vocabulary`` (a
-  JSON list of vocab_size strings);
+  JSON list of vocab_size strings) and ``text_level`` (how a language model's text was cut
+  into tokens: ``"char"`` or ``"word"``; only when set, covered by the checksum then);
 * tensors: dtype from {F32, F64}, shapes of non-negative ints, stored contiguously in name
   order (the order fastrnn and the safetensors package write; the checksum covers the
   bytes, not the index, so the index has one allowed layout and moved offsets are refused),
@@ -90,6 +91,7 @@ _KINDS = {
     "cell": (_CELL_KEYS + tuple(_VARIANT_KEYS), _CELL_KEYS),
 }
 _OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop")
+TEXT_LEVELS = ("char", "word")      # SequenceModel.text_level, when not None
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 # temporaries of save(): the pattern that stale-file cleaning matches, and their age limit
@@ -196,6 +198,12 @@ def model_bytes(model, optimizer=None):
             "architecture": json.dumps(config, sort_keys=True)}
     if getattr(model, "vocabulary", None) is not None:
         meta["vocabulary"] = json.dumps(list(model.vocabulary))
+    text_level = getattr(model, "text_level", None)
+    if text_level is not None:
+        if text_level not in TEXT_LEVELS or config.get("kind", "model") != "model":
+            raise ValueError(f"text_level={text_level!r}: a SequenceModel's text_level is "
+                             f"None or one of {TEXT_LEVELS}; layers and cells have none")
+        meta["text_level"] = text_level
     if optimizer is not None:
         state = optimizer.state_dict()
         scalars = {}
@@ -556,7 +564,12 @@ def parse(blob, where="model file"):
         if not isinstance(vocabulary, list) or len(vocabulary) != arch.get("vocab_size") or \
                 not all(isinstance(t, str) and len(t) < 1024 for t in vocabulary):
             raise bad("vocabulary must be a list of vocab_size strings")
-    arch = dict(arch, _vocabulary=vocabulary)
+    text_level = meta.get("text_level")
+    if text_level is not None and (text_level not in TEXT_LEVELS
+                                   or arch.get("kind", "model") != "model"):
+        raise bad(f"text_level {text_level!r} is not allowed (a model's is one of "
+                  f"{TEXT_LEVELS})")
+    arch = dict(arch, _vocabulary=vocabulary, _text_level=text_level)
     optimizer = None
     if "optimizer" in meta:
         optimizer = _json(meta["optimizer"], "optimizer metadata", bad)
@@ -583,6 +596,8 @@ def _checksum(meta, data):
     h = hashlib.sha256()
     for key in ("fastrnn_format", "architecture", "optimizer", "vocabulary"):
         h.update(key.encode() + b"=" + meta.get(key, "").encode() + b"\n")
+    if "text_level" in meta:              # added later: files without it keep their sums
+        h.update(b"text_level=" + meta["text_level"].encode() + b"\n")
     h.update(data)
     return h.hexdigest()
 
@@ -633,7 +648,7 @@ def _architecture(text, bad):
 def load_bytes(blob, where="model bytes", with_optimizer=False):
     """A model, layer stack or cell from validated bytes (see :func:`load`)."""
     arch, tensors, optimizer = parse(blob, where)
-    vocabulary = arch.pop("_vocabulary")
+    vocabulary, text_level = arch.pop("_vocabulary"), arch.pop("_text_level")
     needed = _min_parameter_count(arch)
     present = sum(a.size for k, a in tensors.items() if not k.startswith("optimizer."))
     if needed > present:                          # refused before anything is allocated
@@ -642,6 +657,8 @@ def load_bytes(blob, where="model bytes", with_optimizer=False):
     model = _build(arch, where)
     if vocabulary is not None:
         model.vocabulary = vocabulary
+    if arch.get("kind", "model") == "model":
+        model.text_level = text_level
     expected = _describe(model)[1]
     weights = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
     if set(weights) != set(expected):

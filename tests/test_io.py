@@ -291,3 +291,60 @@ def test_declared_sizes_that_overflow_int64_are_rejected():
     header[name]["shape"] = [65536] * 4
     with pytest.raises(ModelFileError):
         load_bytes(_craft(header, data, meta))
+
+
+# ---- text_level: how a language model's text was cut into tokens -------------------------
+
+def _language_model(level):
+    m = fastrnn.SequenceModel("gru", vocab_size=3, hidden_size=4, task="next_token", seed=0)
+    m.vocabulary = ["a", "b", "c"] if level != "word" else ["the", "cat", "sat"]
+    if level is not None:
+        m.text_level = level
+    return m
+
+
+@pytest.mark.parametrize("level", ["char", "word", None])
+def test_text_level_is_saved_and_restored(level, tmp_path):
+    """Before, a word-level model came back without its level (`sample` and `similar`
+    needed --level again)."""
+    m = _language_model(level)
+    m.save(tmp_path / "m.fastrnn")
+    back = fastrnn.load(tmp_path / "m.fastrnn")
+    assert back.text_level == level and back.vocabulary == m.vocabulary
+    import copy
+    assert copy.deepcopy(m).text_level == level        # pickling goes through the file bytes
+
+
+def test_text_level_absent_from_old_files_and_unchanged_bytes_without_it():
+    """A model without a level writes exactly the bytes it wrote before the key existed
+    (its checksum too), so old files and new files without a level are the same."""
+    blob = model_bytes(_language_model(None))
+    assert b"text_level" not in blob
+    assert load_bytes(blob).text_level is None
+
+
+def test_text_level_is_checked_and_covered_by_the_checksum():
+    blob = model_bytes(_language_model("word"))
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    meta = header["__metadata__"]
+    meta["text_level"] = "char"                         # checksum not recomputed
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_bytes(_craft(header, blob[8 + n:]))
+    from fastrnn.io import _checksum
+    for bad in ("sentence", "", "Word"):
+        meta["text_level"] = bad
+        meta["sha256"] = _checksum(meta, blob[8 + n:])
+        with pytest.raises(ModelFileError, match="text_level"):
+            load_bytes(_craft(header, blob[8 + n:]))
+
+
+def test_only_models_have_a_text_level():
+    layer = fastrnn.GRU(2, 3)
+    layer.text_level = "word"
+    with pytest.raises(ValueError, match="text_level"):
+        model_bytes(layer)
+    m = _language_model(None)
+    m.text_level = "words"
+    with pytest.raises(ValueError, match="text_level"):
+        model_bytes(m)
