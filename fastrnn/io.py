@@ -25,6 +25,12 @@ reads it itself so that every byte is checked before it is trusted:
 Anything wrong raises :class:`ModelFileError` (a ValueError) saying what and where; no
 other exception escapes :func:`parse` or :func:`load_bytes` for any bytes (fuzzed:
 ``tests/fuzz_load.py``). The memory a load takes is a small multiple of the file's size.
+The checks run in the order of the file: the 8-byte length and the header first, the index
+checked against the file's size and the architecture's parameter count bounded both ways,
+all before a tensor byte is read; :func:`load` then reads exactly the bytes that index
+covers, so a file is never read past what its header validated. A file that is not
+fastrnn's is named by what it looks like (text, a zip or PyTorch file, ONNX, a foreign
+safetensors file, ...) with the function that reads it.
 
 :func:`save` writes with :func:`atomic_write`, which every fastrnn writer uses: a temporary
 file in the same folder, fsync, ``os.replace``, fsync of the folder, so a crash leaves the
@@ -109,22 +115,43 @@ class ModelFileError(ValueError):
 
 
 def _foreign(head):
-    """Name a known foreign format from the first bytes, or None."""
+    """What a file that is not fastrnn's looks like, from its first bytes (up to
+    :data:`_HEAD_BYTES`), and which function reads it; None when unknown."""
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
         return "a Python pickle (never loaded: it could run code)"
     if head[:4] == b"PK\x03\x04":
-        return "a zip archive (a PyTorch .pt/.pth file? convert it with fastrnn's importers)"
+        return ("a zip archive (a PyTorch .pt/.pth file? read its state dict with "
+                "fastrnn.from_torch(torch.load(path, weights_only=True)) or convert it "
+                "with `fastrnn convert`)")
     if head[:8] == b"\x89HDF\r\n\x1a\n":
-        return "an HDF5 file (Keras .h5?)"
-    if head[:2] == b"\x08\x07" or head[:1] == b"\x08":
-        return "possibly an ONNX protobuf"
-    if head[:3] == b"\x93NU" or head[:6] == b"\x93NUMPY":
-        return "a numpy .npy file"
+        return "an HDF5 file (a Keras .h5? import its layer with fastrnn.from_keras)"
+    if head[:1] == b"\x08":                      # field 1 of an ONNX ModelProto: ir_version
+        return "an ONNX model (read it with fastrnn.from_onnx)"
+    if head[:6] == b"\x93NUMPY":
+        return "a numpy .npy file (data for a model, not a model)"
     if head[:2] == b"\x1f\x8b":
         return "a gzip-compressed file (decompress it first)"
     if head.lstrip()[:1] in (b"{", b"["):
         return "a JSON text file"
+    if _looks_like_text(head):
+        return "a text file"
     return None
+
+
+_HEAD_BYTES = 512            # what _foreign looks at
+
+
+def _looks_like_text(head):
+    """UTF-8 text without control characters (the head may cut a character in two)."""
+    for cut in range(4):
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return False
+    return bool(text) and all(c.isprintable() or c in "\t\n\r\f" for c in text)
 
 
 def _describe(obj):
@@ -152,23 +179,32 @@ def _describe(obj):
     return arch, obj.params, layer.dtype
 
 
-def _min_parameter_count(arch):
-    """A lower bound on the parameters ``arch`` makes (its weight matrices), from the
-    sizes alone: what :func:`_build` allocates is at most a few times this, so comparing it
-    with the tensors present bounds the memory a crafted architecture can ask for."""
+def _parameter_bounds(arch):
+    """``(low, high)``: bounds on the number of parameters ``arch`` makes, from its sizes
+    alone (nothing built). ``low`` counts the weight matrices; ``high`` adds at most two
+    bias vectors and three peephole vectors per layer and direction and the output bias.
+    The tensors of a file must hold a count in between: what :func:`_build` allocates is
+    then a few times the file's size, and a file whose index declares gigabytes for a tiny
+    architecture is refused before its tensors are read."""
     G = 3 if arch["cell"] == "lstm" and arch.get("coupled") else _GATES[arch["cell"]]
     H, layers = arch["hidden_size"], arch.get("num_layers", 1)
     D = 2 if arch.get("bidirectional") else 1
-    inp, n = arch.get("input_size"), 0
+    inp, n, extra = arch.get("input_size"), 0, D * layers * (2 * G * H + 3 * H)
     if arch.get("kind", "model") == "model":
         if inp is None:                               # token ids: an embedding first
             inp = arch.get("embedding_dim") or H
             n += arch["vocab_size"] * inp
         n += D * H * arch["output_size"]              # head.weight
+        extra += arch["output_size"]                  # head.bias
     for layer in range(layers):
         # weight_ih (G*H, I_l) and weight_hh (G*H, H) per direction
         n += D * G * H * ((inp if layer == 0 else D * H) + H)
-    return n
+    return n, n + extra
+
+
+# an optimizer keeps at most this many buffers per parameter (RMSprop centered, with
+# momentum: v, g, m); tests/test_io.py checks every optimizer against it
+_OPTIMIZER_BUFFERS = 3
 
 
 def _build(arch, where):
@@ -489,30 +525,56 @@ def parse(blob, where="model file"):
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise TypeError("expected bytes")
     blob = bytes(blob)
+    layout = _layout(lambda offset, count: blob[offset:offset + count], len(blob), where)
+    return _contents(layout, memoryview(blob)[layout.start:], where)
+
+
+class _Layout:
+    """A file's validated header: ``meta`` (the metadata strings), ``arch`` (the checked
+    architecture, with ``_vocabulary`` and ``_text_level``), ``optimizer`` (its metadata
+    or None), ``index`` (``(name, dtype, shape, begin, stop)`` per tensor, contiguous in
+    name order, relative to ``start``), ``start`` (where the tensor bytes begin) and
+    ``size`` (the file's size: ``start`` + the bytes the index covers, exactly)."""
+
+    def __init__(self, meta, arch, optimizer, index, start, size):
+        self.meta, self.arch, self.optimizer = meta, arch, optimizer
+        self.index, self.start, self.size = index, start, size
+
+
+def _layout(read, size, where):
+    """Check everything a file of ``size`` bytes says before its tensor bytes, reading
+    only its first bytes and its header: ``read(offset, count)`` returns those bytes (fewer
+    at the end of the file). Every declared size is checked against ``size`` before
+    anything is allocated for it. Returns a :class:`_Layout`; raises ModelFileError."""
     def bad(msg):
         return ModelFileError(f"{where}: {msg}")
-    if len(blob) < 8:
-        foreign = _foreign(blob)
-        raise bad(f"{len(blob)} bytes is too short for a fastrnn file"
+    if size < 8:
+        foreign = _foreign(read(0, size))
+        raise bad(f"{size} bytes: not a fastrnn or safetensors file (too short)"
                   + (f"; it looks like {foreign}" if foreign else ""))
-    (n,) = struct.unpack("<Q", blob[:8])
-    if 2 <= n <= MAX_HEADER and n > len(blob) - 8 and blob[8:9] == b"{":
+    first = read(0, min(size, _HEAD_BYTES))
+    (n,) = struct.unpack("<Q", first[:8])
+    if 2 <= n <= MAX_HEADER and n > size - 8 and first[8:9] == b"{":
         raise bad(f"truncated: the header alone needs {n} bytes, the file has "
-                  f"{len(blob) - 8} after the length")
-    if n > MAX_HEADER or n > len(blob) - 8 or n < 2:
-        foreign = _foreign(blob[:16])
-        raise bad(f"header length {n} does not fit (file is {len(blob)} bytes)"
-                  + (f"; it looks like {foreign}" if foreign else "; not a fastrnn file"))
+                  f"{size - 8} after the length")
+    if n > MAX_HEADER or n > size - 8 or n < 2:
+        foreign = _foreign(first)
+        raise bad("not a fastrnn or safetensors file" + (
+            f": it looks like {foreign}" if foreign else
+            f" (header length {n} does not fit a file of {size} bytes)"))
+    text = read(8, n)
     try:
-        header = _json(blob[8:8 + n].decode("utf-8"), "header", bad)
+        header = _json(text.decode("utf-8"), "header", bad)
     except UnicodeDecodeError as exc:
         raise bad(f"header is not UTF-8 text ({exc})") from None
+    not_ours = ("a safetensors file, but not fastrnn's (a PyTorch state dict? import it "
+                "with fastrnn.from_torch(fastrnn.interop.torch_io.read_state_dict(path)) "
+                "or `fastrnn convert`)")
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
         tensors_only = isinstance(header, dict) and "__metadata__" not in header and all(
             isinstance(v, dict) and "data_offsets" in v for v in header.values())
         raise bad("header has no __metadata__ object" + (
-            ": a safetensors file, but not fastrnn's (import a PyTorch state dict with "
-            "fastrnn.interop)" if tensors_only else ""))
+            f": {not_ours}" if tensors_only else ""))
     meta = header.pop("__metadata__")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise bad("metadata values must be strings")
@@ -523,41 +585,23 @@ def parse(blob, where="model file"):
             raise bad(f"metadata {k!r} is not valid Unicode text") from None
     version = meta.get("fastrnn_format")
     if version is None:
-        raise bad("no fastrnn_format in the metadata: a safetensors file, but not fastrnn's")
+        raise bad(f"no fastrnn_format in the metadata: {not_ours}")
     if version != str(FORMAT_VERSION):
         raise bad(f"format version {version!r}; this fastrnn reads version {FORMAT_VERSION} "
                   "(upgrade fastrnn to read newer files)")
     arch = _architecture(meta.get("architecture"), bad)
-    data = blob[8 + n:]
-    if meta.get("sha256") != _checksum(meta, data):
-        raise bad("checksum mismatch: the tensor bytes or the metadata are corrupted or "
-                  "truncated")
-    tensors, end = {}, 0
-    # one layout is allowed: contiguous, in name order (the checksum covers the bytes, not
-    # this index, so two same-shaped tensors with swapped offsets must not load)
-    for name in sorted(header):
-        info = header[name]
-        begin, stop = _offsets((name, info), bad)
-        dtype = _DTYPES.get(info["dtype"]) if isinstance(info.get("dtype"), str) else None
-        if dtype is None:
-            raise bad(f"tensor {name!r}: dtype {info.get('dtype')!r} is not one of {sorted(_DTYPES)}")
-        shape = info.get("shape")
-        if not isinstance(shape, list) or len(shape) > 4 or not all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape):
-            raise bad(f"tensor {name!r}: bad shape {shape!r}")
-        if begin != end:
-            raise bad(f"tensor {name!r}: starts at {begin}, expected {end} (tensors must be "
-                      "contiguous in name order: a gap or overlap, or moved offsets)")
-        count = math.prod(shape)                   # Python ints: no overflow
-        if stop - begin != count * dtype.itemsize:
-            raise bad(f"tensor {name!r}: {stop - begin} bytes for shape {shape} {info['dtype']}")
-        if stop > len(data):
-            raise bad(f"tensor {name!r}: ends at {stop}, past the {len(data)} bytes of data")
-        a = np.frombuffer(data, dtype, count=count, offset=begin)
-        tensors[name] = a.reshape(shape).astype(dtype.newbyteorder("="))
-        end = stop
-    if end != len(data):
-        raise bad(f"{len(data) - end} trailing bytes after the last tensor")
+    index = _index(header, size - 8 - n, bad)
+    low, high = _parameter_bounds(arch)
+    weights = sum(math.prod(shape) for name, _, shape, _, _ in index
+                  if not name.startswith("optimizer."))
+    state = sum(math.prod(shape) for name, _, shape, _, _ in index
+                if name.startswith("optimizer."))
+    if not low <= weights <= high:
+        raise bad(f"the tensors do not match the architecture (it needs at least {low} and "
+                  f"at most {high} parameters, the file holds {weights})")
+    if state > _OPTIMIZER_BUFFERS * weights:
+        raise bad(f"optimizer tensors of {state} values for {weights} parameters (an "
+                  f"optimizer keeps at most {_OPTIMIZER_BUFFERS} per parameter)")
     vocabulary = None
     if "vocabulary" in meta:
         vocabulary = _json(meta["vocabulary"], "vocabulary metadata", bad)
@@ -576,7 +620,53 @@ def parse(blob, where="model file"):
         if not isinstance(optimizer, dict) or optimizer.get("name") not in _OPTIMIZERS \
                 or not isinstance(optimizer.get("scalars"), dict):
             raise bad("optimizer metadata must name one of " + ", ".join(_OPTIMIZERS))
-    return arch, tensors, optimizer
+    return _Layout(meta, arch, optimizer, index, 8 + n, size)
+
+
+def _index(header, data_size, bad):
+    """The tensor entries of ``header`` as ``(name, dtype, shape, begin, stop)``, checked
+    to cover the ``data_size`` bytes after the header exactly. One layout is allowed:
+    contiguous, in name order (the checksum covers the bytes, not this index, so two
+    same-shaped tensors with swapped offsets must not load)."""
+    index, end = [], 0
+    for name in sorted(header):
+        info = header[name]
+        begin, stop = _offsets((name, info), bad)
+        dtype = _DTYPES.get(info["dtype"]) if isinstance(info.get("dtype"), str) else None
+        if dtype is None:
+            raise bad(f"tensor {name!r}: dtype {info.get('dtype')!r} is not one of "
+                      f"{sorted(_DTYPES)}")
+        shape = info.get("shape")
+        if not isinstance(shape, list) or len(shape) > 4 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31
+                for d in shape):
+            raise bad(f"tensor {name!r}: bad shape {shape!r}")
+        if begin != end:
+            raise bad(f"tensor {name!r}: starts at {begin}, expected {end} (tensors must be "
+                      "contiguous in name order: a gap or overlap, or moved offsets)")
+        if stop - begin != math.prod(shape) * dtype.itemsize:     # Python ints: no overflow
+            raise bad(f"tensor {name!r}: {stop - begin} bytes for shape {shape} {info['dtype']}")
+        if stop > data_size:
+            raise bad(f"truncated: tensor {name!r} ends at byte {stop} of the data, the file "
+                      f"holds {data_size} bytes of data")
+        index.append((name, dtype, shape, begin, stop))
+        end = stop
+    if end != data_size:
+        raise bad(f"{data_size - end} trailing bytes after the last tensor")
+    return index
+
+
+def _contents(layout, data, where):
+    """``(architecture, tensors, optimizer_meta)`` from the tensor bytes ``data`` (exactly
+    the ``layout.size - layout.start`` bytes its index covers): checksum, then arrays."""
+    if layout.meta.get("sha256") != _checksum(layout.meta, data):
+        raise ModelFileError(f"{where}: checksum mismatch: the tensor bytes or the metadata "
+                             "are corrupted or truncated")
+    tensors = {}
+    for name, dtype, shape, begin, stop in layout.index:
+        a = np.frombuffer(data, dtype, count=math.prod(shape), offset=begin)
+        tensors[name] = a.reshape(shape).astype(dtype.newbyteorder("="))
+    return dict(layout.arch), tensors, layout.optimizer
 
 
 def _json(text, what, bad):
@@ -647,14 +737,14 @@ def _architecture(text, bad):
 
 def load_bytes(blob, where="model bytes", with_optimizer=False):
     """A model, layer stack or cell from validated bytes (see :func:`load`)."""
-    arch, tensors, optimizer = parse(blob, where)
+    return _assemble(parse(blob, where), where, with_optimizer)
+
+
+def _assemble(parsed, where, with_optimizer):
+    """The object :func:`parse`'s result describes, its weights copied in and checked."""
+    arch, tensors, optimizer = parsed
     vocabulary, text_level = arch.pop("_vocabulary"), arch.pop("_text_level")
-    needed = _min_parameter_count(arch)
-    present = sum(a.size for k, a in tensors.items() if not k.startswith("optimizer."))
-    if needed > present:                          # refused before anything is allocated
-        raise ModelFileError(f"{where}: the tensors do not match the architecture (it needs "
-                             f"at least {needed} parameters, the file holds {present})")
-    model = _build(arch, where)
+    model = _build(arch, where)          # its size was bounded by the tensors present
     if vocabulary is not None:
         model.vocabulary = vocabulary
     if arch.get("kind", "model") == "model":
@@ -691,14 +781,70 @@ def load_bytes(blob, where="model bytes", with_optimizer=False):
 
 def load(path, with_optimizer=False):
     """Load a model saved by :meth:`SequenceModel.save` (or a layer stack or cell saved by
-    :func:`save`, returned in eval mode as models are). Every byte is validated first;
-    anything wrong raises :class:`ModelFileError`; a path that cannot be read raises
-    OSError as ``open`` does. ``with_optimizer=True`` returns ``(model, {"name": ...,
-    "state": ...} or None)`` for resuming training."""
+    :func:`save`, returned in eval mode as models are). ``with_optimizer=True`` returns
+    ``(model, {"name": ..., "state": ...} or None)`` for resuming training.
+
+    Only a regular file (or a symlink to one) is opened: a folder, FIFO, device or socket
+    is refused before it is opened (so a FIFO without a writer cannot block the call) with
+    :class:`NotARegularFileError` (an OSError). The header is read and validated first,
+    every size it declares checked against the file's size, and then only the tensor bytes
+    it declares are read: a file is never read past what its header validated, and memory
+    stays a small multiple of the file's size. Anything wrong with the contents raises
+    :class:`ModelFileError` saying what and where; a path that cannot be read raises
+    OSError as ``open`` does, and so does a valid file too large for the memory left
+    (errno ENOMEM); each names ``path``."""
     path = os.fspath(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        blob = f.read(size + 1)
-    if len(blob) != size:
-        raise ModelFileError(f"{path}: the file changed while it was read")
-    return load_bytes(blob, path, with_optimizer)
+    fd = _open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        layout = _layout(lambda offset, count: _read_at(fd, offset, count), size, path)
+        try:
+            data = _read_at(fd, layout.start, size - layout.start)
+            if len(data) != size - layout.start or os.fstat(fd).st_size != size:
+                raise ModelFileError(f"{path}: the file changed while it was read")
+            return _assemble(_contents(layout, data, path), path, with_optimizer)
+        except MemoryError:
+            raise OSError(errno.ENOMEM, f"cannot load {path}: not enough memory for a model "
+                                        f"file of {size} bytes") from None
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path):
+    """A read-only descriptor of the regular file at ``path`` (symlinks followed). What
+    :func:`os.stat` says is not a regular file is refused before it is opened (opening a
+    FIFO waits for a writer, opening some devices acts); the open itself does not wait
+    (O_NONBLOCK) and :func:`os.fstat` refuses what replaced the file in between."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotARegularFileError(f"cannot load {path}: it is {_kind_of(st.st_mode)}, "
+                                   "not a model file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                 | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError(f"cannot load {path}: it is {_kind_of(st.st_mode)}, "
+                                       "not a model file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_READ_CHUNK = 1 << 24
+
+
+def _read_at(fd, offset, count):
+    """Up to ``count`` bytes of ``fd`` from ``offset`` (fewer at its end), into one buffer
+    of ``count`` bytes (callers bound it by the file's size first)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    buf, got = bytearray(count), 0
+    while got < count:
+        chunk = os.read(fd, min(count - got, _READ_CHUNK))
+        if not chunk:
+            del buf[got:]
+            break
+        buf[got:got + len(chunk)] = chunk
+        got += len(chunk)
+    return buf

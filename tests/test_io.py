@@ -179,7 +179,7 @@ def test_nan_weights_with_a_valid_checksum_are_rejected():
     (b"\x89HDF\r\n\x1a\n" + b"\0" * 40, "HDF5"),
     (b"\x93NUMPY\x01\x00" + b"\0" * 40, "numpy"),
     (b"", "too short"),
-    (b"hello world, not a model", "not a fastrnn file|JSON"),
+    (b"hello world, not a model", "not a fastrnn or safetensors file: it looks like a text"),
 ])
 def test_foreign_formats_are_named(blob, name):
     with pytest.raises(ModelFileError, match=name):
@@ -348,3 +348,66 @@ def test_only_models_have_a_text_level():
     m.text_level = "words"
     with pytest.raises(ValueError, match="text_level"):
         model_bytes(m)
+
+
+# ---- the bounds a file's tensors must respect before they are read ------------------------
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", {}),
+                                     ("AdamW", {}), ("Adagrad", {}),
+                                     ("RMSprop", dict(centered=True, momentum=0.9))],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_every_optimizer_state_fits_the_bound_the_loader_allows(name, kw, tmp_path):
+    """fastrnn.io refuses optimizer tensors of more than _OPTIMIZER_BUFFERS values per
+    parameter before reading them; each optimizer, with all its buffers, stays inside."""
+    from fastrnn.io import _OPTIMIZER_BUFFERS
+    m = fastrnn.SequenceModel("lstm", input_size=2, hidden_size=3, output_size=1,
+                              task="regression", peephole=True, seed=0)
+    opt = getattr(fastrnn.optim, name)(m.parameters(), **kw)
+    assert len(opt.state) <= _OPTIMIZER_BUFFERS
+    m.save(tmp_path / "m.fastrnn", optimizer=opt)
+    back, state = fastrnn.load(tmp_path / "m.fastrnn", with_optimizer=True)
+    assert state["name"] == name
+
+
+def test_optimizer_tensors_past_the_bound_are_refused_before_they_are_read():
+    from fastrnn.io import _checksum
+    m = tiny()
+    blob = model_bytes(m)
+    n = struct.unpack("<Q", blob[:8])[0]
+    header, data = json.loads(blob[8:8 + n]), blob[8 + n:]
+    weights = sum(a.size for a in m.named_parameters().values())
+    extra = np.zeros(3 * weights + 1, "<f4").tobytes()
+    header["optimizer.m.0"] = {"dtype": "F32", "shape": [3 * weights + 1],
+                               "data_offsets": [0, len(extra)]}
+    for k in header:                                  # the others move after it (name order)
+        if k not in ("__metadata__", "optimizer.m.0") and k > "optimizer.m.0":
+            header[k]["data_offsets"] = [o + len(extra) for o in header[k]["data_offsets"]]
+    first = [k for k in sorted(header) if k != "__metadata__"]
+    before = first[:first.index("optimizer.m.0")]
+    end = max(header[k]["data_offsets"][1] for k in before)
+    header["optimizer.m.0"]["data_offsets"] = [end, end + len(extra)]
+    new = data[:end] + extra + data[end:]
+    header["__metadata__"]["sha256"] = _checksum(header["__metadata__"], new)
+    with pytest.raises(ModelFileError, match="optimizer tensors of"):
+        load_bytes(_craft(header, new))
+
+
+def test_weights_more_than_the_architecture_makes_are_refused_before_they_are_read():
+    """Before, only a lower bound was checked: a file could declare tensors of any size for
+    a tiny architecture, and they were read (and checksummed) before it was refused."""
+    from fastrnn.io import _checksum
+    blob = model_bytes(tiny())
+    n = struct.unpack("<Q", blob[:8])[0]
+    header, data = json.loads(blob[8:8 + n]), blob[8 + n:]
+    # head.bias grows by 1000 values; every later tensor moves along
+    grow = 4000
+    header["head.bias"]["shape"] = [header["head.bias"]["shape"][0] + 1000]
+    b, e = header["head.bias"]["data_offsets"]
+    header["head.bias"]["data_offsets"] = [b, e + grow]
+    for k in header:
+        if k not in ("__metadata__", "head.bias") and header[k]["data_offsets"][0] >= e:
+            header[k]["data_offsets"] = [o + grow for o in header[k]["data_offsets"]]
+    new = data[:e] + b"\0" * grow + data[e:]
+    header["__metadata__"]["sha256"] = _checksum(header["__metadata__"], new)
+    with pytest.raises(ModelFileError, match="at most .* parameters, the file holds"):
+        load_bytes(_craft(header, new))
