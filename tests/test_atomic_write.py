@@ -79,11 +79,14 @@ def _fifo(tmp_path):
 def _socket(tmp_path):
     if not hasattr(socket, "AF_UNIX"):
         pytest.skip("no Unix sockets on this platform")
-    path = tmp_path / "sock"
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(str(path))
-    s.close()                      # the socket file stays
-    return path
+    s, cwd = socket.socket(socket.AF_UNIX), os.getcwd()
+    os.chdir(tmp_path)             # a relative name: a socket's path is limited to ~100 bytes
+    try:
+        s.bind("sock")
+    finally:
+        os.chdir(cwd)
+        s.close()                  # the socket file stays
+    return tmp_path / "sock"
 
 
 @pytest.mark.parametrize("kind,match", [("folder", "is a folder"), ("fifo", "FIFO"),
