@@ -24,7 +24,21 @@
 # it even. A step reads the count before and after its arithmetic, which writes only the
 # [1] halves, the scratch and y; if the count moved (or was odd) the step is run again from
 # the unchanged [0] state, and only then carried. So every step computes from one version
-# of the weights, and the pointers stay valid because the buffers never move.
+# of the weights, and the pointers stay valid because the buffers never move. The native
+# wait is bounded: a step that finds a write under way for long, or loses the race a few
+# times, goes back to Python, takes the writer's lock there (a wait Ctrl-C can interrupt,
+# and which raises if the count was left odd with no writer) and steps holding it.
+#
+# A Stream is immutable once built (a second __init__ is refused): a step in another thread
+# reads the plan without the GIL, so nothing it points to may change or be freed while the
+# stream lives. Every size in the plan comes from the kernels' rules for the cell (gate
+# count from cell and coupled) and every array is checked against them, each attribute of
+# the caller's layer read once (_layer_spec).
+#
+# Fork: in a child process (a stream made before os.fork) a step runs on the calling
+# thread alone (libgomp's pool does not survive fork, fastrnn._threads; the thread split
+# does not change the result, bit for bit); its lock is made anew if a thread of the parent
+# held it, and a state that thread was writing at that moment is refused until reset().
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
 from cpython.buffer cimport PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT
@@ -34,6 +48,8 @@ from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThr
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 cimport numpy as cnp
+import os
+
 import numpy as np
 
 from ._blas cimport step_threads
@@ -75,11 +91,27 @@ cdef extern from *:
         return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     static inline void fr_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
     #endif
-    static inline long long fr_seq_begin(const long long *gen) {
+    /* -1 instead, after max_yields yields with the count still odd: the caller waits
+       for the writer with the GIL, where it can be interrupted (or learn that there is no
+       writer: a count left odd) */
+    static inline long long fr_seq_begin(const long long *gen, int max_yields) {
         long long g;
-        while ((g = fr_load_acquire(gen)) & 1)
+        int n = 0;
+        while ((g = fr_load_acquire(gen)) & 1) {
+            if (n++ >= max_yields)
+                return -1;
             fr_yield();
+        }
         return g;
+    }
+    /* a flag another process may snapshot (fork) while this thread runs: stores before
+       it stay before it, stores after it stay after it */
+    static inline void fr_store_flag(int *p, int v) {
+    #if defined(_MSC_VER)
+        _ReadWriteBarrier(); *(volatile int *)p = v; _ReadWriteBarrier();
+    #else
+        __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+    #endif
     }
     /* 1 when a write began or ended since fr_seq_begin returned g: the weights read in
        between may mix two versions */
@@ -89,7 +121,8 @@ cdef extern from *:
     }
     """
     void fr_omp_barrier() noexcept nogil
-    long long fr_seq_begin(const long long *gen) noexcept nogil
+    long long fr_seq_begin(const long long *gen, int max_yields) noexcept nogil
+    void fr_store_flag(int *p, int v) noexcept nogil
     int fr_seq_moved(const long long *gen, long long g) noexcept nogil
 
 cdef enum Cell:
@@ -223,19 +256,49 @@ cdef void run_step(Plan *p, const floating *x, floating *y, const floating *zero
            <Py_ssize_t>p.B * p.H * sizeof(floating))
 
 
+cdef enum:
+    # a step's native attempts before it goes back to Python for the writer's lock, and the
+    # yields to a write under way each attempt may spend before that
+    _NATIVE_TRIES = 4
+    _MAX_YIELDS = 256
+
+# forks seen by this process (a child counts one more than its parent): a stream made
+# under another count was made in another process
+cdef unsigned long _fork_generation = 0
+
+
+def _count_fork_in_child():
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork_in_child)
+
+
 cdef class Stream:
     """A running recurrent network for ``batch`` streams, one call per time step; build
     it with ``layer.stream()``. ``stream.step(x_t)``: ``x_t (B, I)`` (or ``(I,)`` when
     B = 1) -> the top layer's output ``(B, H)`` (or ``(H,)``), a new array; the state
-    stays inside and advances. Reads the layer's parameters in place on every call."""
+    stays inside and advances. Reads the layer's parameters in place on every call.
+
+    A stream is built once (calling ``__init__`` again raises RuntimeError). Used in a
+    process forked after it was made, it steps on the calling thread alone, with the same
+    results."""
     cdef Plan plan
     cdef LayerPlan *layer_plans
     cdef PyThread_type_lock lock
     cdef readonly object layer
     cdef object arrays          # everything the plan points into, kept alive
+    cdef object guard           # the layer's fastrnn._guard.WeightGuard, or None
     cdef object dtype
     cdef int typenum, I
     cdef bint is_f32, lstm, needs_blas
+    cdef bint built             # __init__ has begun: never again
+    cdef bint ready             # __init__ finished: the plan is complete
+    cdef bint torn              # forked while another thread wrote the state: refuse it
+    cdef int writing_state      # the carried state is being written (fr_store_flag)
+    cdef unsigned long fork_generation
     cdef readonly int batch
     cdef Py_ssize_t _zero_hn_offset        # bytes into the scratch: H zeros
     cdef const long long *gen              # the layer's weight version (1,), or NULL
@@ -251,38 +314,40 @@ cdef class Stream:
         if self.layer_plans != NULL:
             free(self.layer_plans)
 
-    def __init__(self, layer, int batch, params, int n_threads):
-        """Use ``layer.stream()``. ``params`` is one dict per layer (W_ih, W_hh, b_ih, b_hh
-        and, for a peephole LSTM, p_i, p_f, p_o: C-contiguous arrays of the layer's dtype,
-        or None for absent ones); every shape is checked here, because the step reads them
-        through raw pointers."""
-        if batch < 1:
-            raise ValueError(f"batch must be a positive int, got {batch}")
-        if layer.cell not in ("rnn", "lstm", "gru") or getattr(layer, "bidirectional", True):
-            raise ValueError("a Stream runs a unidirectional fastrnn RNN, LSTM or GRU layer")
-        if len(params) != layer.num_layers or len(params) < 1:
-            raise ValueError(f"params: one dict per layer ({layer.num_layers}) expected")
-        _check_params(layer, params)
-        cdef int L = len(params), l, H = layer.hidden_size
+    def __init__(self, layer, batch, params, n_threads):
+        """Use ``layer.stream()``. ``layer``: a fastrnn RNN, LSTM or GRU (unidirectional);
+        ``params``: one dict per layer (W_ih, W_hh, b_ih, b_hh and, for a peephole LSTM,
+        p_i, p_f, p_o: aligned C-contiguous arrays of the layer's dtype, or None for absent
+        ones); ``n_threads``: a positive int. Every size comes from the kernels' rules for
+        the layer's cell and every array is checked against them, because the step reads
+        them through raw pointers: a ValueError or TypeError says what does not fit.
+        RuntimeError when called on a stream already built."""
+        if self.built:
+            raise RuntimeError("this Stream is already built; a stream cannot be rebuilt "
+                               "(a step in another thread may be reading it): make a new "
+                               "one with layer.stream()")
+        self.built = True
+        spec = _layer_spec(layer, batch, params, n_threads)
+        cdef int L = spec.num_layers, l, H = spec.hidden_size
+        cdef int B = spec.batch
         cdef Plan *p = &self.plan
-        self.layer, self.batch, self.dtype = layer, batch, np.dtype(layer.dtype)
+        self.layer, self.batch, self.dtype = layer, B, spec.dtype
         self.is_f32 = self.dtype == np.float32
         self.typenum = cnp.NPY_FLOAT32 if self.is_f32 else cnp.NPY_FLOAT64
-        self.I = layer.input_size
-        self.lstm = layer.cell == "lstm"
+        self.I = spec.input_size
+        self.lstm = spec.cell == "lstm"
         p.cell = {"lstm": CELL_LSTM, "gru": CELL_GRU}.get(
-            layer.cell, CELL_RNN_RELU if getattr(layer, "nonlinearity", "") == "relu"
-            else CELL_RNN_TANH)
-        p.L, p.B, p.H = L, batch, H
-        p.G = layer.gates
+            spec.cell, CELL_RNN_RELU if spec.nonlinearity == "relu" else CELL_RNN_TANH)
+        p.L, p.B, p.H = L, B, H
+        p.G = spec.gates
         p.GH = p.G * H
-        p.coupled = getattr(layer, "coupled", False)
-        p.reset_after = getattr(layer, "reset_after", False)
+        p.coupled = spec.coupled
+        p.reset_after = spec.reset_after
         # BLAS runs only for batch > 1 or float64 (batch-1 float32 products are gemv.h)
-        self.needs_blas = batch > 1 or not self.is_f32
-        state = np.zeros((L, 2, 2, batch, H), self.dtype)   # layer, (h, c), (in, out)
-        scratch = np.zeros((L + 1) * p.GH + 2 * batch * H + batch * p.GH + H, self.dtype)
-        self.arrays = [state, scratch, params]
+        self.needs_blas = B > 1 or not self.is_f32
+        state = np.zeros((L, 2, 2, B, H), self.dtype)   # layer, (h, c), (in, out)
+        scratch = np.zeros((L + 1) * p.GH + 2 * B * H + B * p.GH + H, self.dtype)
+        self.arrays = [state, scratch, spec.arrays]
         self.layer_plans = <LayerPlan *>malloc(L * sizeof(LayerPlan))
         if self.layer_plans == NULL:
             raise MemoryError("could not allocate the stream's plan")
@@ -290,35 +355,34 @@ cdef class Stream:
         cdef char *s0 = cnp.PyArray_BYTES(scratch)
         cdef Py_ssize_t isz = self.dtype.itemsize
         p.gates = s0
-        p.side = s0 + batch * p.GH * isz
-        p.tc = s0 + (batch * p.GH + batch * H) * isz
+        p.side = s0 + B * p.GH * isz
+        p.tc = s0 + (B * p.GH + B * H) * isz
         # scratch tail: L fused biases (GH,), then H zeros (b_hn of a bias-free GRU)
         for l in range(L):
             lp = &self.layer_plans[l]
-            d = params[l]
-            lp.I = d["W_ih"].shape[1]
+            d = spec.arrays[l]
+            lp.I = spec.input_size if l == 0 else H
             lp.W_ih = _ptr(d["W_ih"])
             lp.W_hh = _ptr(d["W_hh"])
             lp.b_ih = _ptr(d["b_ih"])
             lp.b_hh = _ptr(d["b_hh"])
-            lp.p_i = _ptr(d.get("p_i"))
-            lp.p_f = _ptr(d.get("p_f"))
-            lp.p_o = _ptr(d.get("p_o"))
+            lp.p_i = _ptr(d["p_i"])
+            lp.p_f = _ptr(d["p_f"])
+            lp.p_o = _ptr(d["p_o"])
             lp.h = cnp.PyArray_DATA(state[l, 0])
             lp.c = cnp.PyArray_DATA(state[l, 1]) if self.lstm else NULL
-            lp.bias = s0 + (batch * p.GH + 2 * batch * H + l * p.GH) * isz
-        self._zero_hn_offset = (batch * p.GH + 2 * batch * H + L * p.GH) * isz
-        work = sum(batch * p.GH * (H + d["W_ih"].shape[1]) for d in params)
-        p.n_threads = step_threads(n_threads, H, work)
+            lp.bias = s0 + (B * p.GH + 2 * B * H + l * p.GH) * isz
+        self._zero_hn_offset = (B * p.GH + 2 * B * H + L * p.GH) * isz
+        work = sum(B * p.GH * (H + (spec.input_size if l == 0 else H)) for l in range(L))
+        p.n_threads = step_threads(spec.n_threads, H, work)
         # the weight version count of fastrnn._guard, read by every step without the GIL
-        gen = getattr(getattr(layer, "_guard", None), "gen_array", None)
+        self.guard = spec.guard
         self.gen = NULL
-        if gen is not None:
-            if not isinstance(gen, np.ndarray) or gen.dtype != np.int64 or gen.shape != (1,) \
-                    or not gen.flags.c_contiguous or not gen.flags.aligned:
-                raise ValueError("layer._guard.gen_array must be one aligned int64")
-            self.arrays.append(gen)
-            self.gen = <const long long *>cnp.PyArray_DATA(gen)
+        if spec.gen_array is not None:
+            self.arrays.append(spec.gen_array)
+            self.gen = <const long long *>cnp.PyArray_DATA(spec.gen_array)
+        self.fork_generation = _fork_generation
+        self.ready = True
 
     @property
     def guarded(self):
@@ -328,18 +392,63 @@ cdef class Stream:
 
     @property
     def n_threads(self):
-        """OpenMP threads a step runs on (one for small steps: see step_threads)."""
+        """OpenMP threads a step runs on (one for small steps: see step_threads; one in
+        a process forked after the stream was made)."""
+        self._check_process()
         return self.plan.n_threads
 
     def _state_array(self):
         return self.arrays[0]
+
+    cdef int _check_process(self) except -1:
+        """Refuse an unbuilt stream; adopt one made in the parent of this process."""
+        if not self.ready:
+            raise RuntimeError("this Stream was not built (its __init__ failed or was never "
+                               "called): make one with layer.stream()")
+        if self.fork_generation != _fork_generation:
+            self._adopt_after_fork()
+        return 0
+
+    cdef void _adopt_after_fork(self):
+        """First use in a forked child: the only thread here is this one, so a held lock
+        was held by a thread of the parent that does not exist here; and libgomp's pool
+        did not survive the fork, so steps run on this thread alone."""
+        cdef PyThread_type_lock fresh
+        if PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            PyThread_release_lock(self.lock)
+        else:
+            fresh = PyThread_allocate_lock()
+            if fresh != NULL:           # else keep the old one: calls will wait (rare OOM)
+                PyThread_free_lock(self.lock)
+                self.lock = fresh
+            if self.writing_state:
+                self.torn = True
+            self.writing_state = 0
+        self.plan.n_threads = 1
+        self.fork_generation = _fork_generation
+
+    cdef int _acquire(self) except -1:
+        self._check_process()
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            with nogil:       # another thread is using this stream: wait without the GIL
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        return 0
+
+    cdef int _refuse_torn(self) except -1:
+        if self.torn:
+            raise RuntimeError("this process was forked while another thread was writing "
+                               "this stream's state, which is therefore unknown here: "
+                               "call reset() or set_state() before stepping")
+        return 0
 
     def step(self, x_t):
         cdef Py_buffer view
         cdef bint have_view = False, unbatched = False
         cdef cnp.npy_intp dims[2]
         cdef const void *xp
-        cdef char *zero_hn = <char *>cnp.PyArray_BYTES(self.arrays[1]) + self._zero_hn_offset
+        cdef char *zero_hn
+        self._check_process()
+        zero_hn = <char *>cnp.PyArray_BYTES(self.arrays[1]) + self._zero_hn_offset
         if get_buffer_noraise(x_t, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0:
             have_view = _view_matches(&view, self.is_f32, self.batch, self.I)
             if not have_view:
@@ -373,33 +482,58 @@ cdef class Stream:
         return y
 
     cdef int _run(self, const void *xp, void *yp, char *zero_hn) except -1:
-        cdef long long g = 0
-        cdef const long long *gen = self.gen
-        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
-            with nogil:       # another thread is stepping this stream: wait without the GIL
-                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        cdef bint done
+        self._acquire()
         try:
+            self._refuse_torn()
             with nogil:
-                while True:   # once, unless the weights were replaced meanwhile
-                    if gen != NULL:
-                        g = fr_seq_begin(gen)
-                    if self.is_f32:
-                        run_step(&self.plan, <const float *>xp, <float *>yp,
-                                 <const float *>zero_hn)
-                    else:
-                        run_step(&self.plan, <const double *>xp, <double *>yp,
-                                 <const double *>zero_hn)
-                    if gen == NULL or not fr_seq_moved(gen, g):
-                        break
-                # the step is good: its result becomes the carried state
-                carry_units(&self.plan, 4 if self.is_f32 else 8, 0, self.plan.H)
+                done = self._attempt(xp, yp, zero_hn, _NATIVE_TRIES)
         finally:
             PyThread_release_lock(self.lock)
+        if done:
+            return 0
+        # a write is long, or writes keep coming: wait for the writer's lock here, with the
+        # GIL (Ctrl-C can interrupt the wait; a count left odd with no writer raises), and
+        # step holding it, so that no write can overlap. Lock order: guard, then stream.
+        with self.guard.stable():
+            self._acquire()
+            try:
+                self._refuse_torn()
+                with nogil:
+                    self._attempt(xp, yp, zero_hn, 0)
+            finally:
+                PyThread_release_lock(self.lock)
         return 0
+
+    cdef bint _attempt(self, const void *xp, void *yp, char *zero_hn, int tries) noexcept nogil:
+        """Step under the stream's lock: True once a step computed from one version of the
+        weights is carried. ``tries`` optimistic attempts (False if none succeeded, the
+        state untouched); 0: once, unchecked (the caller holds the writer's lock)."""
+        cdef long long g = 0
+        cdef const long long *gen = self.gen if tries > 0 else NULL
+        cdef int k
+        for k in range(max(tries, 1)):
+            if gen != NULL:
+                g = fr_seq_begin(gen, _MAX_YIELDS)
+                if g < 0:
+                    return False
+            if self.is_f32:
+                run_step(&self.plan, <const float *>xp, <float *>yp, <const float *>zero_hn)
+            else:
+                run_step(&self.plan, <const double *>xp, <double *>yp,
+                         <const double *>zero_hn)
+            if gen == NULL or not fr_seq_moved(gen, g):
+                # the step is good: its result becomes the carried state
+                fr_store_flag(&self.writing_state, 1)
+                carry_units(&self.plan, 4 if self.is_f32 else 8, 0, self.plan.H)
+                fr_store_flag(&self.writing_state, 0)
+                return True
+        return False
 
     def _takes_fast_path(self, x_t):
         """Test hook: whether step() would read x_t in place, without the checked copy."""
         cdef Py_buffer view
+        self._check_process()
         if get_buffer_noraise(x_t, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0:
             _clear_error()
             return False
@@ -426,11 +560,10 @@ cdef class Stream:
     def get_state(self):
         """A copy of the carried state as ``layer.step`` takes it: ``h (L, B, H)``, or
         for an LSTM the pair ``(h, c)``."""
-        st = self.arrays[0]
-        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
-            with nogil:       # not in the middle of another thread's step
-                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        st = self.arrays[0] if self.ready else None
+        self._acquire()               # not in the middle of another thread's step
         try:
+            self._refuse_torn()
             if self.lstm:
                 return st[:, 0, 0].copy(), st[:, 1, 0].copy()
             return st[:, 0, 0].copy()
@@ -438,28 +571,40 @@ cdef class Stream:
             PyThread_release_lock(self.lock)
 
     def set_state(self, state):
-        """Replace the carried state (None: zeros), in ``get_state``'s form."""
+        """Replace the carried state, in ``get_state``'s form; None: zeros (as
+        :meth:`reset`). ValueError if the arrays are not the layer's dtype and shape."""
+        self._check_process()
         L, B, H = self.plan.L, self.batch, self.plan.H
-        st = self.arrays[0]
-        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
-            with nogil:
-                PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        try:
-            if state is None:
-                st[...] = 0
-                return
-            parts = state if self.lstm else (state,)
+        checked = []
+        if state is not None:
             if self.lstm and (not isinstance(state, tuple) or len(state) != 2):
                 raise ValueError("an LSTM stream's state is a pair (h, c)")
-            checked = []
-            for part in parts:
+            for part in (state if self.lstm else (state,)):
                 a = np.asarray(part)
                 if a.shape != (L, B, H) or a.dtype != self.dtype:
                     raise ValueError(f"state arrays must be {self.dtype} of shape {(L, B, H)}, "
                                      f"got {a.dtype} {a.shape}")
                 checked.append(a)
-            for k, a in enumerate(checked):
+        self._write_state(checked)
+
+    def reset(self):
+        """Set the carried state to zeros, as a new stream starts (Keras'
+        ``reset_states()``; to go back to some other state, ``set_state`` it). The layer's
+        weights are not touched."""
+        self._write_state([])
+
+    def _write_state(self, parts):
+        # parts: checked arrays for h (and c); none: zeros
+        st = self.arrays[0] if self.ready else None
+        self._acquire()
+        try:
+            self.writing_state = 1      # a fork meanwhile leaves the child's copy refused
+            if not parts:
+                st[...] = 0
+            for k, a in enumerate(parts):
                 st[:, k, 0] = a
+            self.writing_state = 0
+            self.torn = False
         finally:
             PyThread_release_lock(self.lock)
 
@@ -467,32 +612,153 @@ cdef class Stream:
         return f"<fastrnn.Stream of {self.layer!r}, batch={self.batch}>"
 
 
-def _check_params(layer, params):
-    """Every array the plan will point into: the layer's dtype, C-contiguous, the shape the
-    cell's kernels index (a wrong one would be read out of bounds)."""
-    H, G, dtype = layer.hidden_size, layer.gates, np.dtype(layer.dtype)
-    peepholes = set(getattr(layer, "peephole", ""))
+class _Spec:
+    """What a Stream takes from its caller, checked: plain values and ndarrays."""
+    __slots__ = ("cell", "gates", "hidden_size", "input_size", "num_layers", "batch",
+                 "dtype", "coupled", "peephole", "reset_after", "nonlinearity", "n_threads",
+                 "arrays", "guard", "gen_array")
+
+
+_INT32_MAX = 2 ** 31 - 1
+_MISSING = object()
+_ARRAY_NAMES = ("W_ih", "W_hh", "b_ih", "b_hh", "p_i", "p_f", "p_o")
+
+
+def _layer_spec(layer, batch, params, n_threads):
+    """Everything the plan uses, from a caller's layer object that may lie: each attribute
+    read once, every size derived from the kernels' rules for the cell (the gate count
+    from cell and coupled, never from ``layer.gates``), every array checked against those
+    sizes as a plain ndarray view (a subclass's overridden ``shape`` is not believed).
+    Raises ValueError or TypeError naming what does not fit."""
+    from ._guard import WeightGuard
+    s = _Spec()
+
+    def attr(name, default=_MISSING):
+        try:
+            return getattr(layer, name) if default is _MISSING else getattr(layer, name, default)
+        except AttributeError:
+            raise TypeError(f"layer has no attribute {name!r}: a Stream runs a fastrnn RNN, "
+                            f"LSTM or GRU layer (use layer.stream()), got "
+                            f"{type(layer).__name__}") from None
+
+    cell = attr("cell")
+    if type(cell) is not str or cell not in ("rnn", "lstm", "gru"):
+        raise ValueError(f"layer.cell must be 'rnn', 'lstm' or 'gru', got {cell!r}")
+    s.cell = cell
+    if _flag("layer.bidirectional", attr("bidirectional", False)):
+        raise ValueError("a Stream runs a unidirectional layer; a bidirectional one needs the "
+                         "whole sequence")
+    s.hidden_size = _count("layer.hidden_size", attr("hidden_size"))
+    s.input_size = _count("layer.input_size", attr("input_size"))
+    s.num_layers = _count("layer.num_layers", attr("num_layers"))
+    s.batch = _count("batch", batch)
+    s.n_threads = _count("n_threads", n_threads)
+    dtype = np.dtype(attr("dtype"))
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)) or not dtype.isnative:
+        raise TypeError(f"layer.dtype must be float32 or float64, got {dtype}")
+    s.dtype = dtype
+    s.coupled = _flag("layer.coupled", attr("coupled", False))
+    peephole = attr("peephole", "")
+    if peephole is False or peephole is None:
+        peephole = ""
+    if type(peephole) is not str or set(peephole) - set("ifo") or \
+            len(set(peephole)) != len(peephole):
+        raise ValueError(f"layer.peephole must be a string of distinct gates from 'ifo', "
+                         f"got {peephole!r}")
+    if cell != "lstm" and (peephole or s.coupled):
+        raise ValueError(f"layer.peephole / layer.coupled are LSTM variants; a {cell} layer "
+                         "has neither")
+    if s.coupled and "f" in peephole:
+        raise ValueError("a coupled LSTM has no forget gate: peephole 'f' is not possible")
+    s.peephole = peephole
+    s.reset_after = _flag("layer.reset_after", attr("reset_after", False)) \
+        if cell == "gru" else False
+    s.nonlinearity = attr("nonlinearity", "tanh") if cell == "rnn" else "tanh"
+    if type(s.nonlinearity) is not str or s.nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"layer.nonlinearity must be 'tanh' or 'relu', got "
+                         f"{s.nonlinearity!r}")
+    # the kernels' own gate counts (make_shape for the LSTM)
+    s.gates = {"rnn": 1, "gru": 3}.get(cell, 3 if s.coupled else 4)
+    H, I, G, B = s.hidden_size, s.input_size, s.gates, s.batch
+    if G * H * max(I, H) > _INT32_MAX or B * G * H > _INT32_MAX or B * I > _INT32_MAX:
+        raise ValueError(f"hidden_size={H}, input_size={I}, batch={B}: a weight matrix or a "
+                         "step's buffers exceed the kernels' 32-bit index range")
+    s.arrays = _checked_arrays(s, params)
+    guard = attr("_guard", None)
+    s.guard, s.gen_array = None, None
+    if guard is not None:
+        if not isinstance(guard, WeightGuard):
+            raise TypeError(f"layer._guard must be a fastrnn._guard.WeightGuard, got "
+                            f"{type(guard).__name__}")
+        gen = guard.gen_array
+        gen = np.ndarray.view(gen, np.ndarray) if isinstance(gen, np.ndarray) else None
+        if gen is None or gen.dtype != np.int64 or gen.shape != (1,) \
+                or not gen.flags.c_contiguous or not gen.flags.aligned:
+            raise ValueError("layer._guard.gen_array must be one aligned int64")
+        s.guard, s.gen_array = guard, gen
+    return s
+
+
+def _checked_arrays(s, params):
+    """params -> one dict per layer of every array name (None where absent), each a plain
+    ndarray of the dtype, C-contiguous, aligned and of the shape the kernel indexes."""
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"params must be a list of dicts, one per layer, got "
+                        f"{type(params).__name__}")
+    params = list(params)
+    if len(params) != s.num_layers:
+        raise ValueError(f"params: one dict per layer ({s.num_layers}) expected, got "
+                         f"{len(params)}")
+    H, GH = s.hidden_size, s.gates * s.hidden_size
+    optional = {"b_ih", "b_hh"} | {"p_" + g for g in "ifo" if g not in s.peephole}
+    out = []
     for l, d in enumerate(params):
-        I = layer.input_size if l == 0 else H
-        want = {"W_ih": (G * H, I), "W_hh": (G * H, H), "b_ih": (G * H,), "b_hh": (G * H,)}
-        for g in "ifo":
-            want["p_" + g] = (H,)
-        optional = {"b_ih", "b_hh"} | {"p_" + g for g in "ifo" if g not in peepholes}
-        for name, shape in want.items():
-            a = d.get(name)
+        if not isinstance(d, dict):
+            raise TypeError(f"params[{l}] must be a dict of arrays, got {type(d).__name__}")
+        unknown = [k for k in list(d) if k not in _ARRAY_NAMES]
+        if unknown:
+            raise ValueError(f"layer {l}: unknown array names {unknown} (expected some of "
+                             f"{list(_ARRAY_NAMES)})")
+        I = s.input_size if l == 0 else H
+        want = {"W_ih": (GH, I), "W_hh": (GH, H), "b_ih": (GH,), "b_hh": (GH,),
+                "p_i": (H,), "p_f": (H,), "p_o": (H,)}
+        arrays = {}
+        for name in _ARRAY_NAMES:
+            a = d.get(name)                 # read once: what is checked is what is used
             if a is None:
                 if name not in optional:
                     raise ValueError(f"layer {l}: {name} is missing")
+                arrays[name] = None
                 continue
-            if name.startswith("p_") and name[2] not in peepholes:
+            if name.startswith("p_") and name[2] not in s.peephole:
                 raise ValueError(f"layer {l}: {name} given, but the layer has no such peephole")
-            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape \
-                    or not a.flags.c_contiguous:
-                raise ValueError(f"layer {l}: {name} must be a C-contiguous {dtype} array of "
-                                 f"shape {shape}, got {getattr(a, 'dtype', type(a).__name__)} "
-                                 f"{getattr(a, 'shape', '')}")
-        if (d.get("b_ih") is None) != (d.get("b_hh") is None):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"layer {l}: {name} must be a numpy array, got "
+                                f"{type(a).__name__}")
+            a = np.ndarray.view(a, np.ndarray)
+            if a.dtype != s.dtype or a.shape != want[name] or not a.flags.c_contiguous \
+                    or not a.flags.aligned:
+                raise ValueError(f"layer {l}: {name} must be an aligned C-contiguous "
+                                 f"{s.dtype} array of shape {want[name]}, got {a.dtype} "
+                                 f"{a.shape}")
+            arrays[name] = a
+        if (arrays["b_ih"] is None) != (arrays["b_hh"] is None):
             raise ValueError(f"layer {l}: give both biases or neither")
+        out.append(arrays)
+    return out
+
+
+def _count(name, v):
+    """A positive int that fits the kernels' 32-bit sizes (bools refused)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= _INT32_MAX:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _flag(name, v):
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    raise TypeError(f"{name} must be True or False, got {v!r}")
 
 
 cdef const void *_ptr(a):

@@ -12,7 +12,9 @@ from one that had handed a kernel more than one thread, :func:`effective_n_threa
 1: its kernels run on the calling thread, never entering a multi-thread region (OpenBLAS
 resets its own pool at fork). Use the "forkserver" or "spawn" start method for children
 that should run multi-threaded kernels. A :class:`fastrnn.Stream` made before the fork
-keeps the thread count it was made with: make streams in the child.
+steps on the calling thread alone in the child, with the same results (the thread split
+does not change them); make streams in the child for threaded steps there. Weights being
+replaced in another thread at the fork are never inherited half copied (fastrnn._guard).
 """
 import os
 import threading
