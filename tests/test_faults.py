@@ -372,12 +372,15 @@ def test_a_folder_fsync_that_fails_does_not_fail_the_save(tmp_path, monkeypatch)
 def test_saving_onto_a_folder_or_into_a_missing_one_fails_cleanly(tmp_path):
     _, new = _models()
     (tmp_path / "m.fastrnn").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(io.NotARegularFileError, match="is a folder") as info:
         new.save(tmp_path / "m.fastrnn")
+    # the user's path, never the temporary (both named before atomic_write)
+    assert str(tmp_path / "m.fastrnn") in str(info.value) and ".tmp" not in str(info.value)
     assert (tmp_path / "m.fastrnn").is_dir() and _others(tmp_path) == []
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
         new.save(tmp_path / "missing" / "m.fastrnn")
-    assert _others(tmp_path) == []
+    assert str(tmp_path / "missing" / "m.fastrnn") in str(info.value)
+    assert ".tmp" not in str(info.value) and _others(tmp_path) == []
 
 
 # ---- (c) Ctrl-C during a long predict and a long fit ---------------------------------------

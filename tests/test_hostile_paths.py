@@ -296,3 +296,22 @@ def test_a_load_that_runs_out_of_memory_is_an_oserror_naming_the_file(tmp_path,
     assert str(path) in str(info.value) and not isinstance(info.value, MemoryError)
     assert info.value.errno == __import__("errno").ENOMEM
     assert np.isfinite(1.0)
+
+
+def test_a_file_is_refused_for_the_same_reason_as_its_bytes(tmp_path):
+    """load (header first, then the declared bytes) and load_bytes (all in memory) run
+    the same checks in the same order: every truncation and every byte's top bit flipped
+    of a golden file gives the same ModelFileError message from both."""
+    golden = os.path.join(ROOT, "tests", "golden", "v1", "cell-lstm-peephole-f32.fastrnn")
+    blob = open(golden, "rb").read()
+    path = tmp_path / "m.fastrnn"
+    variants = [blob[:n] for n in range(len(blob))]
+    variants += [blob[:i] + bytes([blob[i] ^ 0x80]) + blob[i + 1:] for i in range(len(blob))]
+    for v in variants:
+        path.write_bytes(v)
+        with pytest.raises(ModelFileError) as from_file:
+            fastrnn.load(path)
+        with pytest.raises(ModelFileError) as from_bytes:
+            io.load_bytes(v, str(path))
+        assert str(from_file.value) == str(from_bytes.value)
+    assert len(variants) == 2 * len(blob)
