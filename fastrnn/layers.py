@@ -24,6 +24,8 @@ block is 1.0 so the cell remembers by default (for the coupled LSTM, where f = 1
 input-gate bias is -1.0, giving the same f = 0.73 at the start). ``seed`` fixes every random
 choice (initialisation and dropout masks); the same seed gives bit-identical models.
 """
+import difflib
+import inspect
 import threading
 
 import numpy as np
@@ -108,6 +110,28 @@ def _checked_state(state, layout, params):
             raise ValueError(f"{name} holds NaN or infinity (in the layer's {a.dtype})")
         out[name] = a
     return out
+
+
+def _keyword_names(*functions):
+    """The argument names of ``functions`` that can be given by keyword, in order."""
+    names = []
+    for f in functions:
+        for p in inspect.signature(f).parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" \
+                    and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+def _refuse_unknown_keywords(owner, given, valid):
+    """Python's TypeError for a keyword argument that ``owner`` (a public class name) does
+    not take, raised by the public class rather than by the private base that would
+    otherwise name itself, with the closest valid argument as a hint."""
+    for name in given:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint}")
 
 
 def _orthogonal(rng, n):
@@ -214,10 +238,13 @@ class _Recurrent:
         meanwhile (``__call__``, ``step``, a stream's step) computes entirely from the old
         weights or entirely from the new ones (fastrnn._guard). The parameter buffer stays
         the same object, so optimizers and streams made earlier follow the new weights."""
-        state = _checked_state(state, self._layout, self.params)
+        self._write_params(_checked_state(state, self._layout, self.params))
+
+    def _write_params(self, checked):
+        """Copy checked arrays (every parameter, by name) in, as one version for readers."""
         with self._guard.writing():
             for name, _, _ in self._layout:
-                self.params[name][...] = state[name]
+                self.params[name][...] = checked[name]
 
     def zero_grad(self):
         self.grad.fill(0)
@@ -534,8 +561,9 @@ class _Recurrent:
         Weights replaced with :meth:`load_state_dict` (or by a step of ``fit``) while the
         stream runs: each step computes from one version, old or new, never a mix; the
         step after the replacement runs the new weights from the state the old ones left
-        (make a new stream to start over). The parameter buffer is written in place, so
-        the stream's pointers into it stay valid."""
+        (``reset()`` the stream to start over). The parameter buffer is written in place,
+        so the stream's pointers into it stay valid. A stream made before ``os.fork`` steps
+        on one thread in the child, with the same results."""
         from ._stream import Stream
         if self.bidirectional:
             raise ValueError("a bidirectional layer needs the whole sequence; it cannot stream")
@@ -571,11 +599,36 @@ class _Recurrent:
         steps (an optimizer updates them in place)."""
         return b_ih + b_hh
 
+    # ---- construction arguments ------------------------------------------------------
+    # the arguments of RNN/LSTM/GRU's own __init__ beyond _Recurrent's (nonlinearity, ...)
+    _variant_arguments = ()
+
+    @classmethod
+    def _refuse_unknown(cls, owner, given):
+        _refuse_unknown_keywords(owner, given,
+                                 _keyword_names(cls.__init__, _Recurrent.__init__))
+
+    def _arguments(self, names):
+        """``name=value`` for each of ``names`` whose value differs from its default."""
+        defaults = {}
+        for f in (type(self).__init__, _Recurrent.__init__):
+            for p in inspect.signature(f).parameters.values():
+                defaults.setdefault(p.name, p.default)
+        defaults["peephole"] = ""               # peephole=False is stored as no gates
+        out = []
+        for name in names:
+            value = getattr(self, name)
+            if value != defaults[name]:
+                out.append(f"{name}={value.name if name == 'dtype' else value!r}")
+        return out
+
     def __repr__(self):
-        extra = f", num_layers={self.num_layers}" if self.num_layers > 1 else ""
-        extra += ", bidirectional=True" if self.bidirectional else ""
-        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
-                f"dtype={self.dtype.name})")
+        """PyTorch's form, with every argument that is not at its default, e.g.
+        ``LSTM(64, 128, num_layers=2, batch_first=True, peephole='ifo')``."""
+        args = [str(self.input_size), str(self.hidden_size)] + self._arguments(
+            ("num_layers", "bias", "batch_first", "dropout", "bidirectional")
+            + self._variant_arguments + ("dtype", "n_threads"))
+        return f"{type(self).__name__}({', '.join(args)})"
 
 
 def _rnn_act(nonlinearity):
@@ -599,8 +652,10 @@ class RNN(_Recurrent):
     """Elman RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, act tanh or relu.
     Arguments and shapes as ``torch.nn.RNN``; see the module docstring."""
     cell = "rnn"
+    _variant_arguments = ("nonlinearity",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kw):
+        RNN._refuse_unknown(type(self).__name__, kw)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -635,9 +690,11 @@ class LSTM(_Recurrent):
     the ONNX convention). ``coupled=True``: f = 1 - i, three gate blocks (i, g, o).
     Arguments and shapes otherwise as ``torch.nn.LSTM``; see the module docstring."""
     cell = "lstm"
+    _variant_arguments = ("peephole", "coupled")
 
     def __init__(self, input_size, hidden_size, num_layers=1, peephole=False, coupled=False,
                  **kw):
+        LSTM._refuse_unknown(type(self).__name__, kw)
         gates = "ifo" if peephole is True else ("" if peephole is False else str(peephole))
         if set(gates) - set("ifo") or len(set(gates)) != len(gates):
             raise ValueError(f"peephole must be a bool or a string of distinct gates from 'ifo', "
@@ -700,8 +757,10 @@ class GRU(_Recurrent):
     (Cho et al. 2014, Keras ``reset_after=False``): ``n = tanh(W_in x + b_in + W_hn (r h)
     + b_hn)``. Arguments and shapes otherwise as ``torch.nn.GRU``."""
     cell = "gru"
+    _variant_arguments = ("reset_after",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, reset_after=True, **kw):
+        GRU._refuse_unknown(type(self).__name__, kw)
         self.reset_after = _flag("reset_after", reset_after)
         super().__init__(input_size, hidden_size, num_layers, **kw)
 
@@ -733,14 +792,44 @@ class GRU(_Recurrent):
 class _Cell:
     """One time step, PyTorch's cell API: ``cell(x (B, I), state) -> new state``; parameters
     ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (same gate order and init as the
-    layers)."""
+    layers), PyTorch's names for its cells, so ``load_state_dict`` takes a torch cell's
+    ``state_dict()``. Arguments: ``input_size``, ``hidden_size``, ``bias=True``,
+    ``dtype=np.float32``, ``seed=None``, ``n_threads=None``, and the cell's variant (see
+    each class)."""
     layer_class = None
 
-    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None, **kw):
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None,
+                 n_threads=None, **variant):
+        allowed = self.layer_class._variant_arguments
+        _refuse_unknown_keywords(type(self).__name__, variant,
+                                 _keyword_names(_Cell.__init__) + list(allowed))
         self._layer = self.layer_class(input_size, hidden_size, 1, bias=bias, dtype=dtype,
-                                       seed=seed, **kw)
+                                       seed=seed, n_threads=n_threads, **variant)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.params = {k[:-3]: v for k, v in self._layer.params.items()}   # drop "_l0"
+
+    def state_dict(self):
+        """Copies of every parameter, by PyTorch's cell names (``weight_ih``, ``weight_hh``,
+        ``bias_ih``, ``bias_hh``; ``peephole_i`` etc. for a peephole LSTMCell)."""
+        return {name: a.copy() for name, a in self.params.items()}
+
+    def load_state_dict(self, state):
+        """Copy arrays (numpy, or torch tensors: a ``torch.nn.LSTMCell``'s ``state_dict()``
+        loads as it is) into the parameters, by :meth:`state_dict`'s names. As the layers'
+        ``load_state_dict``: names and shapes must match exactly (ValueError), values be
+        finite floats (TypeError/ValueError), everything is checked before anything is
+        written, and calls running meanwhile see the old weights or the new, never a mix."""
+        layer = self._layer
+        layout = [(name[:-3], shape, offset) for name, shape, offset in layer._layout]
+        checked = _checked_state(state, layout, self.params)
+        layer._write_params({name + "_l0": a for name, a in checked.items()})
+
+    def __repr__(self):
+        """PyTorch's form, e.g. ``LSTMCell(4, 8, bias=False, peephole='io')``."""
+        layer = self._layer
+        args = [str(self.input_size), str(self.hidden_size)] + layer._arguments(
+            ("bias",) + layer._variant_arguments + ("dtype", "n_threads"))
+        return f"{type(self).__name__}({', '.join(args)})"
 
     def __getattr__(self, name):
         params = self.__dict__.get("params")

@@ -281,3 +281,102 @@ def test_need_dx_false_skips_only_the_input_gradient(cls):
         assert (dx is None) == (not need)
         grads.append(m.grad.copy())
     assert grads[0].tobytes() == grads[1].tobytes()
+
+
+# ---- cells' state dicts, keyword errors, repr ------------------------------------------------
+
+@pytest.mark.parametrize("cls,kw", [("RNNCell", {}), ("RNNCell", dict(nonlinearity="relu")),
+                                    ("LSTMCell", {}), ("GRUCell", {}),
+                                    ("LSTMCell", dict(bias=False))])
+def test_cells_load_a_torch_cells_state_dict_and_match_it(cls, kw):
+    theirs = getattr(torch.nn, cls)(I, H, **kw).double()
+    ours = getattr(fastrnn, cls)(I, H, dtype=np.float64, seed=0, **kw)
+    ours.load_state_dict(theirs.state_dict())            # torch tensors, torch's names
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = np.random.default_rng(0).standard_normal((B, I))
+    h = np.random.default_rng(1).standard_normal((B, H))
+    state = (h, h * 0.5) if cls == "LSTMCell" else h
+    tstate = tuple(map(torch.from_numpy, state)) if cls == "LSTMCell" else torch.from_numpy(h)
+    got, want = ours(x, state), theirs(torch.from_numpy(x), tstate)
+    for a, b in zip(got if cls == "LSTMCell" else (got,), want if cls == "LSTMCell" else (want,)):
+        _close(f"{cls} after load_state_dict", a, b)
+    # state_dict gives copies; a round trip into another cell gives the same outputs
+    sd = ours.state_dict()
+    sd["weight_ih"][...] = 0
+    assert ours.params["weight_ih"].any()
+    other = getattr(fastrnn, cls)(I, H, dtype=np.float64, seed=9, **kw)
+    other.load_state_dict(ours.state_dict())
+    for a, b in zip(other(x, state) if cls == "LSTMCell" else (other(x, state),),
+                    got if cls == "LSTMCell" else (got,)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_cells_load_state_dict_checks_before_writing():
+    cell = fastrnn.LSTMCell(I, H, peephole="io", seed=0)
+    before = cell.state_dict()
+    assert sorted(before) == ["bias_hh", "bias_ih", "peephole_i", "peephole_o", "weight_hh",
+                              "weight_ih"]
+    layer_names = fastrnn.LSTM(I, H, peephole="io").state_dict()      # weight_ih_l0, ...
+    bad_shape = dict(before, weight_hh=np.zeros((4 * H, H + 1), np.float32))
+    bad_value = dict(before, bias_ih=np.full(4 * H, np.nan, np.float32))
+    for state, err, match in [(layer_names, ValueError, r"unexpected \['weight_ih_l0'"),
+                              (bad_shape, ValueError, "weight_hh: shape"),
+                              (bad_value, ValueError, "NaN"),
+                              ({k: v for k, v in before.items() if k != "bias_hh"}, ValueError,
+                               r"missing \['bias_hh'\]")]:
+        with pytest.raises(err, match=match):
+            cell.load_state_dict(state)
+        for k, v in cell.state_dict().items():
+            np.testing.assert_array_equal(v, before[k])      # nothing was written
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: fastrnn.LSTM(4, 8, hiden=3), "LSTM() got an unexpected keyword argument 'hiden' "
+                                          "(did you mean 'hidden_size'?)"),
+    (lambda: fastrnn.GRU(4, 8, reset_afer=False), "GRU() got an unexpected keyword argument "
+                                                  "'reset_afer' (did you mean 'reset_after'?)"),
+    (lambda: fastrnn.RNN(4, 8, nonlinarity="relu"), "RNN() got an unexpected keyword argument "
+                                                    "'nonlinarity' (did you mean 'nonlinearity'?)"),
+    (lambda: fastrnn.LSTM(4, 8, batchfirst=True), "(did you mean 'batch_first'?)"),
+    (lambda: fastrnn.GRU(4, 8, peephole=True), "GRU() got an unexpected keyword argument "
+                                               "'peephole'"),
+    (lambda: fastrnn.LSTMCell(4, 8, peepole="io"), "LSTMCell() got an unexpected keyword "
+                                                   "argument 'peepole' (did you mean 'peephole'?)"),
+    (lambda: fastrnn.GRUCell(4, 8, sed=0), "GRUCell() got an unexpected keyword argument 'sed' "
+                                           "(did you mean 'seed'?)"),
+    # a cell is one layer, one direction: the layer's other arguments are not a cell's
+    (lambda: fastrnn.RNNCell(4, 8, bidirectional=True), "RNNCell() got an unexpected keyword "
+                                                        "argument 'bidirectional'"),
+    (lambda: fastrnn.LSTMCell(4, 8, num_layers=2), "LSTMCell() got an unexpected keyword "
+                                                   "argument 'num_layers'"),
+])
+def test_a_misspelt_keyword_names_the_public_class_and_the_closest_argument(make, message):
+    with pytest.raises(TypeError) as info:
+        make()
+    assert message in str(info.value) and "_Recurrent" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, batch_first=True, bidirectional=True),
+                                dict(bias=False, dropout=0.25, num_layers=3)])
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_repr_is_pytorchs(cls, kw):
+    assert repr(getattr(fastrnn, cls)(64, 128, **kw)) == repr(getattr(torch.nn, cls)(64, 128, **kw))
+
+
+def test_repr_shows_every_argument_that_is_not_at_its_default():
+    assert repr(fastrnn.LSTM(64, 128, num_layers=2, batch_first=True, bidirectional=True,
+                             peephole=True)) == \
+        "LSTM(64, 128, num_layers=2, batch_first=True, bidirectional=True, peephole='ifo')"
+    assert repr(fastrnn.LSTM(4, 8, coupled=True, peephole="io", dtype=np.float64,
+                             n_threads=2)) == \
+        "LSTM(4, 8, peephole='io', coupled=True, dtype='float64', n_threads=2)"
+    assert repr(fastrnn.GRU(4, 8, reset_after=False)) == "GRU(4, 8, reset_after=False)"
+    assert repr(fastrnn.RNN(4, 8, nonlinearity="relu")) == "RNN(4, 8, nonlinearity='relu')"
+    assert repr(fastrnn.LSTMCell(4, 8)) == repr(torch.nn.LSTMCell(4, 8))
+    assert repr(fastrnn.GRUCell(4, 8, bias=False)) == repr(torch.nn.GRUCell(4, 8, bias=False))
+    assert repr(fastrnn.LSTMCell(4, 8, peephole="if", dtype=np.float64)) == \
+        "LSTMCell(4, 8, peephole='if', dtype='float64')"
+    assert repr(fastrnn.RNNCell(4, 8, nonlinearity="relu")) == \
+        "RNNCell(4, 8, nonlinearity='relu')"
+    layer = fastrnn.GRU(4, 8, num_layers=2, dropout=0.5, dtype="float64")
+    assert repr(eval(repr(layer), {"GRU": fastrnn.GRU})) == repr(layer)
