@@ -386,6 +386,83 @@ def test_loads_paths_and_bytes(tmp_path):
         assert_parity("loaded", imported.run(feeds), expected, np.float32)
 
 
+def test_run_takes_onnxruntimes_call_output_names_then_feeds():
+    """run(output_names, feeds) as InferenceSession.run: None for all, or names in the
+    order asked; run(feeds) keeps working."""
+    ort = pytest.importorskip("onnxruntime")
+    model, feeds = recurrent_graph("LSTM", lengths=[5, 3, 2, 1], initial=True)
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    imported = from_onnx(model)
+    assert imported.output_names == [o.name for o in session.get_outputs()]
+    for names in (None, ["Y_h"], ["Y_c", "Y"], ("Y", "Y_h", "Y_c"), ["Y_h", "Y_h"]):
+        ours, theirs = imported.run(names, feeds), session.run(names, feeds)
+        assert len(ours) == len(theirs)
+        assert_parity(f"run({names})", ours, theirs, np.float32)
+    assert_parity("run(feeds)", imported.run(feeds), session.run(None, feeds), np.float32)
+    assert_parity("run_options", imported.run(None, feeds, ort.RunOptions()),
+                  session.run(None, feeds), np.float32)
+    with pytest.raises(ValueError, match=r"output names \['Z'\] are not outputs"):
+        imported.run(["Z"], feeds)
+    with pytest.raises(TypeError, match="output_names must be None or a list"):
+        imported.run("Y", feeds)
+    with pytest.raises(TypeError, match="feeds must be a dict"):
+        imported.run(None, [feeds["X"]])
+
+
+def _torch_export(module, args, names, dynamic_axes):
+    import io
+    torch = pytest.importorskip("torch")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # the legacy exporter's deprecation and batch notes
+        torch.onnx.export(module, args, buffer, dynamo=False, input_names=names[0],
+                          output_names=names[1], dynamic_axes=dynamic_axes)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic_x"])
+def test_pytorch_export_with_fixed_state_batch_is_checked_at_that_batch(num_layers, dynamic):
+    """torch.onnx.export fixes initial_h/c0 at the example's batch (1) even when x's axes
+    are dynamic: the check must run at B=1 (ONNX Runtime refused B=3 before)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, 5, num_layers=num_layers)
+    x, h0, c0 = torch.randn(7, 1, 3), torch.randn(num_layers, 1, 5), torch.randn(num_layers, 1, 5)
+    model = _torch_export(module, (x, (h0, c0)), (["x", "h0", "c0"], ["y", "h_n", "c_n"]),
+                          {"x": {0: "T", 1: "B"}} if dynamic else None)
+    imported = from_onnx(model)
+    assert imported._check_sizes() == (6 if dynamic else 7, 1)
+    assert imported.parity_max_abs_diff <= default_tolerance(np.float32)
+    with torch.no_grad():
+        y, (h_n, c_n) = module(x, (h0, c0))
+    assert_parity("from_onnx against PyTorch", imported.run(None, {
+        "x": x.numpy(), "h0": h0.numpy(), "c0": c0.numpy()}), [
+        y.numpy(), h_n.numpy(), c_n.numpy()], np.float32)
+
+
+def test_hand_made_fixed_batch_states_and_conflicts():
+    model, feeds = recurrent_graph("GRU", initial=True, B=1)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "batch"   # X (T, batch, I)
+    imported = from_onnx(model)                        # initial_h alone says B = 1
+    assert imported._check_sizes() == (5, 1)              # T = 5 as X declares
+    assert_parity("fixed-batch state", imported.run(feeds), ort_run(model, feeds), np.float32)
+    # a constant initial state of batch 2 fixes B too
+    const, _ = recurrent_graph("RNN", B=2)
+    const.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "batch"
+    const.graph.initializer.append(numpy_helper.from_array(
+        np.full((1, 2, 4), 0.25, np.float32), "initial_h"))
+    const.graph.node[0].input.extend(["", "initial_h"])
+    assert from_onnx(const)._check_sizes() == (5, 2)
+    # X fixes B = 4, initial_h B = 1: ONNX Runtime could never run it
+    clash, _ = recurrent_graph("GRU", initial=True, B=4)
+    clash.graph.input[1].type.tensor_type.shape.dim[1].dim_value = 1
+    with pytest.raises(OnnxImportError, match=r"fixes the batch two ways: 4 .*'X'.* and 1 "
+                                              r".*'initial_h'"):
+        from_onnx(clash)
+
+
 # ---- (4) to_fastrnn ------------------------------------------------------------------------
 
 def _layer_outputs_as_onnx(out, state_n, layout, D, H):

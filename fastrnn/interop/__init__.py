@@ -11,16 +11,18 @@ core package stays at numpy, scipy and threadpoolctl.
     fastrnn.from_torch(module_or_state_dict)   layer.to_torch()        (torch_io)
     fastrnn.from_keras(layer_or_weights, config)                       (keras_io)
     fastrnn.from_onnx(path_or_model)            layer.to_onnx(path)     (onnx_import, onnx_export)
+    fastrnn.OnnxImportError                     every refusal of from_onnx (a ValueError)
     fastrnn.compare(a, b, x)                    largest |a(x) - b(x)|   (compare)
     fastrnn convert IN OUT                      between .pt, .safetensors, .onnx, .fastrnn
 """
 from .parity import ParityError, check_parity, default_tolerance
 
 __all__ = ["ParityError", "check_parity", "default_tolerance", "from_torch", "to_torch",
-           "from_keras", "from_onnx", "to_onnx", "compare"]
+           "from_keras", "from_onnx", "OnnxImportError", "to_onnx", "compare"]
 
 _LAZY = {"from_torch": "torch_io", "to_torch": "torch_io", "from_onnx": "onnx_import",
-         "to_onnx": "onnx_export", "from_keras": "keras_io", "compare": "compare"}
+         "OnnxImportError": "onnx_import", "to_onnx": "onnx_export", "from_keras": "keras_io",
+         "compare": "compare"}
 
 
 def __getattr__(name):

@@ -43,25 +43,87 @@ Semantics follow ONNX Runtime, and where they differ ONNX Runtime follows the sp
   of the graph whose layout-1 nodes are wrapped in Transposes, and checks float64 graphs
   on the reference evaluator (with full-length rows; input_forget=1 only when the f block
   is -i, as fastrnn's exporter writes it, so that sigmoid(-a_i) = 1 - i there too).
+
+Hostile files: the bytes are parsed by protobuf and then checked before anything is
+allocated from them. Every tensor must hold the values its dims declare (no external data,
+no sparse tensors; float32, float64, int32, int64); every attribute must have its spec's
+type; every node its inputs and outputs, each name produced once, in graph order; every
+string valid UTF-8; ``hidden_size`` must agree with the weights, a Slice of an initial state
+must take one node's D rows within the rows the nodes use, and declared dims must agree with
+each other. The parity check's random input takes T = 6 and B = 3 unless a graph input (or
+a constant state, lengths or Reshape) fixes them; when the sizes it needs pass
+``CHECK_MAX_VALUES`` values or ``CHECK_MAX_MACS`` multiply-adds (whatever the graph
+declares: a fixed T or B of thousands with tiny weights is within them), the check is
+refused with the figures and the hint ``check=False``, which loads the graph unchecked.
+Everything wrong with the file raises :class:`OnnxImportError`, whose message starts with
+the file's name and names the node; a path that cannot be read raises OSError as ``open``
+does.
 """
+import math
+import os
+import stat
+
 import numpy as np
 
 from .. import functional as F
 from .onnx_layout import from_onnx_slices, onnx_gate_count
 from .parity import check_parity
 
-__all__ = ["from_onnx", "OnnxRecurrentModel", "OnnxImportError"]
+__all__ = ["from_onnx", "OnnxRecurrentModel", "OnnxImportError", "CHECK_MAX_VALUES",
+           "CHECK_MAX_MACS"]
 
 
 class OnnxImportError(ValueError):
-    """The ONNX graph uses something fastrnn's import does not support; names it."""
+    """An ONNX file fastrnn cannot import: bytes that are no ONNX model, a malformed graph,
+    sizes the file declares but cannot hold, or a graph outside the supported pattern.
+
+    The message starts with the file (its path, ``ONNX bytes (N bytes)`` or ``ONNX model
+    'graph name'``), held in ``source``, and names the node at fault where there is one
+    (``LSTM node 'rnn'``, or ``node #k`` when unnamed)."""
+    source = None
 
 
-_RECURRENT_ATTRS = {"activation_alpha", "activation_beta", "activations", "clip", "direction",
-                    "hidden_size", "layout"}
-_EXTRA_ATTRS = {"RNN": set(), "LSTM": {"input_forget"}, "GRU": {"linear_before_reset"}}
+def _from_source(error, source):
+    """``error`` with ``source`` at the head of its message (once)."""
+    if error.source is None:
+        error.source = source
+        error.args = (f"{source}: {error}",) + error.args[1:]
+    return error
+
+
+# ONNX's enum values (fixed by the spec): AttributeProto.AttributeType, TensorProto.DataType
+_FLOAT_ATTR, _INT_ATTR, _STRING_ATTR, _TENSOR_ATTR = 1, 2, 3, 4
+_FLOATS_ATTR, _INTS_ATTR, _STRINGS_ATTR = 6, 7, 8
+_ATTR_TYPE_NAMES = {1: "a float", 2: "an int", 3: "a string", 4: "a tensor", 5: "a graph",
+                    6: "floats", 7: "ints", 8: "strings", 9: "tensors", 10: "graphs",
+                    11: "a sparse tensor", 12: "sparse tensors", 13: "a type", 14: "types"}
+# the element types read: TensorProto.DataType -> (dtype, the typed field of its values)
+_TENSOR_TYPES = {1: (np.float32, "float_data"), 11: (np.float64, "double_data"),
+                 6: (np.int32, "int32_data"), 7: (np.int64, "int64_data")}
+_ONNX_EXTERNAL = 1                # TensorProto.DataLocation.EXTERNAL
+
+_RECURRENT_ATTRS = {"activation_alpha": _FLOATS_ATTR, "activation_beta": _FLOATS_ATTR,
+                    "activations": _STRINGS_ATTR, "clip": _FLOAT_ATTR,
+                    "direction": _STRING_ATTR, "hidden_size": _INT_ATTR, "layout": _INT_ATTR}
+_EXTRA_ATTRS = {"RNN": {}, "LSTM": {"input_forget": _INT_ATTR},
+                "GRU": {"linear_before_reset": _INT_ATTR}}
 _DEFAULT_ACTS = {"RNN": ("tanh",), "LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh")}
-_SIZES = dict(T=6, B=3)           # sizes of the parity check's random input, unless declared
+# op: (inputs required, most inputs or None for any, outputs required, most outputs); a
+# required input or output must be named, optional ones may be "" (absent)
+_ARITY = {"Constant": (0, 0, 1, 1), "Identity": (1, 1, 1, 1), "Cast": (1, 1, 1, 1),
+          "Transpose": (1, 1, 1, 1), "Reshape": (2, 2, 1, 1), "Squeeze": (1, 2, 1, 1),
+          "Slice": (3, 5, 1, 1), "Gather": (2, 2, 1, 1), "Concat": (1, None, 1, 1),
+          "MatMul": (2, 2, 1, 1), "Add": (2, 2, 1, 1), "Gemm": (2, 3, 1, 1),
+          "Softmax": (1, 1, 1, 1), "Sigmoid": (1, 1, 1, 1),
+          "RNN": (3, 6, 0, 2), "GRU": (3, 6, 0, 2), "LSTM": (3, 8, 0, 3)}
+_SIZES = dict(T=6, B=3)           # sizes of the parity check's random input, unless fixed
+# What the parity check may cost, whatever the graph declares: values held by its random
+# inputs, outputs and gate buffers (16 MiB of float32), and the recurrent nodes' and output
+# layer's multiply-adds (about a second a side on one core). A fixed T of 5000 with small
+# weights is far inside; T = B = 5000 (75 M input values from a 300-byte file) is not.
+CHECK_MAX_VALUES = 1 << 22
+CHECK_MAX_MACS = 1 << 31
+_MAX_SHOWN = 60                   # characters of a name a message shows
 
 
 def from_onnx(path_or_model, *, check=True, tol=None):
@@ -70,29 +132,194 @@ def from_onnx(path_or_model, *, check=True, tol=None):
     With ``check`` (default) the graph runs on a random input here and in ONNX Runtime (the
     reference evaluator when ONNX Runtime is missing or the graph is float64), raising
     :class:`ParityError` above ``tol`` (default: ``default_tolerance`` of the dtype); the
-    largest absolute difference is ``model.parity_max_abs_diff`` (None without a check)."""
-    import os
+    largest absolute difference is ``model.parity_max_abs_diff`` (None without a check).
+    The input is small (T=6, B=3) unless the graph fixes T or B; a check that would pass
+    :data:`CHECK_MAX_VALUES` or :data:`CHECK_MAX_MACS` is refused (``check=False`` skips it).
 
-    import onnx
-    if isinstance(path_or_model, onnx.ModelProto):
-        model = path_or_model
-    elif isinstance(path_or_model, (bytes, bytearray)):
-        model = onnx.load_from_string(bytes(path_or_model))
-    elif isinstance(path_or_model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(path_or_model))
-    else:
-        raise TypeError("from_onnx takes a path, bytes or an onnx.ModelProto, got "
-                        f"{type(path_or_model).__name__}")
+    Raises :class:`OnnxImportError` (a ValueError) for anything wrong with the file, naming
+    it and the node; OSError when a path cannot be read; TypeError for another argument.
+    Only a regular file is opened (a FIFO or device is refused before opening), and
+    external-data tensors are refused, so nothing but the given file is read."""
+    model, source = _read_model(path_or_model)
     # no onnx.checker here: it demands output shapes that ONNX Runtime (and this import)
-    # do without; the parse below refuses what it cannot follow, by name
-    imported = OnnxRecurrentModel(model)
+    # do without; the parse refuses what it cannot follow, by name
+    imported = OnnxRecurrentModel(model, source=source)
     if check:
         imported.parity_max_abs_diff = imported._check_run(tol)
     return imported
 
 
+def _read_model(source):
+    """(onnx.ModelProto, the name messages give the file) of from_onnx's argument."""
+    import onnx
+    if isinstance(source, onnx.ModelProto):
+        return source, f"ONNX model {_shown(source.graph.name)}"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        where = f"ONNX bytes ({len(data)} bytes)"
+    elif isinstance(source, (str, os.PathLike)):
+        where = os.fsdecode(source)
+        data = _read_regular_file(where)
+    else:
+        raise TypeError("from_onnx takes a path, bytes or an onnx.ModelProto, got "
+                        f"{type(source).__name__}")
+    if not data:
+        raise _from_source(OnnxImportError("empty, not an ONNX model"), where)
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except MemoryError:
+        raise
+    except Exception as e:        # protobuf's DecodeError (its class differs by backend)
+        raise _from_source(OnnxImportError(
+            f"not an ONNX model: protobuf cannot decode it ({type(e).__name__}: {e})"),
+            where) from None
+    if not model.HasField("graph"):
+        raise _from_source(OnnxImportError("not an ONNX model: it holds no graph"), where)
+    return model, where
+
+
+def _read_regular_file(path):
+    """The bytes of ``path``, refused unless it is a regular file: stat first, then open
+    without blocking (a FIFO with no writer would block forever) and fstat what was opened."""
+    what = "not a regular file (a folder, FIFO, device or socket); ONNX models are read " \
+           "from regular files only"
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise _from_source(OnnxImportError(what), path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):      # swapped since the stat
+            raise _from_source(OnnxImportError(what), path)
+        return f.read()
+
+
+def _shown(name):
+    """A name from the file as a message shows it: quoted, at most _MAX_SHOWN characters,
+    bytes (protobuf's answer for text that is not UTF-8) as their repr."""
+    if isinstance(name, str) and len(name) > _MAX_SHOWN:
+        return repr(name[:_MAX_SHOWN]) + "..."
+    return repr(name)
+
+
+def _check_text(model):
+    """Refuse strings that are not UTF-8 where the import reads them (protobuf hands such a
+    string field back as bytes)."""
+    def text(value, where):
+        if not isinstance(value, str):
+            raise OnnxImportError(f"{where} is not valid UTF-8 text: {value[:_MAX_SHOWN]!r}")
+    for p in model.metadata_props:
+        text(p.key, "a metadata key")
+        text(p.value, f"metadata {_shown(p.key)}")
+    for o in model.opset_import:
+        text(o.domain, "an opset domain")
+    g = model.graph
+    for what, items in (("graph input", g.input), ("graph output", g.output),
+                        ("initializer", g.initializer)):
+        for k, item in enumerate(items):
+            text(item.name, f"the name of {what} #{k}")
+    for k, node in enumerate(g.node):
+        for what, value in (("name", node.name), ("op_type", node.op_type),
+                            ("domain", node.domain)):
+            text(value, f"node #{k}: its {what}")
+        for name in list(node.input) + list(node.output):
+            text(name, f"node #{k}: an input or output name")
+        for a in node.attribute:
+            text(a.name, f"node #{k}: an attribute name")
+
+
+def _tensor_array(t, what):
+    """A TensorProto's values as a numpy array, refused unless the tensor holds exactly the
+    values its dims declare (counted before anything is allocated), in a type read here,
+    all finite (the weights of every pattern accepted here)."""
+    if t.data_location == _ONNX_EXTERNAL or len(t.external_data):
+        raise OnnxImportError(f"{what} keeps its values in an external file, which fastrnn's "
+                              "import does not read")
+    if t.HasField("segment"):
+        raise OnnxImportError(f"{what} is a segment of a tensor, which is not supported")
+    if t.data_type not in _TENSOR_TYPES:
+        raise OnnxImportError(f"{what} has data type {_type_name(t.data_type)}; the import reads "
+                              "float32, float64, int32 and int64 tensors")
+    dtype, field = _TENSOR_TYPES[t.data_type]
+    dims = [int(d) for d in t.dims]
+    if any(d < 0 for d in dims):
+        raise OnnxImportError(f"{what} declares negative dims {dims}")
+    count = math.prod(dims)                      # Python ints: no overflow
+    itemsize = np.dtype(dtype).itemsize
+    if t.HasField("raw_data"):
+        if len(t.raw_data) != count * itemsize:
+            raise OnnxImportError(f"{what} declares shape {dims} ({count} {np.dtype(dtype).name} "
+                                  f"values) but holds {len(t.raw_data)} bytes")
+        values = np.frombuffer(t.raw_data, np.dtype(dtype).newbyteorder("<")).astype(dtype)
+    else:
+        stored = getattr(t, field)
+        if len(stored) != count:
+            raise OnnxImportError(f"{what} declares shape {dims} ({count} values) but holds "
+                                  f"{len(stored)}")
+        values = np.array(stored, dtype)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise OnnxImportError(f"{what} holds NaN or infinity")
+    return values.reshape(dims)
+
+
+def _type_name(elem_type):
+    """An ONNX element type in words: the numpy name where there is one (float16), else the
+    ONNX name (BFLOAT16), else the number."""
+    try:
+        from onnx import helper
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:            # noqa: BLE001 - no numpy equivalent, or not a type at all
+        from onnx import TensorProto
+        try:
+            return TensorProto.DataType.Name(elem_type).lower()
+        except ValueError:
+            return f"#{elem_type}"
+
+
+def _declared_type(value_info):
+    """(dtype, dims with None where symbolic or unknown; None without a shape) of a graph
+    input, refused unless a float32, float64, int32 or int64 tensor with dims >= 1."""
+    what = f"graph input {_shown(value_info.name)}"
+    if not value_info.type.HasField("tensor_type"):
+        raise OnnxImportError(f"{what} is not a tensor")
+    t = value_info.type.tensor_type
+    if t.elem_type not in _TENSOR_TYPES:
+        raise OnnxImportError(f"{what} has element type {_type_name(t.elem_type)}; the import "
+                              "takes float32, float64, int32 and int64 inputs")
+    if not t.HasField("shape"):
+        return np.dtype(_TENSOR_TYPES[t.elem_type][0]), None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    if any(d is not None and d < 1 for d in dims):
+        raise OnnxImportError(f"{what} declares dims {dims}: each must be at least 1 or "
+                              "symbolic")
+    return np.dtype(_TENSOR_TYPES[t.elem_type][0]), dims
+
+
+def _attr_value(a, kind, what):
+    """The value of attribute ``a`` of ONNX type ``kind`` (its type already checked)."""
+    def text(b):
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OnnxImportError(f"{what} is not valid UTF-8 text: {b[:_MAX_SHOWN]!r}") from None
+    if kind == _INT_ATTR:
+        return a.i
+    if kind == _FLOAT_ATTR:
+        return a.f
+    if kind == _STRING_ATTR:
+        return text(a.s)
+    if kind == _INTS_ATTR:
+        return list(a.ints)
+    if kind == _FLOATS_ATTR:
+        return list(a.floats)
+    if kind == _STRINGS_ATTR:
+        return [text(b) for b in a.strings]
+    return _tensor_array(a.t, what)
+
+
 def _label(node, index):
-    return f"{node.op_type} node {node.name!r}" if node.name else f"{node.op_type} node #{index}"
+    """How messages name a node: ``LSTM node 'rnn'``, or ``LSTM node #3`` when unnamed."""
+    return f"{node.op_type} node {_shown(node.name)}" if node.name else \
+        f"{node.op_type} node #{index}"
 
 
 def _describe(tag):
@@ -130,64 +357,117 @@ class OnnxRecurrentModel:
     ``run(feeds)`` -> list of outputs; ``to_fastrnn()`` -> a fastrnn layer or SequenceModel;
     ``layers``: one dict per recurrent node, in graph order (op, kind, direction, layout...)."""
 
-    def __init__(self, model):
-        from onnx import helper, numpy_helper
-        self._model = model
-        g = model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        self._const = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-        self.input_names = [i.name for i in g.input if i.name not in self._const]
-        self.output_names = [o.name for o in g.output]
-        self.metadata = {p.key: p.value for p in model.metadata_props}
-        self._declared = {}          # graph input -> (dtype, dims with None where unknown)
-        for i in g.input:
-            if i.name in self._const:
-                continue
-            t = i.type.tensor_type
-            if not i.type.HasField("tensor_type"):
-                raise OnnxImportError(f"graph input {i.name!r} is not a tensor")
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] \
-                if t.HasField("shape") else None
-            self._declared[i.name] = (helper.tensor_dtype_to_np_dtype(t.elem_type), dims)
-        self._tags = {n: {"kind": "input"} for n in self.input_names}
-        self._tags.update({n: {"kind": "const"} for n in self._const})
-        self._roles, self._input_order, self._steps, self.layers = {}, {}, [], []
-        for index, node in enumerate(g.node):
-            label = _label(node, index)
-            if node.domain not in ("", "ai.onnx"):
-                raise OnnxImportError(f"{label}: domain {node.domain!r} is not supported")
-            handler = getattr(self, "_op_" + node.op_type, None)
-            if node.op_type in ("RNN", "LSTM", "GRU"):
-                handler = self._op_recurrent
-            if handler is None:
-                raise OnnxImportError(f"{label}: op {node.op_type!r} is not supported by "
-                                      "fastrnn's ONNX import")
-            for name in node.input:
-                if name and name not in self._tags:
-                    raise OnnxImportError(f"{label} reads {name!r}, which nothing produces")
-            handler(node, label)
-        if not self.layers:
-            raise OnnxImportError("the graph has no RNN, LSTM or GRU node")
-        for name in self.output_names:
-            if name not in self._tags:
-                raise OnnxImportError(f"graph output {name!r} is produced by no node")
+    def __init__(self, model, *, source=None):
+        self.source = source or f"ONNX model {_shown(model.graph.name)}"
+        self._where = "the graph"            # what is being read, for unexpected errors
+        try:
+            self._parse(model)
+        except OnnxImportError as e:
+            raise _from_source(e, self.source)
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as e:               # a check missed: still the one error class
+            raise _from_source(OnnxImportError(
+                f"{self._where}: malformed ({type(e).__name__}: {e})"), self.source) from e
         self.dtype = np.dtype(self.layers[0]["dtype"])
         self.parity_max_abs_diff = self.parity_oracle = None
         self._oracle_cache = None
 
+    def _parse(self, model):
+        self._model = model
+        g = model.graph
+        _check_text(model)
+        if len(g.sparse_initializer):
+            raise OnnxImportError("sparse initializers are not supported")
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self._const = {}
+        for t in g.initializer:
+            what = f"initializer {_shown(t.name)}"
+            if not t.name or t.name in self._const:
+                raise OnnxImportError(f"{what}: each initializer needs a name of its own")
+            self._const[t.name] = _tensor_array(t, what)
+        self.input_names = [i.name for i in g.input if i.name not in self._const]
+        self.output_names = [o.name for o in g.output]
+        for names, what in ((self.input_names, "graph input"), (self.output_names,
+                                                                "graph output")):
+            seen = set()
+            for name in names:
+                if not name or name in seen:
+                    raise OnnxImportError(f"{what} {_shown(name)}: each {what} needs a name of "
+                                          "its own")
+                seen.add(name)
+        self.metadata = {p.key: p.value for p in model.metadata_props}
+        self._declared = {}          # graph input -> (dtype, dims with None where unknown)
+        for i in g.input:
+            if i.name not in self._const:
+                self._declared[i.name] = _declared_type(i)
+        self._tags = {n: {"kind": "input"} for n in self.input_names}
+        self._tags.update({n: {"kind": "const"} for n in self._const})
+        self._roles, self._input_order, self._steps, self.layers = {}, {}, [], []
+        self._fixed = []             # (axis "T" or "B", size, what fixes it)
+        for index, node in enumerate(g.node):
+            label = self._where = _label(node, index)
+            if node.domain not in ("", "ai.onnx"):
+                raise OnnxImportError(f"{label}: domain {_shown(node.domain)} is not supported")
+            handler = getattr(self, "_op_" + node.op_type, None)
+            if node.op_type in ("RNN", "LSTM", "GRU"):
+                handler = self._op_recurrent
+            if handler is None or node.op_type not in _ARITY:
+                raise OnnxImportError(f"{label}: op {_shown(node.op_type)} is not supported by "
+                                      "fastrnn's ONNX import")
+            self._check_arity(node, label)
+            for name in node.input:
+                if name and name not in self._tags:
+                    raise OnnxImportError(f"{label} reads {_shown(name)}, which no earlier node "
+                                          "or graph input produces (nodes must come in graph "
+                                          "order, without cycles)")
+            handler(node, label)
+        self._where = "the graph"
+        if not self.layers:
+            raise OnnxImportError("the graph has no RNN, LSTM or GRU node")
+        for name in self.output_names:
+            if name not in self._tags:
+                raise OnnxImportError(f"graph output {_shown(name)} is produced by no node")
+        self._shapes = self._expected_shapes()
+        self.vocabulary, self.text_level = _text_metadata(self)
+
     # ---- parsing helpers ---------------------------------------------------------------
+    def _check_arity(self, node, label):
+        """Refuse a node whose inputs or outputs do not fit its op, or whose outputs reuse a
+        name (ONNX: every name is produced once)."""
+        least, most, least_out, most_out = _ARITY[node.op_type]
+        if node.op_type == "Concat":       # every input is required, at least one
+            least = max(1, len(node.input))
+        n_in, n_out = len(node.input), len(node.output)
+        if n_in < least or most is not None and n_in > most or \
+                not all(node.input[:least]) or n_out < least_out or n_out > most_out or \
+                not all(node.output[:least_out]):
+            ins = f"{least}" if most == least else f"{least} to {most if most else 'any'}"
+            raise OnnxImportError(f"{label}: has inputs {list(node.input)[:9]} and outputs "
+                                  f"{list(node.output)[:4]}; {node.op_type} takes {ins} inputs "
+                                  f"(the first {least} named) and up to {most_out} outputs")
+        outputs = [o for o in node.output if o]
+        for name in outputs:
+            if name in self._tags or outputs.count(name) > 1:
+                raise OnnxImportError(f"{label}: output {_shown(name)} is already produced by a "
+                                      "graph input, an initializer or another output")
+
     def _attrs(self, node, label, allowed):
-        from onnx import helper
+        """The node's attributes as Python values; ``allowed``: name -> ONNX attribute type.
+        Unknown names, repeated names and values of another type are refused."""
         out = {}
         for a in node.attribute:
             if a.name not in allowed:
-                raise OnnxImportError(f"{label}: attribute {a.name!r} is not supported")
-            v = helper.get_attribute_value(a)
-            if isinstance(v, bytes):
-                v = v.decode()
-            elif isinstance(v, list) and v and isinstance(v[0], bytes):
-                v = [s.decode() for s in v]
-            out[a.name] = v
+                raise OnnxImportError(f"{label}: attribute {_shown(a.name)} is not supported")
+            if a.name in out:
+                raise OnnxImportError(f"{label}: attribute {a.name!r} is given twice")
+            want = allowed[a.name]
+            if a.type != want or a.ref_attr_name:
+                got = "a function attribute" if a.ref_attr_name else \
+                    _ATTR_TYPE_NAMES.get(a.type, f"of type {a.type}")
+                raise OnnxImportError(f"{label}: attribute {a.name!r} must be "
+                                      f"{_ATTR_TYPE_NAMES[want]}, got {got}")
+            out[a.name] = _attr_value(a, want, f"{label}: attribute {a.name!r}")
         return out
 
     def _claim(self, name, role, label):
@@ -226,7 +506,11 @@ class OnnxRecurrentModel:
             name = node.input[input_index]
             if name not in self._const:
                 raise OnnxImportError(f"{label}: {attr_name} {name!r} must be a constant")
-            return [int(v) for v in self._const[name].reshape(-1)]
+            value = self._const[name]
+            if value.dtype.kind not in "iu" or value.ndim > 1:
+                raise OnnxImportError(f"{label}: {attr_name} {name!r} must be a 1-D integer "
+                                      f"constant, got {value.dtype} {list(value.shape)}")
+            return [int(v) for v in value.reshape(-1)]
         raise OnnxImportError(f"{label}: {attr_name} must be given")
 
     def _order(self, tag, label, name, batch_major):
@@ -256,21 +540,19 @@ class OnnxRecurrentModel:
 
     # ---- ops ---------------------------------------------------------------------------
     def _op_Constant(self, node, label):
-        from onnx import numpy_helper
-        a = self._attrs(node, label, {"value", "value_float", "value_floats", "value_int",
-                                      "value_ints"})
+        a = self._attrs(node, label, {"value": _TENSOR_ATTR, "value_float": _FLOAT_ATTR,
+                                      "value_floats": _FLOATS_ATTR, "value_int": _INT_ATTR,
+                                      "value_ints": _INTS_ATTR})
         if len(a) != 1:
             raise OnnxImportError(f"{label}: expected one value attribute, got {sorted(a)}")
         v = next(iter(a.values()))
-        if hasattr(v, "dims"):
-            v = numpy_helper.to_array(v)
-        else:       # value_float(s) are float32, value_int(s) int64, as the spec says
+        if not isinstance(v, np.ndarray):   # value_float(s) float32, value_int(s) int64 (spec)
             v = np.array(v, np.float32 if "float" in next(iter(a)) else np.int64)
         self._const[node.output[0]] = v
         self._tags[node.output[0]] = {"kind": "const"}
 
     def _op_Identity(self, node, label):
-        self._attrs(node, label, set())
+        self._attrs(node, label, {})
         src, dst = node.input[0], node.output[0]
         if self._tags[src]["kind"] == "input":
             raise OnnxImportError(f"{label}: an Identity of a graph input is not supported")
@@ -282,7 +564,7 @@ class OnnxRecurrentModel:
 
     def _op_Cast(self, node, label):
         from onnx import TensorProto
-        a = self._attrs(node, label, {"to", "saturate"})
+        a = self._attrs(node, label, {"to": _INT_ATTR, "saturate": _INT_ATTR})
         src, dst = node.input[0], node.output[0]
         tag = self._tags[src]
         if a.get("to") not in (TensorProto.INT32, TensorProto.INT64) or \
@@ -298,7 +580,7 @@ class OnnxRecurrentModel:
         self._step(lambda vals: vals.__setitem__(dst, vals[src].astype(to)), label)
 
     def _op_Transpose(self, node, label):
-        perm = list(self._attrs(node, label, {"perm"}).get("perm", []))
+        perm = self._attrs(node, label, {"perm": _INTS_ATTR}).get("perm", [])
         src, dst = node.input[0], node.output[0]
         tag = dict(self._tags[src])
         kind = tag["kind"]
@@ -321,7 +603,7 @@ class OnnxRecurrentModel:
         self._step(lambda vals: vals.__setitem__(dst, np.transpose(vals[src], perm)), label)
 
     def _op_Reshape(self, node, label):
-        if self._attrs(node, label, {"allowzero"}).get("allowzero", 0):
+        if self._attrs(node, label, {"allowzero": _INT_ATTR}).get("allowzero", 0):
             raise OnnxImportError(f"{label}: allowzero=1 is not supported")
         src, dst = node.input[0], node.output[0]
         tag = self._tags[src]
@@ -340,6 +622,11 @@ class OnnxRecurrentModel:
             self._tags[dst] = {"kind": "seq", "layer": tag["layer"], "flip": tag["kind"] == "y"}
         else:
             self._tags[dst] = {"kind": "last", "layer": tag["layer"], "which": tag["which"]}
+        # a literal leading size fixes T or B: (T, B, ..) for "yt", (B, T, ..) or (B, ..) else
+        axes = ("T", "B") if tag["kind"] == "yt" else ("B", "T")
+        for axis, size in zip(axes, shape[:keep]):
+            if size > 0:
+                self._fixed.append((axis, size, f"{label}'s shape {shape}"))
 
         def reshape(vals):
             x = vals[src]
@@ -350,7 +637,7 @@ class OnnxRecurrentModel:
         self._step(reshape, label)
 
     def _op_Squeeze(self, node, label):
-        axes = self._ints(node, label, "axes", 1, self._attrs(node, label, {"axes"}))
+        axes = self._ints(node, label, "axes", 1, self._attrs(node, label, {"axes": _INTS_ATTR}))
         src, dst = node.input[0], node.output[0]
         tag = self._tags[src]
         kind, D = tag["kind"], self.layers[tag["layer"]]["D"] if "layer" in tag else None
@@ -368,7 +655,7 @@ class OnnxRecurrentModel:
     def _op_Slice(self, node, label):
         """Rows [start, end) of a stacked initial state (L*D, B, H) graph input: layer k's
         (D, B, H), as torch's and fastrnn's exporters give each layer its part of h0/c0."""
-        self._attrs(node, label, set())
+        self._attrs(node, label, {})
         src, dst = node.input[0], node.output[0]
         starts, ends = (self._ints(node, label, n, i, {}) for n, i in (("starts", 1), ("ends", 2)))
         axes = self._ints(node, label, "axes", 3, {}) if len(node.input) > 3 and node.input[3] \
@@ -376,7 +663,8 @@ class OnnxRecurrentModel:
         steps = self._ints(node, label, "steps", 4, {}) if len(node.input) > 4 and node.input[4] \
             else [1]
         if self._tags[src]["kind"] != "input" or self._input_kind(src) != "seq" or \
-                axes != [0] or steps != [1] or not 0 <= starts[0] < ends[0] < 2**31:
+                axes != [0] or steps != [1] or len(starts) != 1 or len(ends) != 1 or \
+                not 0 <= starts[0] < ends[0] < 2**31:
             raise OnnxImportError(f"{label}: only a Slice of rows [start, end) of an initial-"
                                   "state graph input is supported")
         start, end = starts[0], ends[0]
@@ -384,7 +672,7 @@ class OnnxRecurrentModel:
         self._step(lambda vals: vals.__setitem__(dst, vals[src][start:end]), label)
 
     def _op_Gather(self, node, label):
-        if self._attrs(node, label, {"axis"}).get("axis", 0) != 0:
+        if self._attrs(node, label, {"axis": _INT_ATTR}).get("axis", 0) != 0:
             raise OnnxImportError(f"{label}: only Gather along axis 0 (an embedding) is supported")
         data, ids, dst = node.input[0], node.input[1], node.output[0]
         self._tensor(data, label, "embedding", 2)
@@ -406,7 +694,7 @@ class OnnxRecurrentModel:
         self._step(gather, label)
 
     def _op_Concat(self, node, label):
-        if self._attrs(node, label, {"axis"}).get("axis") != 0:
+        if self._attrs(node, label, {"axis": _INT_ATTR}).get("axis") != 0:
             raise OnnxImportError(f"{label}: only Concat(axis=0) of Y_h/Y_c outputs is supported")
         tags = [self._tags[n] for n in node.input]
         if any(t["kind"] != "state" or t["layout"] != 0 or t["which"] != tags[0]["which"]
@@ -427,7 +715,7 @@ class OnnxRecurrentModel:
         return tag
 
     def _op_MatMul(self, node, label):
-        self._attrs(node, label, set())
+        self._attrs(node, label, {})
         src, w, dst = node.input[0], node.input[1], node.output[0]
         tag = self._head_input(src, label)
         self._tensor(w, label, "MatMul weight", 2)
@@ -437,7 +725,7 @@ class OnnxRecurrentModel:
         self._step(lambda vals: vals.__setitem__(dst, vals[src] @ self._value(vals, w)), label)
 
     def _op_Add(self, node, label):
-        self._attrs(node, label, set())
+        self._attrs(node, label, {})
         a, b = node.input
         if self._tags[b]["kind"] == "head":
             a, b = b, a
@@ -452,7 +740,8 @@ class OnnxRecurrentModel:
         self._step(lambda vals: vals.__setitem__(dst, vals[a] + self._value(vals, b)), label)
 
     def _op_Gemm(self, node, label):
-        a = self._attrs(node, label, {"alpha", "beta", "transA", "transB"})
+        a = self._attrs(node, label, {"alpha": _FLOAT_ATTR, "beta": _FLOAT_ATTR,
+                                      "transA": _INT_ATTR, "transB": _INT_ATTR})
         if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
             raise OnnxImportError(f"{label}: Gemm with alpha, beta != 1 or transA is not supported")
         src, w, dst = node.input[0], node.input[1], node.output[0]
@@ -484,14 +773,15 @@ class OnnxRecurrentModel:
 
     def _op_Softmax(self, node, label):
         rank = 2 if self._tags[node.input[0]].get("base") == "last" else 3
-        axis = self._attrs(node, label, {"axis"}).get("axis", -1 if self.opset >= 13 else 1)
+        axis = self._attrs(node, label, {"axis": _INT_ATTR}).get(
+            "axis", -1 if self.opset >= 13 else 1)
         if axis % rank != rank - 1:     # before opset 13 the last axis is the only same case
             raise OnnxImportError(f"{label}: Softmax over axis {axis} is not supported (only the "
                                   "last axis)")
         self._activation(node, label, "softmax", _softmax)
 
     def _op_Sigmoid(self, node, label):
-        self._attrs(node, label, set())
+        self._attrs(node, label, {})
         self._activation(node, label, "sigmoid", lambda x: 1 / (1 + np.exp(-x)))
 
     # ---- recurrent nodes ---------------------------------------------------------------
@@ -517,17 +807,30 @@ class OnnxRecurrentModel:
         if dtype not in (np.float32, np.float64):
             raise OnnxImportError(f"{label}: dtype {dtype} is not supported (float32 and "
                                   "float64 only)")
+        self._check_input_dtypes(label, dtype, x=tag.get("src") if "embedding" not in tag
+                                 else None, lens=lens, h0=h0, c0=c0)
         spec.update(H=spec["H"] or (R_dims[2] if R_dims and R_dims[2] else None), dtype=dtype,
                     x=x, x_tag=tag, W=W, R=R, B=B or None, P=P or None, lens=lens or None,
                     lengths_src=self._recurrent_lengths(lens, label), h0=h0 or None,
                     c0=c0 or None, onnx=consts, weights=None, label=label,
-                    state_sources=[self._recurrent_state(n, role, spec["layout"], label)
+                    state_sources=[self._recurrent_state(n, role, spec, label)
                                    for n, role in ((h0, "h0"), (c0, "c0"))])
+        if consts[1] is not None and spec["H"] != consts[1].shape[-1]:
+            raise OnnxImportError(f"{label}: hidden_size={spec['H']}, but R {R!r} has shape "
+                                  f"{list(consts[1].shape)}, whose last axis is the hidden size")
         if all(c is not None or not n for c, n in zip(consts, (W, R, B, P))):
             try:
                 spec["weights"] = self._direction_weights(spec, *consts)
             except (ValueError, TypeError) as e:
                 raise OnnxImportError(f"{label}: {e}") from e
+        if lens and self._tags[lens]["kind"] == "const":
+            value = self._const[lens]
+            if value.ndim != 1 or value.dtype.kind not in "iu":
+                raise OnnxImportError(f"{label}: constant sequence_lens {lens!r} must be a 1-D "
+                                      f"integer tensor, got {value.dtype} {list(value.shape)}")
+            self._fixed.append(("B", value.size, f"constant sequence_lens {lens!r}"))
+            if value.size:       # the check's T must hold the longest row
+                self._fixed.append(("T>=", int(value.max()), f"constant sequence_lens {lens!r}"))
         self.layers.append(spec)
         state = {"kind": "state", "layer": k, "layout": spec["layout"]}
         for name, t in zip(node.output, ({"kind": "y", "layer": k, "layout": spec["layout"]},
@@ -539,7 +842,7 @@ class OnnxRecurrentModel:
     def _recurrent_attrs(self, node, label):
         """The node's attributes as fastrnn's variant: op, kind, direction, D, layout, ..."""
         op = node.op_type
-        a = self._attrs(node, label, _RECURRENT_ATTRS | _EXTRA_ATTRS[op])
+        a = self._attrs(node, label, {**_RECURRENT_ATTRS, **_EXTRA_ATTRS[op]})
         for name in ("activation_alpha", "activation_beta", "clip"):
             if name in a:
                 raise OnnxImportError(f"{label}: attribute {name!r} is not supported")
@@ -555,6 +858,9 @@ class OnnxRecurrentModel:
             raise OnnxImportError(f"{label}: activations {a['activations']} are not supported "
                                   f"(only the defaults{', or Relu' if op == 'RNN' else ''})")
         coupled = op == "LSTM" and a.get("input_forget", 0)
+        H = a.get("hidden_size")
+        if H is not None and not 1 <= H < 2 ** 31:
+            raise OnnxImportError(f"{label}: hidden_size={H}; it must be in [1, 2**31)")
         return dict(op=op, kind="lstm_coupled" if coupled else op.lower(), direction=direction,
                     D=D, H=a.get("hidden_size"), layout=layout, nonlinearity=nonlinearity,
                     reset_after=bool(a.get("linear_before_reset", 0)))
@@ -573,20 +879,41 @@ class OnnxRecurrentModel:
             raise OnnxImportError(f"{label}: sequence_lens is {_describe(tag)}")
         return None
 
-    def _recurrent_state(self, name, role, layout, label):
+    def _recurrent_state(self, name, role, spec, label):
         """(graph input, first row, end row) an initial state comes from: rows None when it
         is the input itself; None for an absent or constant state."""
         tag = self._tags[name] if name else {"kind": None}
+        layout, D = spec["layout"], spec["D"]
         if tag["kind"] == "input":
             self._claim(name, role, label)
             return name, None, None
         if tag["kind"] == "state_slice" and not layout:
+            if tag["end"] - tag["start"] != D:
+                raise OnnxImportError(f"{label}: {role} is rows [{tag['start']}, {tag['end']}) "
+                                      f"of {tag['src']!r} (Slice); a node with {D} "
+                                      f"direction(s) takes {D} row(s)")
             self._claim(tag["src"], role, label)
             return tag["src"], tag["start"], tag["end"]
         if tag["kind"] not in (None, "const"):
             raise OnnxImportError(f"{label}: {role} {name!r} must be a graph input, a Slice of "
                                   f"one or a constant, got {_describe(tag)}")
+        if tag["kind"] == "const":
+            value = self._const[name]
+            if value.ndim != 3 or value.shape[layout] != D:             # (D, B, H) / (B, D, H)
+                raise OnnxImportError(f"{label}: constant {role} {name!r} has shape "
+                                      f"{list(value.shape)}; expected (D={D}, B, H)"
+                                      f"{' after layout' if layout else ''}")
+            self._fixed.append(("B", value.shape[1 - layout], f"constant {role} {name!r}"))
         return None
+
+    def _check_input_dtypes(self, label, dtype, x, lens, h0, c0):
+        """Graph inputs read by a recurrent node: X and the states in the weights' dtype,
+        sequence_lens int32 (int64 lengths go through a Cast, as ONNX requires)."""
+        for name, want in ((x, dtype), (h0, dtype), (c0, dtype), (lens, np.dtype(np.int32))):
+            if name and self._tags[name]["kind"] == "input" and \
+                    self._declared[name][0] != want:
+                raise OnnxImportError(f"{label}: graph input {name!r} is "
+                                      f"{self._declared[name][0]}, the node needs {want}")
 
     def _direction_weights(self, spec, W, R, B, P):
         """Check the ONNX tensors' shapes; fastrnn's (W_ih, W_hh, b_ih, b_hh, peepholes) per
@@ -659,11 +986,33 @@ class OnnxRecurrentModel:
                 vals[name] = value
 
     # ---- running -----------------------------------------------------------------------
-    def run(self, feeds):
-        """The graph outputs, in ``output_names`` order, for ``feeds`` (input name -> array)."""
+    def run(self, output_names, feeds=None, run_options=None):
+        """The graph outputs for ``feeds`` (input name -> array), as a list of arrays.
+
+        Called as ``onnxruntime.InferenceSession.run`` is: ``run(output_names, feeds)``,
+        ``output_names`` None for every graph output in ``self.output_names`` order, or a
+        list of output names (the list comes back in that order; a name may repeat);
+        ``run_options`` is accepted for that signature and unused. ``run(feeds)`` (feeds
+        alone) gives every output too. Every graph input must be fed, in its declared
+        dtype and shape. Raises TypeError for another dtype or a feeds that is not a dict,
+        ValueError for a missing or unknown input or output name, a shape the graph does not
+        declare, or values the kernels refuse (naming the node)."""
+        if feeds is None and isinstance(output_names, dict):
+            output_names, feeds = None, output_names
         if not isinstance(feeds, dict):
             raise TypeError("feeds must be a dict of input name -> array, got "
                             f"{type(feeds).__name__}")
+        if output_names is None:
+            output_names = self.output_names
+        elif isinstance(output_names, (list, tuple)) and \
+                all(isinstance(n, str) for n in output_names):
+            odd = [n for n in output_names if n not in self.output_names]
+            if odd:
+                raise ValueError(f"output names {odd} are not outputs of the graph (its "
+                                 f"outputs: {self.output_names})")
+        else:
+            raise TypeError("output_names must be None or a list of output names, got "
+                            f"{output_names!r:.80}")
         unknown = sorted(set(feeds) - set(self.input_names))
         missing = [n for n in self.input_names if n not in feeds]
         if unknown or missing:
@@ -680,7 +1029,7 @@ class OnnxRecurrentModel:
             vals[name] = value
         for step in self._steps:
             step(vals)
-        return [np.array(self._value(vals, n)) for n in self.output_names]     # fresh copies
+        return [np.array(self._value(vals, n)) for n in output_names]          # fresh copies
 
     def __repr__(self):
         kinds = ", ".join(f"{s['op']}({s['kind']}, {s['direction']})" for s in self.layers)
@@ -691,28 +1040,39 @@ class OnnxRecurrentModel:
     def _oracle(self):
         """(random feeds, the other side's outputs, its name), computed once."""
         if self._oracle_cache is None:
-            try:
-                import onnxruntime
-            except ImportError:
-                onnxruntime = None
-            use_ort = onnxruntime is not None and self.dtype == np.float32
-            feeds = self._random_feeds(np.random.default_rng(0), full_lengths=not use_ort)
-            if use_ort:
-                model = _time_major_copy(self._model)
-                try:
-                    session = onnxruntime.InferenceSession(model.SerializeToString(),
-                                                           providers=["CPUExecutionProvider"])
-                    outs, name = session.run(None, feeds), "onnxruntime"
-                except Exception as e:      # onnxruntime raises its own exception types
-                    raise OnnxImportError(f"ONNX Runtime cannot run the graph for the parity "
-                                          f"check ({e}); pass check=False to skip it") from e
-            else:
-                self._reference_can_check()
-                from .onnx_export import reference_evaluator      # its RNN knows Relu
-                outs = reference_evaluator(self._model).run(None, feeds)
-                name = "onnx.reference.ReferenceEvaluator"
-            self._oracle_cache = feeds, [np.asarray(o) for o in outs], name
+            self._oracle_cache = self._checked(self._run_oracle)
         return self._oracle_cache
+
+    def _run_oracle(self):
+        try:
+            import onnxruntime
+        except ImportError:
+            onnxruntime = None
+        use_ort = onnxruntime is not None and self.dtype == np.float32
+        feeds = self._random_feeds(np.random.default_rng(0), full_lengths=not use_ort)
+        if use_ort:
+            model = _time_major_copy(self._model)
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3      # its refusals come back in the exception
+            options.intra_op_num_threads = 1    # a small input: no thread pool to spin
+            try:
+                session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                                       providers=["CPUExecutionProvider"])
+                outs, name = session.run(None, feeds), "onnxruntime"
+            except Exception as e:      # onnxruntime raises its own exception types
+                raise OnnxImportError(f"ONNX Runtime cannot run the graph for the parity "
+                                      f"check ({e}); pass check=False to skip it") from e
+        else:
+            self._reference_can_check()
+            from .onnx_export import reference_evaluator      # its RNN knows Relu
+            try:
+                outs = reference_evaluator(self._model).run(None, feeds)
+            except Exception as e:      # noqa: BLE001 - anything it raises on this graph
+                raise OnnxImportError(f"onnx's reference evaluator cannot run the graph for "
+                                      f"the parity check ({type(e).__name__}: {e}); pass "
+                                      "check=False to skip it") from e
+            name = "onnx.reference.ReferenceEvaluator"
+        return feeds, [np.asarray(o) for o in outs], name
 
     def _reference_can_check(self):
         why = ""
@@ -729,35 +1089,33 @@ class OnnxRecurrentModel:
 
     def _check_run(self, tol):
         feeds, theirs, self.parity_oracle = self._oracle()
-        return check_parity(f"from_onnx against {self.parity_oracle}", self.run(feeds), theirs,
-                            tol)
+        ours = self._checked(lambda: self.run(None, feeds))
+        return check_parity(f"from_onnx against {self.parity_oracle}", ours, theirs, tol)
+
+    def _checked(self, fn):
+        """``fn()``, its errors as OnnxImportError naming the file: a ValueError or TypeError
+        of running the check's own input is the graph's inconsistency (a node that cannot
+        take what the one before gives), not the caller's."""
+        try:
+            return fn()
+        except OnnxImportError as e:
+            raise _from_source(e, self.source)
+        except (ValueError, TypeError) as e:
+            raise _from_source(OnnxImportError(f"the parity check cannot run the graph: {e}"),
+                               self.source) from e
 
     def _random_feeds(self, rng, full_lengths=False):
-        """One random array per graph input, shaped by its role (sizes from the declared
-        shapes where static); lengths in [1, T] with one full row."""
-        T, B = _SIZES["T"], _SIZES["B"]
-        for name, role in self._roles.items():        # declared static T and B win
-            dims = self._declared[name][1] or []
-            if role in ("x", "ids") and len(dims) >= 2:
-                order = self._input_order.get(name, False)
-                T, B = (dims[1] or T, dims[0] or B) if order else (dims[0] or T, dims[1] or B)
-            elif role == "lengths" and dims and dims[0]:
-                B = dims[0]
+        """One random array per graph input, shaped by its role at the check's sizes
+        (:meth:`_check_sizes`); lengths in [1, T] with one full row."""
+        T, B = self._check_sizes()
         feeds = {}
-        for name in self.input_names:
-            dtype, dims = self._declared[name]
-            role = self._roles.get(name)
-            shape = self._role_shape(name, role, T, B)
-            if dims is not None:
-                shape = [d or s for d, s in zip(dims, shape)] if shape else dims
-            if shape is None or any(d is None for d in shape):
-                raise OnnxImportError(f"cannot make a random input for {name!r} (role {role}, "
-                                      f"declared {dims}); pass check=False")
-            V = self._vocab(name) if role == "ids" else None
-            if role == "ids" and V is None:
-                raise OnnxImportError(f"cannot make random token ids for {name!r}: the "
-                                      "embedding's size is not declared; pass check=False")
+        for name, shape in self._feed_shapes(T, B).items():
+            dtype, role = self._declared[name][0], self._roles.get(name)
             if role == "ids":
+                V = self._vocab(name)
+                if V is None:
+                    raise OnnxImportError(f"cannot make random token ids for {name!r}: the "
+                                          "embedding's size is not declared; pass check=False")
                 value = rng.integers(0, V, shape)
             elif role == "lengths":
                 value = np.full(shape, T) if full_lengths else rng.integers(1, T + 1, shape)
@@ -769,25 +1127,157 @@ class OnnxRecurrentModel:
             feeds[name] = value.astype(dtype)
         return feeds
 
-    def _role_shape(self, name, role, T, B):
-        bt = self._input_order.get(name, False)
+    def _input_size(self, s):
+        """The input size I of recurrent node ``s`` (None when nothing says), from its W, its
+        X (a graph input, the previous node, an embedding); refused when they disagree."""
+        sizes = []                                  # (I, what says so)
+        if s["W"] in self._const:
+            sizes.append((self._const[s["W"]].shape[2], f"W {s['W']!r}"))
+        elif self._declared_dim(s["W"], 2):
+            sizes.append((self._declared_dim(s["W"], 2), f"W {s['W']!r} as declared"))
+        tag = s["x_tag"]
+        src, embedding, layer = tag.get("src"), tag.get("embedding"), tag.get("layer")
+        if embedding is not None:
+            E = self._const[embedding].shape[1] if embedding in self._const else \
+                self._declared_dim(embedding, 1)
+            if E:
+                sizes.append((E, f"the embedding {embedding!r}"))
+        elif src is not None and self._declared_dim(src, 2):
+            sizes.append((self._declared_dim(src, 2), f"X {src!r} as declared"))
+        elif layer is not None and self.layers[layer]["H"]:
+            prev = self.layers[layer]
+            sizes.append((prev["D"] * prev["H"], f"the output of {prev['label']}"))
+        for size, why in sizes[1:]:
+            if size != sizes[0][0]:
+                raise OnnxImportError(f"{s['label']}: input size {sizes[0][0]} from "
+                                      f"{sizes[0][1]}, but {size} from {why}")
+        return sizes[0][0] if sizes else None
+
+    def _declared_dim(self, name, k):
+        """Dim k that graph input ``name`` declares, None when unknown or absent."""
+        dims = self._declared[name][1]
+        return dims[k] if dims is not None and len(dims) > k else None
+
+    def _expected_shapes(self):
+        """Graph input -> its shape for the parity check: ints, "T" and "B" (the check's
+        time steps and batch), None where nothing says. What the nodes imply and the
+        declared dims must agree; declared T and B go to ``self._fixed``."""
+        wants = {}                                  # name -> [(shape, what needs it)]
+
+        def want(name, shape, why):
+            if name and self._tags.get(name, {}).get("kind") == "input":
+                wants.setdefault(name, []).append((shape, why))
+        rows = {}                                   # sliced state input -> rows it needs
         for s in self.layers:
-            I = None if s["weights"] is None else s["weights"][0][0].shape[1]
-            H = s["H"] or (None if s["weights"] is None else s["weights"][0][1].shape[1])
-            if role == "x" and s["x_tag"].get("src") == name and "embedding" not in s["x_tag"]:
-                return [B, T, I] if bt else [T, B, I]
+            G, D, H, I = onnx_gate_count(s["kind"]), s["D"], s["H"], self._input_size(s)
+            GH = None if H is None else G * H
+            why = f"{s['label']}"
+            tag = s["x_tag"]
+            order = self._input_order.get(tag.get("src"), False)
+            if tag.get("src") is not None:
+                if tag.get("embedding") is None:
+                    want(tag["src"], ["B", "T", I] if order else ["T", "B", I], why)
+                else:
+                    want(tag["src"], ["B", "T"] if order else ["T", "B"], why)
+                    want(tag["embedding"], [None, I], why)
+            for name, shape in ((s["W"], [D, GH, I]), (s["R"], [D, GH, H]),
+                                (s["B"], [D, GH and 2 * GH]), (s["P"], [D, H and 3 * H])):
+                want(name, shape, why)
             for source in s["state_sources"]:
-                if source and source[0] == name and source[1] is None:
-                    return [B, s["D"], H] if s["layout"] else [s["D"], B, H]
-                if source and source[0] == name:            # sliced: rows of all layers
-                    rows = max(src[2] for t in self.layers for src in t["state_sources"]
-                               if src and src[0] == name)
-                    return [rows, B, H]
-        if role == "ids":
-            return [B, T] if bt else [T, B]
-        if role == "lengths":
-            return [B]
-        return None
+                if source and source[1] is None:
+                    want(source[0], ["B", D, H] if s["layout"] else [D, "B", H], why)
+                elif source:
+                    rows[source[0]] = max(rows.get(source[0], 0), source[2])
+                    want(source[0], [None, "B", H], why)
+            want(s["lengths_src"], ["B"], why)
+        most_rows = sum(s["D"] for s in self.layers)
+        shapes = {}
+        for name in self.input_names:
+            declared = self._declared[name][1]
+            shape = None if declared is None else list(declared)
+            for expected, why in wants.get(name, []):
+                if shape is None:
+                    shape = list(expected)
+                if len(expected) != len(shape):
+                    raise OnnxImportError(f"graph input {name!r} is declared {declared}, but "
+                                          f"{why} needs {len(expected)} dims")
+                for k, (have, need) in enumerate(zip(list(shape), expected)):
+                    if need in ("T", "B"):
+                        if isinstance(have, int):
+                            self._fixed.append((need, have, f"graph input {name!r}"))
+                        shape[k] = need
+                    elif need is not None:
+                        if have not in (None, need):
+                            raise OnnxImportError(f"graph input {name!r} is declared "
+                                                  f"{declared}, but {why} needs {need} at "
+                                                  f"axis {k} (shape {expected})")
+                        shape[k] = need
+            if name in rows:
+                if rows[name] > most_rows:
+                    raise OnnxImportError(f"a Slice takes rows up to {rows[name]} of {name!r}, "
+                                          f"past the {most_rows} rows the graph's recurrent "
+                                          "nodes take")
+                if shape[0] is not None and shape[0] < rows[name]:
+                    raise OnnxImportError(f"graph input {name!r} is declared {declared}, but a "
+                                          f"Slice takes rows up to {rows[name]}")
+                shape[0] = shape[0] or rows[name]
+            shapes[name] = shape
+        return shapes
+
+    def _check_sizes(self):
+        """(T, B) of the parity check's input: those the graph fixes, else ``_SIZES``.
+        Refused when the graph fixes one two ways, or when the check would pass
+        CHECK_MAX_VALUES values or CHECK_MAX_MACS multiply-adds."""
+        fixed, least_T = {"T": {}, "B": {}}, 1
+        for axis, size, why in self._fixed:
+            if axis == "T>=":
+                least_T = max(least_T, size)
+            else:
+                fixed[axis].setdefault(size, why)
+        for axis, what in (("T", "the time steps"), ("B", "the batch")):
+            if len(fixed[axis]) > 1:
+                (a, why_a), (b, why_b) = list(fixed[axis].items())[:2]
+                raise OnnxImportError(f"the graph fixes {what} two ways: {a} ({why_a}) and "
+                                      f"{b} ({why_b})")
+        T = next(iter(fixed["T"]), max(_SIZES["T"], least_T))
+        B = next(iter(fixed["B"]), _SIZES["B"])
+        if T < least_T:
+            raise OnnxImportError(f"constant sequence_lens reach {least_T}, past the {T} time "
+                                  f"steps {fixed['T'][T]} fixes")
+        values = sum(math.prod(shape) for shape in self._feed_shapes(T, B).values())
+        macs = 0
+        for s in self.layers:
+            G, D, H, I = onnx_gate_count(s["kind"]), s["D"], s["H"], self._input_size(s)
+            values += T * B * D * H * (G + 2)       # Y, final states, gate buffers
+            macs += T * B * D * G * H * (I + H)
+        heads = {t["weight"]: t for t in self._tags.values() if t["kind"] == "head"}
+        for W, tag in heads.items():                # output layers: (.., D*H) @ (D*H, C)
+            shape = list(self._const[W].shape) if W in self._const else self._shapes[W]
+            rows = B if tag["base"] == "last" else T * B
+            values += rows * shape[0 if tag["transpose"] else -1]
+            macs += rows * math.prod(shape)
+        if values > CHECK_MAX_VALUES or macs > CHECK_MAX_MACS:
+            fixes = ", ".join(f"{a} by {why}" for a in "TB" for why in fixed[a].values())
+            raise OnnxImportError(
+                f"the parity check runs the graph at T={T}, B={B} "
+                f"({'fixed: ' + fixes if fixes else 'the default sizes'}); checking "
+                f"it needs {values:,} values and {macs:,} multiply-adds, past the limits of "
+                f"{CHECK_MAX_VALUES:,} and {CHECK_MAX_MACS:,}: pass check=False to load it "
+                "unchecked")
+        return T, B
+
+    def _feed_shapes(self, T, B):
+        """Graph input -> the check's shape for it, refused where a size is not known."""
+        out = {}
+        for name in self.input_names:
+            shape = self._shapes[name]
+            if shape is None or None in shape:
+                raise OnnxImportError(
+                    f"cannot make a random input for graph input {name!r} (role "
+                    f"{self._roles.get(name)}, declared {self._declared[name][1]}): its shape "
+                    "is not known; pass check=False")
+            out[name] = [T if d == "T" else B if d == "B" else d for d in shape]
+        return out
 
     def _vocab(self, ids_name):
         """Rows of the embedding that ``ids_name`` indexes; None when not known."""
@@ -806,12 +1296,16 @@ class OnnxRecurrentModel:
         the output activation: Softmax -> classification, Sigmoid -> multilabel, none ->
         regression). Refuses, naming it, what has no fastrnn equivalent. With ``check`` the
         result runs against ONNX Runtime on a random input (rows of length >= 1);
-        ``obj.parity_max_abs_diff`` holds the largest absolute difference."""
-        obj, derive = _build_fastrnn(self, task)
+        ``obj.parity_max_abs_diff`` holds the largest absolute difference. A SequenceModel
+        gets the ``vocabulary`` and ``text_level`` fastrnn's exporter recorded (None when
+        the file has none). Raises :class:`OnnxImportError` naming the file."""
+        obj, derive = self._checked(lambda: _build_fastrnn(self, task))
         obj.parity_max_abs_diff = None
+        if hasattr(obj, "vocabulary"):
+            obj.vocabulary, obj.text_level = self.vocabulary, self.text_level
         if check:
             feeds, theirs, oracle = self._oracle()
-            ours = derive(feeds)
+            ours = self._checked(lambda: derive(feeds))
             obj.parity_max_abs_diff = check_parity(f"to_fastrnn against {oracle}", ours, theirs,
                                                    tol)
         return obj
@@ -933,6 +1427,37 @@ def _exported_config(m):
     except ValueError:
         return {}
     return config if isinstance(config, dict) else {}
+
+
+_VOCABULARY_KEY, _TEXT_LEVEL_KEY = "fastrnn.vocabulary", "fastrnn.text_level"
+
+
+def _text_metadata(m):
+    """(vocabulary, text_level) that fastrnn's exporter records for a language model, each
+    None when absent, refused unless the vocabulary is a JSON list of as many strings (each
+    under 1024 characters, as model files allow) as the embedding has rows, and the level
+    one of fastrnn.io.TEXT_LEVELS."""
+    import json
+    from ..io import TEXT_LEVELS
+    vocabulary, text = None, m.metadata.get(_VOCABULARY_KEY)
+    if text is not None:
+        emb = m.layers[0]["x_tag"].get("embedding")
+        V = None if emb is None else m._const[emb].shape[0] if emb in m._const else \
+            m._declared_dim(emb, 0)
+        try:
+            vocabulary = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise OnnxImportError(f"metadata {_VOCABULARY_KEY!r} is not JSON ({e})") from None
+        if not isinstance(vocabulary, list) or V is None or len(vocabulary) != V or \
+                not all(isinstance(t, str) and len(t) < 1024 for t in vocabulary):
+            raise OnnxImportError(f"metadata {_VOCABULARY_KEY!r} must be a list of as many "
+                                  f"strings (each under 1024 characters) as the embedding has "
+                                  f"rows ({V})")
+    level = m.metadata.get(_TEXT_LEVEL_KEY)
+    if level is not None and level not in TEXT_LEVELS:
+        raise OnnxImportError(f"metadata {_TEXT_LEVEL_KEY!r} is {level[:_MAX_SHOWN]!r}; it must "
+                              f"be one of {TEXT_LEVELS}")
+    return vocabulary, level
 
 
 def _exported_task(m, per_step):
