@@ -9,6 +9,7 @@ Weights are drawn at random (fastrnn initialises biases and peepholes to constan
 would hide a misplaced block). Skipped without onnx / onnxruntime.
 """
 import importlib.util
+import json
 import os
 import zlib
 
@@ -430,6 +431,39 @@ def test_failed_export_keeps_the_existing_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["net.onnx"]
 
 
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o077, 0o600), (0o022, 0o644)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    """As save() and open() do (to_onnx wrote 0o600 whatever the umask)."""
+    layer = _randomize(fastrnn.GRU(I, H))
+    old = os.umask(umask)
+    try:
+        to_onnx(layer, tmp_path / "new.onnx", check=False)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.onnx").stat().st_mode & 0o777 == mode
+    fastrnn.save(layer, tmp_path / "same.fastrnn")       # the same rule as save()
+    existing = tmp_path / "kept.onnx"
+    existing.write_bytes(b"old")
+    existing.chmod(0o640)
+    to_onnx(layer, existing, check=False)                # a replaced file keeps its mode
+    assert existing.stat().st_mode & 0o777 == 0o640
+
+
+def test_special_files_and_links_are_not_replaced(tmp_path):
+    layer = _randomize(fastrnn.GRU(I, H))
+    os.mkfifo(tmp_path / "pipe.onnx")
+    with pytest.raises(OSError, match=r"pipe.onnx.*FIFO"):
+        to_onnx(layer, tmp_path / "pipe.onnx", check=False)
+    target = tmp_path / "real.onnx"
+    target.write_bytes(b"old")
+    (tmp_path / "link.onnx").symlink_to(target)
+    proto = to_onnx(layer, tmp_path / "link.onnx", check=False)
+    assert (tmp_path / "link.onnx").is_symlink()
+    assert target.read_bytes() == proto.SerializeToString()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        to_onnx(layer, tmp_path / "missing" / "net.onnx", check=False)
+
+
 # ---- round trip through the importer -------------------------------------------------
 
 def _importer():
@@ -481,3 +515,80 @@ def test_round_trip_with_lengths_and_states(tmp_path):
     assert sorted(theirs) == sorted(layer.state_dict())
     for k, v in layer.state_dict().items():
         assert_identical(k, theirs[k], v)
+
+
+def _language_model(vocabulary, text_level):
+    model = fastrnn.SequenceModel("lstm", vocab_size=len(vocabulary), embedding_dim=3,
+                                  hidden_size=H, output_size=len(vocabulary),
+                                  task="next_token", seed=0)
+    model.vocabulary, model.text_level = vocabulary, text_level
+    return model
+
+
+@pytest.mark.parametrize("vocabulary, text_level", [
+    (list("ab c\u00e9\n"), "char"), (["the", "cat", "sat", "<unk>", "\u2603"], "word"),
+    (list("xyz"), None)])
+def test_vocabulary_and_text_level_cross_onnx_both_ways(tmp_path, vocabulary, text_level):
+    """fastrnn -> ONNX -> fastrnn -> file kept a language model's vocabulary (it was lost)."""
+    from_onnx = _importer()
+    model = _language_model(vocabulary, text_level)
+    path = tmp_path / "lm.onnx"
+    model.to_onnx(path)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["fastrnn.vocabulary"]) == vocabulary
+    assert meta.get("fastrnn.text_level") == text_level
+    imported = from_onnx(path)
+    assert (imported.vocabulary, imported.text_level) == (vocabulary, text_level)
+    back = imported.to_fastrnn()
+    assert (back.vocabulary, back.text_level) == (vocabulary, text_level)
+    fastrnn.save(back, tmp_path / "lm.fastrnn")
+    again = fastrnn.load(tmp_path / "lm.fastrnn")
+    assert (again.vocabulary, again.text_level) == (vocabulary, text_level)
+
+
+def test_a_model_without_vocabulary_records_none():
+    from_onnx = _importer()
+    model = _make_model("next_token", "gru", True, dict(num_layers=1, bidirectional=False))
+    proto = to_onnx(model)
+    assert not {"fastrnn.vocabulary", "fastrnn.text_level"} & {p.key for p in
+                                                               proto.metadata_props}
+    back = from_onnx(proto).to_fastrnn()
+    assert back.vocabulary is None and back.text_level is None
+
+
+def _with_metadata(proto, key, value):
+    for p in proto.metadata_props:
+        if p.key == key:
+            p.value = value
+            return proto
+    p = proto.metadata_props.add()
+    p.key, p.value = key, value
+    return proto
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("fastrnn.vocabulary", '["a", "b"]', "as many strings"),
+    ("fastrnn.vocabulary", '["a", "b", 3, "d", "e"]', "as many strings"),
+    ("fastrnn.vocabulary", '{"a": 1}', "as many strings"),
+    ("fastrnn.vocabulary", json.dumps(["x" * 1024] + list("bcde")), "under 1024"),
+    ("fastrnn.vocabulary", "[" * 100000, "not JSON"),
+    ("fastrnn.vocabulary", "not json", "not JSON"),
+    ("fastrnn.text_level", "sentence", "one of"),
+])
+def test_tampered_text_metadata_is_refused(key, value, match):
+    from_onnx = _importer()
+    from fastrnn import OnnxImportError
+    proto = _with_metadata(to_onnx(_language_model(list("abcde"), "char")), key, value)
+    with pytest.raises(OnnxImportError, match=match):
+        from_onnx(proto)
+
+
+def test_export_refuses_a_vocabulary_that_does_not_fit(tmp_path):
+    model = _language_model(list("abcde"), "char")
+    model.vocabulary = list("abc")
+    with pytest.raises(ValueError, match="vocabulary has 3 entries.*vocab_size 5"):
+        to_onnx(model, tmp_path / "bad.onnx")
+    model.vocabulary, model.text_level = list("abcde"), "paragraph"
+    with pytest.raises(ValueError, match="text_level"):
+        to_onnx(model, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()

@@ -45,11 +45,13 @@ which ignores ``sequence_lens``: with lengths, each row then runs alone on its v
 The largest absolute difference is attached to the returned model as the metadata entry
 ``fastrnn.parity_max_abs_diff`` (with ``fastrnn.parity_runtime``). The metadata entry
 ``fastrnn.config`` (JSON) records the layer's or model's configuration, so an importer can
-restore what the operators cannot say (which peepholes exist, the task).
+restore what the operators cannot say (which peepholes exist, the task); a language model's
+``fastrnn.vocabulary`` (JSON list of tokens) and ``fastrnn.text_level`` ("char" or "word")
+come along, so ``fastrnn convert m.fastrnn m.onnx`` and back keeps them. The file is
+written by :func:`fastrnn.io.atomic_write`, like every fastrnn writer (umask honoured).
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -67,9 +69,15 @@ def to_onnx(obj, path=None, *, check=True, tol=None, opset=None, with_lengths=Fa
             with_state=False):
     """Export a fastrnn ``RNN``/``LSTM``/``GRU`` layer or a ``SequenceModel`` to ONNX.
 
-    Returns the ``onnx.ModelProto``; when ``path`` is given it is also written there
-    atomically (a temporary file in the same folder, then a rename), only after the
-    checks pass. ``with_lengths`` adds an int64 ``lengths (B,)`` input, ``with_state``
+    Returns the ``onnx.ModelProto``; when ``path`` is given it is also written there, only
+    after the checks pass, by :func:`fastrnn.io.atomic_write` as :func:`fastrnn.save`
+    writes (a temporary file in the same folder, then a rename; a new file gets mode
+    ``0o666 & ~umask``, a replaced one keeps its mode; a symlink's target is replaced, a
+    folder, FIFO, device or socket refused with an OSError naming ``path``). A
+    SequenceModel's ``vocabulary`` and ``text_level`` (a language model's tokens and how its
+    text was cut) go into the metadata entries ``fastrnn.vocabulary`` (a JSON list) and
+    ``fastrnn.text_level``, which :func:`fastrnn.from_onnx` restores; a vocabulary that is
+    not vocab_size strings, or a level not in ``fastrnn.io.TEXT_LEVELS``, raises ValueError. ``with_lengths`` adds an int64 ``lengths (B,)`` input, ``with_state``
     the initial states ``h0`` (and ``c0``), (L*D, B, H). Graph inputs: ``x`` (or ``ids``),
     [``lengths``], [``h0``, ``c0``]; outputs: a layer's ``out``, ``h_n`` [, ``c_n``]; a
     model's ``logits`` (``predictions`` for regression tasks).
@@ -105,13 +113,15 @@ def to_onnx(obj, path=None, *, check=True, tol=None, opset=None, with_lengths=Fa
                                           producer_version=_fastrnn_version())
     proto.doc_string = f"fastrnn {obj!r}"
     _metadata(proto, {"fastrnn.config": json.dumps(_config(obj), default=str)})
+    _metadata(proto, _text_metadata(model))
     onnx.checker.check_model(proto, full_check=True)
     if check:
         worst, runtime = _parity(obj, proto, with_lengths, with_state, tol)
         _metadata(proto, {"fastrnn.parity_max_abs_diff": repr(worst),
                           "fastrnn.parity_runtime": runtime})
     if path is not None:
-        _write_atomic(os.fspath(path), proto.SerializeToString())
+        from ..io import atomic_write
+        atomic_write(os.fspath(path), proto.SerializeToString(), what="ONNX file")
     return proto
 
 
@@ -154,6 +164,29 @@ def _config(obj):
         if name in vars(layer):
             cfg[name] = getattr(layer, name)
     return cfg
+
+
+def _text_metadata(model):
+    """The metadata entries of a language model's vocabulary and text level ({} for a layer
+    or a model without them), refused unless the importer (and fastrnn.load) would take
+    them: vocab_size strings, each under 1024 characters; a level of TEXT_LEVELS."""
+    from ..io import TEXT_LEVELS
+    vocabulary = None if model is None else getattr(model, "vocabulary", None)
+    level = None if model is None else getattr(model, "text_level", None)
+    entries = {}
+    if vocabulary is not None:
+        V = None if model.embedding is None else model.embedding.weight.shape[0]
+        vocabulary = list(vocabulary)
+        if len(vocabulary) != V or not all(isinstance(t, str) and len(t) < 1024
+                                           for t in vocabulary):
+            raise ValueError(f"the model's vocabulary has {len(vocabulary)} entries; it must be "
+                             f"vocab_size {V} strings, each under 1024 characters")
+        entries["fastrnn.vocabulary"] = json.dumps(vocabulary)
+    if level is not None:
+        if level not in TEXT_LEVELS:
+            raise ValueError(f"the model's text_level is {level!r}, not one of {TEXT_LEVELS}")
+        entries["fastrnn.text_level"] = level
+    return entries
 
 
 def _fastrnn_version():
@@ -471,25 +504,3 @@ def _run_reference_by_row(proto, feeds, axes, ours, lengths):
         theirs += session.run(None, {k: row(k, v) for k, v in feeds.items()})
         mine += [row(k, v) for k, v in zip(names, ours)]
     return mine, theirs, runtime
-
-
-# ---- file ------------------------------------------------------------------------------
-
-def _write_atomic(path, data):
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename; on
-    any failure the temporary file is removed and an existing ``path`` is untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
