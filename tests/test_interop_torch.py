@@ -5,6 +5,7 @@ on a fresh random input, initial state and ragged lengths by the test's own call
 prefixes; every refusal; the parity check catching swapped gate blocks; compare() on each
 pair of sides (fastrnn, torch, ONNX, Keras). Skipped when torch is not installed.
 """
+import re
 import warnings
 
 import numpy as np
@@ -23,6 +24,11 @@ nn = torch.nn
 T, B = 7, 4
 LENGTHS = np.array([7, 1, 5, 3])          # unsorted, full and partial, >= 1 for torch
 TORCH_CLASS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+# torch 2.13 deprecates torch.jit (script, trace, save, load) in favour of torch.export; the
+# modules made with it still exist in the wild, and these tests make them
+_JIT = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning",
+                                  "ignore::torch.jit.TracerWarning")
 FASTRNN_CLASS = {"rnn": fastrnn.RNN, "lstm": fastrnn.LSTM, "gru": fastrnn.GRU}
 
 
@@ -579,8 +585,70 @@ def test_compare_refuses_unknown_sides_and_mismatched_networks():
     x = np.zeros((T, B, 3), np.float32)
     with pytest.raises(TypeError, match="b: .*dict"):
         compare(layer, {"weight": 1}, x)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="hidden_size 4 against 5"):
         compare(layer, fastrnn.LSTM(3, 5, num_layers=2, bidirectional=True), x)
+
+
+def _gru_graph_file(tmp_path, **kw):
+    path = tmp_path / "gru.onnx"
+    fastrnn.GRU(3, 4, seed=0, **kw).to_onnx(path, check=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("a, b, match", [
+    (lambda p: fastrnn.GRU(3, 4, seed=0), lambda p: fastrnn.LSTM(3, 4, seed=0),
+     "cell 'gru' against 'lstm'"),
+    (lambda p: fastrnn.LSTM(3, 4, seed=0), lambda p: nn.GRU(3, 4), "cell 'lstm' against 'gru'"),
+    (lambda p: fastrnn.LSTM(3, 4, peephole=True), lambda p: nn.LSTM(3, 4),
+     "peephole 'fio' against ''"),
+    (lambda p: fastrnn.LSTM(3, 4, coupled=True), lambda p: fastrnn.LSTM(3, 4),
+     "coupled True against False"),
+    (lambda p: fastrnn.GRU(3, 4, reset_after=False), lambda p: nn.GRU(3, 4),
+     "reset_after False against True"),
+    (lambda p: fastrnn.RNN(3, 4, nonlinearity="relu"), lambda p: nn.RNN(3, 4),
+     "nonlinearity 'relu' against 'tanh'"),
+    (lambda p: fastrnn.LSTM(3, 4, num_layers=2), lambda p: nn.LSTM(3, 4, num_layers=1),
+     "num_layers 2 against 1"),
+    (lambda p: fastrnn.LSTM(3, 4, bidirectional=True), lambda p: nn.LSTM(3, 4),
+     "bidirectional True against False"),
+    (lambda p: fastrnn.LSTM(3, 4), lambda p: nn.LSTM(3, 4, proj_size=2), "proj_size 0 against 2"),
+    (lambda p: fastrnn.GRU(3, 4), lambda p: _gru_graph_file(p, reset_after=False),
+     "reset_after True against False"),
+    (lambda p: torch.jit.script(nn.LSTM(3, 4)), lambda p: fastrnn.GRU(3, 4),
+     "cell 'lstm' against 'gru'"),
+    (lambda p: fastrnn.GRUCell(3, 4), lambda p: nn.LSTMCell(3, 4), "cell 'gru' against 'lstm'"),
+    (lambda p: fastrnn.SequenceModel("gru", vocab_size=6, embedding_dim=3, hidden_size=4,
+                                     output_size=6, task="next_token", seed=0),
+     lambda p: fastrnn.SequenceModel("gru", vocab_size=7, embedding_dim=3, hidden_size=4,
+                                     output_size=7, task="next_token", seed=0),
+     "vocab_size 6 against 7; output_size 6 against 7"),
+], ids=lambda v: v if isinstance(v, str) else None)
+@_JIT
+def test_compare_refuses_different_architectures_naming_the_difference(tmp_path, a, b, match):
+    """compare(GRU, LSTM, x) returned 0.907 with no complaint."""
+    x = np.zeros((T, B, 3), np.float32)
+    if "vocab" in match:
+        x = np.zeros((B, T), np.int64)
+    with pytest.raises(ValueError, match=r"not the same architecture: .*" + re.escape(match)):
+        compare(a(tmp_path), b(tmp_path), x)
+
+
+@_JIT
+def test_compare_still_runs_matching_architectures(tmp_path):
+    x = np.random.default_rng(0).standard_normal((T, B, 3)).astype(np.float32)
+    gru = fastrnn.GRU(3, 4, seed=0)
+    assert compare(gru, _gru_graph_file(tmp_path), x) <= 1e-5
+    assert compare(gru, gru.to_torch(), x) <= 1e-5
+    assert compare(torch.jit.script(gru.to_torch()), gru, x) <= 1e-5
+    traced = torch.jit.trace(gru.to_torch(), torch.from_numpy(x))   # says nothing: runs
+    assert compare(gru, traced, x) <= 1e-5
+    with pytest.raises(ValueError, match="shape"):                   # ... and its shapes count
+        compare(fastrnn.GRU(3, 5, seed=0), traced, x)
+    lstm = fastrnn.LSTM(3, 4, num_layers=2, bidirectional=True, seed=0)
+    assert compare(lstm, lstm.to_torch(), x) <= 1e-5
+    model = fastrnn.SequenceModel("lstm", vocab_size=6, embedding_dim=3, hidden_size=4,
+                                  output_size=6, task="next_token", seed=0)
+    assert compare(model, model.to_torch(), np.zeros((B, T), np.int64)) <= 1e-5
 
 
 # ---- methods, modes and flags -------------------------------------------------------------
@@ -608,3 +676,161 @@ def test_a_tighter_tolerance_than_the_rounding_raises():
     assert d > 0
     with pytest.raises(ParityError):
         from_torch(module, tol=d / 2)
+
+
+# ---- whole models and checkpoints: prefix= --------------------------------------------------
+
+class _Seq2Seq(nn.Module):
+    """An embedding, an encoder LSTM (inside a submodule), a decoder GRU and a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(11, 5)
+        self.encoder = nn.Module()
+        self.encoder.rnn = nn.LSTM(5, 6, num_layers=2, bidirectional=True)
+        self.decoder = nn.GRU(12, 7)
+        self.out = nn.Linear(7, 11)
+
+
+def _seq2seq():
+    torch.manual_seed(5)
+    return _Seq2Seq()
+
+
+@pytest.mark.parametrize("layout", ["state_dict", "checkpoint", "state_dict_key",
+                                    "data_parallel"])
+def test_whole_model_state_dict_imports_the_module_named_by_prefix(tmp_path, layout):
+    """A checkpoint of a whole model was refused ("keys do not share one prefix")."""
+    model = _seq2seq()
+    sd = model.state_dict()
+    if layout == "data_parallel":
+        sd = {"module." + k: v for k, v in sd.items()}
+    saved = {"state_dict": sd, "model": sd,
+             "checkpoint": {"model": sd, "optimizer": torch.optim.Adam(
+                 model.parameters()).state_dict(), "epoch": 3},
+             "state_dict_key": {"state_dict": sd, "epoch": 3, "lr": 0.1}}[
+        "state_dict" if layout == "data_parallel" else layout]
+    path = tmp_path / "ckpt.pt"
+    torch.save(saved, path)
+    loaded = torch.load(path, weights_only=True)
+    pre = "module." if layout == "data_parallel" else ""
+    for prefix, module in ((pre + "encoder.rnn", model.encoder.rnn),
+                           (pre + "decoder.", model.decoder)):
+        layer = from_torch(loaded, prefix=prefix)
+        assert type(layer).__name__ == type(module).__name__
+        assert (layer.num_layers, layer.bidirectional) == (module.num_layers,
+                                                           module.bidirectional)
+        assert layer.parity_max_abs_diff <= default_tolerance(np.float32)
+        x = np.random.default_rng(0).standard_normal((T, B, module.input_size)).astype(
+            np.float32)
+        assert compare(layer, module, x) <= default_tolerance(np.float32)
+    # the CLI's reader finds the state dict inside the checkpoint too
+    flat = torch_io.read_state_dict(path)
+    assert set(flat) == set(sd)
+    assert from_torch(flat, prefix=pre + "decoder").hidden_size == 7
+
+
+def test_without_or_with_a_wrong_prefix_the_error_lists_the_recurrent_modules():
+    sd = _seq2seq().state_dict()
+    listing = (r"'encoder.rnn' \(LSTM, 2 layers, input_size 5, hidden_size 6, "
+               r"bidirectional\).*'decoder' \(GRU, 1 layer, input_size 12, hidden_size 7\)")
+    with pytest.raises(ValueError, match="more than one module.*prefix=.*" + listing):
+        from_torch(sd)
+    with pytest.raises(ValueError, match="prefix='encoder' matches no recurrent module.*"
+                                         + listing):
+        from_torch(sd, prefix="encoder")
+    with pytest.raises(ValueError, match="prefix='out' matches no recurrent module"):
+        from_torch(sd, prefix="out")
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        from_torch(sd, prefix=3)
+    with pytest.raises(ValueError, match="no recurrent module"):
+        from_torch({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)})
+    with pytest.raises(TypeError, match="'optimizer'.*dict.*'state_dict', 'model_state_dict',"):
+        from_torch({"optimizer": {"lr": 1}, "epoch": 2})
+
+
+def test_a_live_model_imports_its_submodule_by_prefix():
+    model = _seq2seq()
+    layer = from_torch(model, prefix="encoder.rnn")
+    assert layer.hidden_size == 6 and layer.parity_max_abs_diff <= 1e-4
+    with pytest.raises(TypeError, match=r"_Seq2Seq.*prefix=.*'encoder.rnn' \(LSTM.*'decoder' "
+                                        r"\(GRU"):
+        from_torch(model)
+    with pytest.raises(ValueError, match="prefix='out'.*not a recurrent module"):
+        from_torch(model, prefix="out")
+
+
+# ---- TorchScript ----------------------------------------------------------------------------
+
+
+_SCRIPTABLE = {
+    "lstm": lambda: nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True),
+    "gru": lambda: nn.GRU(3, 4, num_layers=2),
+    "rnn_relu": lambda: nn.RNN(3, 4, nonlinearity="relu", batch_first=True),
+    "rnn_tanh": lambda: nn.RNN(3, 4, bias=False),
+    "lstm_cell": lambda: nn.LSTMCell(3, 4),
+    "gru_cell": lambda: nn.GRUCell(3, 4),
+    "rnn_cell_relu": lambda: nn.RNNCell(3, 4, nonlinearity="relu"),
+}
+
+
+def _traced(module, with_state):
+    rng = np.random.default_rng(0)
+    cell = isinstance(module, nn.RNNCellBase)
+    bf = getattr(module, "batch_first", False)
+    shape = (B, 3) if cell else (B, T, 3) if bf else (T, B, 3)
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    if not with_state:
+        return torch.jit.trace(module, (x,))
+    rows = () if cell else (module.num_layers * (2 if module.bidirectional else 1),)
+    h = torch.zeros(*rows, B, 4)
+    state = (h, h.clone()) if isinstance(module, (nn.LSTM, nn.LSTMCell)) else h
+    return torch.jit.trace(module, (x, state))
+
+
+@_JIT
+@pytest.mark.parametrize("how", ["script", "trace", "trace_with_state", "script_file",
+                                 "trace_file"])
+@pytest.mark.parametrize("name", list(_SCRIPTABLE))
+def test_torchscript_modules_import_and_match_the_original(tmp_path, name, how):
+    """torch.jit.script / torch.jit.trace of the recurrent modules were refused."""
+    torch.manual_seed(1)
+    original = _SCRIPTABLE[name]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # tracer warnings about Python values
+        scripted = torch.jit.script(original) if how.startswith("script") else \
+            _traced(original, how == "trace_with_state")
+    if how.endswith("_file"):
+        # a file comes in as the live module the caller loads: torch.jit.load runs the
+        # file's TorchScript, a choice fastrnn leaves to the caller
+        torch.jit.save(scripted, tmp_path / "m.pt")
+        scripted = torch.jit.load(tmp_path / "m.pt")
+    layer = from_torch(scripted)
+    reference = from_torch(original)
+    assert type(layer) is type(reference)
+    for attr in ("input_size", "hidden_size", "num_layers", "bidirectional", "batch_first",
+                 "bias", "nonlinearity"):
+        assert getattr(layer, attr, None) == getattr(reference, attr, None), attr
+    assert layer.parity_max_abs_diff <= default_tolerance(np.float32)
+    for k, v in reference.params.items():
+        assert np.array_equal(layer.params[k], v), k
+    x, state = torch_io._random_case(reference, np.random.default_rng(3))
+    assert compare(layer, original, x, state=state) <= default_tolerance(np.float32)
+
+
+@_JIT
+def test_torchscript_refusals():
+    with pytest.raises(TypeError, match="TorchScript.*Linear"):
+        from_torch(torch.jit.script(nn.Linear(3, 4)))
+    traced = torch.jit.trace(nn.GRU(3, 4), torch.zeros(T, B, 3))
+    with pytest.raises(ValueError, match="batch_first=True disagrees"):
+        from_torch(traced, batch_first=True)
+    with pytest.raises(ValueError, match="traced.*dtype"):
+        from_torch(traced, dtype=np.float64)
+
+
+@_JIT
+def test_torchscript_files_are_not_read_by_read_state_dict(tmp_path):
+    torch.jit.save(torch.jit.script(nn.GRU(3, 4)), tmp_path / "gru.pt")
+    with pytest.raises(ValueError, match="TorchScript archive.*torch.jit.load.*trust"):
+        torch_io.read_state_dict(tmp_path / "gru.pt")

@@ -28,6 +28,16 @@ float64); integer inputs (token ids) go unchanged (int64 to PyTorch and ONNX Run
 ``lengths (B,)`` and ``state`` (PyTorch's shapes) go to the sides that take them and are
 refused for those that cannot (Keras; ONNX graphs without such inputs; lengths for cells
 and generic torch modules).
+
+Before anything runs, the two sides must be the same architecture as far as each can say:
+cell kind (RNN, LSTM, GRU), variant (RNN nonlinearity; LSTM peepholes and coupled gates; GRU
+reset_after), input and hidden sizes, layers, directions, and for sequence models the
+vocabulary and output sizes. fastrnn objects, ``torch.nn`` recurrent modules and cells (also
+scripted with ``torch.jit.script``), modules from ``to_torch(model)``, Keras recurrent
+layers and ONNX graphs fastrnn's import reads say all of these; an ``InferenceSession``, a
+generic torch module or a traced one say nothing, and only their output shapes are compared.
+A difference raises ValueError naming it (``fastrnn.compare(GRU(...), LSTM(...), x)``
+returned 0.907 before).
 """
 import os
 
@@ -46,9 +56,11 @@ def compare(a, b, x, lengths=None, state=None):
     """Largest absolute difference of ``a``'s and ``b``'s outputs on ``x`` (and of their final
     states where both give them), as a float; see the module docstring for the sides, the
     layouts and what is compared. Raises ValueError when the two sides' outputs cannot be
-    compared (different shapes), naming both."""
+    compared (different shapes), naming both, and when they are not the same architecture
+    (see the module docstring), naming the difference."""
     x = _validate_x(x)
     side_a, side_b = _side(a, "a"), _side(b, "b")
+    _check_same_architecture(a, b)
     layout = side_a.batch_first if side_a.batch_first is not None else side_b.batch_first
     results = []
     for side in (side_a, side_b):
@@ -68,6 +80,130 @@ def compare(a, b, x, lengths=None, state=None):
         for name, s, t in zip(("h_n", "c_n"), st_a, st_b):
             worst = max(worst, _max_diff(f"final state {name}", s, t))
     return worst
+
+
+# ---- what each side says about its architecture ----------------------------------------
+
+def _check_same_architecture(a, b):
+    """Refuse two sides whose known facts (cell, variant, sizes, layers, directions)
+    differ; a fact only one side knows is not compared."""
+    (what_a, facts_a), (what_b, facts_b) = _architecture(a), _architecture(b)
+    keys = [k for k in _FACTS if k in facts_a and k in facts_b and facts_a[k] != facts_b[k]]
+    if keys:
+        differences = "; ".join(f"{k} {facts_a[k]!r} against {facts_b[k]!r}" for k in keys)
+        raise ValueError(f"a ({what_a}) and b ({what_b}) are not the same architecture: "
+                         f"{differences}")
+
+
+# in the order messages name them; the variant facts are those of the cell
+_FACTS = ("cell", "nonlinearity", "peephole", "coupled", "reset_after", "proj_size",
+          "input_size", "hidden_size", "num_layers", "bidirectional", "vocab_size",
+          "output_size")
+_TORCH_CELLS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru", "RNNCell": "rnn",
+                "LSTMCell": "lstm", "GRUCell": "gru"}
+
+
+def _variant(cell, nonlinearity="tanh", peephole="", coupled=False, reset_after=True):
+    """The variant facts of a cell: only those that exist for it."""
+    return {"rnn": {"nonlinearity": nonlinearity},
+            "lstm": {"peephole": peephole, "coupled": coupled},
+            "gru": {"reset_after": reset_after}}[cell]
+
+
+def _architecture(obj):
+    """(what ``obj`` is, in words; {fact: value} of what it says about itself)."""
+    from ..models import SequenceModel
+    if isinstance(obj, SequenceModel):
+        what, facts = _architecture(obj.rnn)
+        facts["output_size"] = obj.head.weight.shape[0]
+        if obj.embedding is not None:
+            facts["vocab_size"] = obj.embedding.weight.shape[0]
+            facts.pop("input_size", None)          # the embedding's width, not the data's
+        return f"fastrnn SequenceModel({what})", facts
+    if isinstance(obj, (L._Recurrent, L._Cell)):
+        layer = obj._layer if isinstance(obj, L._Cell) else obj
+        facts = dict(cell=layer.cell, input_size=layer.input_size,
+                     hidden_size=layer.hidden_size, num_layers=layer.num_layers,
+                     bidirectional=layer.bidirectional, proj_size=0)
+        facts.update(_variant(layer.cell, getattr(layer, "nonlinearity", "tanh"),
+                              "".join(sorted(getattr(layer, "peephole", "") or "")),
+                              bool(getattr(layer, "coupled", False)),
+                              bool(getattr(layer, "reset_after", True))))
+        return f"fastrnn {type(obj).__name__}", facts
+    module = type(obj).__module__
+    if module.startswith(("keras", "tf_keras")):
+        return _keras_architecture(obj)
+    if _is_torch_module(obj):
+        return _torch_architecture(obj)
+    if isinstance(obj, (str, os.PathLike)) or type(obj).__name__ == "ModelProto":
+        return _onnx_architecture(obj)
+    return _type_name(obj), {}
+
+
+def _torch_architecture(m):
+    """A torch.nn recurrent module or cell (or one scripted with torch.jit.script, which
+    keeps the attributes), or an exported SequenceModel; {} for anything else."""
+    name = getattr(m, "original_name", None) or type(m).__name__
+    if _is_exported_model(m):
+        what, facts = _torch_architecture(m.rnn)
+        facts["output_size"] = m.head.out_features
+        if m.embedding is not None:
+            facts["vocab_size"] = m.embedding.num_embeddings
+            facts.pop("input_size", None)
+        return f"torch {type(m).__name__}({what})", facts
+    cell = _TORCH_CELLS.get(name)
+    if cell is None or not hasattr(m, "hidden_size"):      # a traced module keeps none
+        return f"torch {name}", {}
+    facts = dict(cell=cell, input_size=m.input_size, hidden_size=m.hidden_size,
+                 num_layers=getattr(m, "num_layers", 1),
+                 bidirectional=bool(getattr(m, "bidirectional", False)),
+                 proj_size=getattr(m, "proj_size", 0))
+    facts.update(_variant(cell, getattr(m, "nonlinearity", "tanh")))
+    return f"torch.nn.{name}", facts
+
+
+def _onnx_architecture(obj):
+    """The recurrent nodes of an ONNX graph fastrnn's import reads; {} for one it cannot
+    (compare still runs it, on ONNX Runtime)."""
+    from .onnx_import import OnnxImportError, _peephole_gates, from_onnx
+    try:
+        m = from_onnx(obj, check=False)
+    except (OnnxImportError, OSError):
+        return "ONNX graph", {}
+    first = m.layers[0]
+    if any(s["op"] != first["op"] or s["D"] != first["D"] or s["H"] != first["H"]
+           for s in m.layers):
+        return "ONNX graph", {"num_layers": len(m.layers)}
+    cell = first["op"].lower()
+    peephole = None
+    if cell == "lstm" and all(s["weights"] is not None for s in m.layers):
+        peephole = "".join(sorted(_peephole_gates(m, m.layers)))
+    facts = dict(cell=cell, input_size=m._input_size(first), hidden_size=first["H"],
+                 num_layers=len(m.layers), bidirectional=first["D"] == 2)
+    facts.update(_variant(cell, first["nonlinearity"], peephole,
+                          first["kind"] == "lstm_coupled", first["reset_after"]))
+    embedding = first["x_tag"].get("embedding")
+    if embedding is not None:                  # token ids in: the data has no input size
+        facts.pop("input_size")
+        if embedding in m._const:
+            facts["vocab_size"] = m._const[embedding].shape[0]
+    return f"ONNX graph of {len(m.layers)} {first['op']} node(s)", \
+        {k: v for k, v in facts.items() if v is not None}
+
+
+def _keras_architecture(layer):
+    """A Keras SimpleRNN/LSTM/GRU, Bidirectional or Sequential of them; {} otherwise."""
+    from .keras_io import _parse, _read_keras_object
+    try:
+        stack, _ = _parse(*reversed(_read_keras_object(layer)))
+    except (TypeError, ValueError):
+        return f"Keras {type(layer).__name__}", {}
+    first = stack[0]
+    cell = {"SimpleRNN": "rnn", "LSTM": "lstm", "GRU": "gru"}[first.cell]
+    facts = dict(cell=cell, input_size=first.input_size, hidden_size=first.units,
+                 num_layers=len(stack), bidirectional=len(first.directions) == 2, proj_size=0)
+    facts.update(_variant(cell, first.activation, reset_after=first.reset_after))
+    return f"Keras {type(layer).__name__}", facts
 
 
 def _validate_x(x):

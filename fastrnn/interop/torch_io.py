@@ -35,6 +35,7 @@ _LAYERS = {"rnn": L.RNN, "lstm": L.LSTM, "gru": L.GRU}
 _CELLS = {"rnn": L.RNNCell, "lstm": L.LSTMCell, "gru": L.GRUCell}
 _KIND_OF_GATES = {1: "rnn", 4: "lstm", 3: "gru"}
 _TORCH_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+_KIND_OF_NAME = {v: k for k, v in _TORCH_NAMES.items()}
 # a parameter of a layer (with _l<k>) or of a cell (without)
 _KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)(?:_l(0|[1-9][0-9]*)(_reverse)?)?")
 _PARITY_T, _PARITY_B = 5, 3          # the random input of every check: 5 steps, 3 rows
@@ -55,26 +56,46 @@ def _torch_dtype(torch, dtype):
 # ---- PyTorch -> fastrnn ------------------------------------------------------------------
 
 def from_torch(source, *, check=True, tol=None, kind=None, nonlinearity=None, batch_first=None,
-               dtype=None):
+               dtype=None, prefix=None):
     """A fastrnn ``RNN``/``LSTM``/``GRU`` (or ``RNNCell``/``LSTMCell``/``GRUCell``) holding
     exact copies of a PyTorch module's or state dict's weights.
 
-    ``source``: an ``nn.RNN``, ``nn.LSTM``, ``nn.GRU``, ``nn.RNNCell``, ``nn.LSTMCell`` or
-    ``nn.GRUCell`` (configuration read from it; ``proj_size`` refused), or a state dict
-    (a mapping of names to torch tensors or numpy arrays) of one of them. A prefix shared by
-    every key up to its last dot (``"lstm."``, ``"encoder.rnn."``) is stripped. Keys with
-    ``_l<k>`` make a layer stack (layers, directions, bias and sizes read from the keys and
-    shapes); keys without make a cell. What a state dict cannot say:
+    ``source`` is one of:
 
-    * ``kind``: "rnn", "lstm" or "gru"; inferred from the gate count, given to assert it;
-    * ``nonlinearity``: of an RNN, "tanh" (the default: a state dict does not record it, and
-      the parity check cannot tell, since it rebuilds the module with the same assumption)
-      or "relu";
-    * ``batch_first``: the layout of the layer made (default False, PyTorch's).
+    * an ``nn.RNN``, ``nn.LSTM``, ``nn.GRU``, ``nn.RNNCell``, ``nn.LSTMCell`` or
+      ``nn.GRUCell`` (configuration read from it; ``proj_size`` refused);
+    * any other module holding them, with ``prefix`` naming the one to import
+      (``from_torch(model, prefix="encoder.rnn")``, as ``model.get_submodule`` names it);
+      without it the error lists the recurrent submodules found;
+    * one of those modules compiled by TorchScript, live (``torch.jit.script``,
+      ``torch.jit.trace``, or what ``torch.jit.load`` returned): a scripted module keeps its
+      configuration as attributes; a traced one keeps only its weights and graph, whose
+      ``aten::lstm``/``gru``/``rnn_*`` call says ``batch_first`` and the nonlinearity (a
+      traced cell: the tanh or relu it applies). The parity check runs the TorchScript
+      module itself (without an initial state when it was traced without one). fastrnn
+      never loads TorchScript files: ``torch.jit.load`` runs the TorchScript code the file
+      holds, so loading one is the caller's decision, for files they trust;
+    * a state dict (a mapping of names to torch tensors or numpy arrays), or a checkpoint
+      holding one (a dict whose ``"state_dict"``, ``"model_state_dict"``, ``"model"``,
+      ``"net"``, ``"network"`` or ``"module"`` entry is the state dict, the first found;
+      the rest, such as ``"optimizer"``, is ignored). Of a whole model's state dict,
+      ``prefix`` selects one module's entries (``"encoder.rnn"`` or ``"encoder.rnn."``;
+      with ``DataParallel``'s ``"module."`` in front where it is); without it the keys must
+      all belong to one module (a prefix they share is stripped), else the error lists the
+      recurrent modules found, with their kind, layers and sizes. Keys with ``_l<k>`` make
+      a layer stack (layers, directions, bias and sizes read from the keys and shapes);
+      keys without make a cell. What a state dict cannot say:
+
+      * ``kind``: "rnn", "lstm" or "gru"; inferred from the gate count, given to assert it;
+      * ``nonlinearity``: of an RNN, "tanh" (the default: a state dict does not record it,
+        and the parity check cannot tell, since it rebuilds the module with the same
+        assumption) or "relu";
+      * ``batch_first``: the layout of the layer made (default False, PyTorch's).
 
     For a module these are read from it; passing one that disagrees raises ValueError.
     ``dtype``: None keeps the source's float32 or float64 (other dtypes are refused);
-    float32 or float64 converts (the parity check then runs PyTorch in that dtype too).
+    float32 or float64 converts (the parity check then runs PyTorch in that dtype too; a
+    traced module, whose graph fixes its dtype, is refused).
 
     ``check``: run the module (for a state dict, a module PyTorch builds from it) and the
     result on a random input and initial state; raises ParityError when outputs or final
@@ -83,29 +104,230 @@ def from_torch(source, *, check=True, tol=None, kind=None, nonlinearity=None, ba
     """
     if kind is not None and kind not in _LAYERS:
         raise ValueError(f"kind must be 'rnn', 'lstm' or 'gru', got {kind!r}")
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str (a module's name, e.g. 'encoder.rnn'), got "
+                        f"{_type_name(prefix)}")
     torch = sys.modules.get("torch")
+    with_state = True
     if torch is not None and isinstance(source, torch.nn.Module):
-        ours, reference = _from_module(torch, source, kind, nonlinearity, batch_first, dtype)
+        source = _submodule(torch, source, prefix)
+        if _is_traced(torch, source) and _module_kind(torch, source)[0] is not None:
+            ours, reference = _from_traced(torch, source, kind, nonlinearity, batch_first,
+                                           dtype)
+            with_state = _traced_takes_state(source)
+        else:
+            ours, reference = _from_module(torch, source, kind, nonlinearity, batch_first,
+                                           dtype)
     elif isinstance(source, Mapping):
-        ours, reference = _from_state_dict(source, kind, nonlinearity, batch_first, dtype)
+        state = _select_module(_state_dict_of(source), prefix)
+        ours, reference = _from_state_dict(state, kind, nonlinearity, batch_first, dtype)
     else:
         raise TypeError("from_torch takes an nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell "
                         f"or nn.GRUCell, or a state dict; got {_type_name(source)}")
     ours.parity_max_abs_diff = None
     if check:
-        ours.parity_max_abs_diff = _parity("from_torch", ours, reference(), tol)
+        ours.parity_max_abs_diff = _parity("from_torch", ours, reference(), tol, with_state)
     return ours
 
 
-def _from_module(torch, m, kind, nonlinearity, batch_first, dtype):
+# ---- which module: prefix=, checkpoints, TorchScript -------------------------------------
+
+# the entries in which common checkpoint layouts keep the model's state dict, first found
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module")
+
+
+def _is_array(v):
+    return isinstance(v, np.ndarray) or (type(v).__module__.startswith("torch") and
+                                         hasattr(v, "detach"))
+
+
+def _state_dict_of(source):
+    """The state dict in ``source``: itself when every value is a tensor or an array, else
+    its first _CHECKPOINT_KEYS entry that is one (a training checkpoint)."""
+    if all(_is_array(v) for v in source.values()):
+        return source
+    for key in _CHECKPOINT_KEYS:
+        inner = source.get(key)
+        if isinstance(inner, Mapping) and inner and all(_is_array(v) for v in inner.values()):
+            return inner
+    odd = next(k for k, v in source.items() if not _is_array(v))
+    raise TypeError(f"{odd!r}: expected a torch tensor or a numpy array, got "
+                    f"{_type_name(source[odd])}; a checkpoint must keep its state dict in one "
+                    f"of the entries {', '.join(repr(k) for k in _CHECKPOINT_KEYS)}")
+
+
+def _recurrent_modules(state):
+    """{prefix: description} of the recurrent modules among a state dict's keys (those
+    with a weight_hh[_l0] and weight_ih[_l0]), described from their shapes."""
+    groups = {}
+    for key in state:
+        if isinstance(key, str):
+            parent, _, leaf = key.rpartition(".")
+            groups.setdefault(parent, {})[leaf] = state[key]
+    found = {}
+    for parent, leaves in groups.items():
+        cell = "weight_hh" in leaves
+        hh, ih = ("weight_hh", "weight_ih") if cell else ("weight_hh_l0", "weight_ih_l0")
+        if hh not in leaves or ih not in leaves:
+            continue
+        W_hh, W_ih = tuple(leaves[hh].shape), tuple(leaves[ih].shape)
+        if len(W_hh) != 2 or len(W_ih) != 2 or not W_hh[1] or W_hh[0] % W_hh[1]:
+            continue
+        name = _TORCH_NAMES.get(_KIND_OF_GATES.get(W_hh[0] // W_hh[1]), "?")
+        sizes = f"input_size {W_ih[1]}, hidden_size {W_hh[1]}"
+        if cell:
+            found[parent] = f"{name}Cell, {sizes}"
+            continue
+        layers = {m.group(2) for m in map(_KEY.fullmatch, leaves) if m and m.group(2)}
+        both = ", bidirectional" if any(leaf.endswith("_reverse") for leaf in leaves) else ""
+        found[parent] = (f"{name}, {len(layers)} layer{'s' if len(layers) > 1 else ''}, "
+                         f"{sizes}{both}")
+    return found
+
+
+def _listing(found):
+    if not found:
+        return "no recurrent module found (none has weight_ih and weight_hh entries)"
+    return "recurrent modules found: " + ", ".join(f"{p!r} ({d})" for p, d in found.items())
+
+
+def _select_module(state, prefix):
+    """The entries of the one recurrent module ``prefix`` names (all of ``state`` when
+    None and its keys share one parent)."""
+    if prefix is None:
+        parents = {k.rpartition(".")[0] if isinstance(k, str) else None for k in state}
+        if len(parents) <= 1:
+            if state and all(isinstance(k, str) for k in state) and not any(isinstance(k, str) and _KEY.fullmatch(k.rpartition(".")[2])
+                       for k in state):
+                raise ValueError(f"{_listing({})}: the state dict's keys are "
+                                 f"{list(state)[:6]}")
+            return state
+        first = next(iter(state))
+        odd = next(k for k in state if (k.rpartition(".")[0] if isinstance(k, str) else None)
+                   != first.rpartition(".")[0])
+        raise ValueError(f"the state dict holds more than one module ({first!r} and {odd!r} "
+                         f"belong to different ones): pass prefix= naming the recurrent one; "
+                         f"{_listing(_recurrent_modules(state))}")
+    parent = prefix[:-1] if prefix.endswith(".") else prefix
+    found = _recurrent_modules(state)
+    if parent not in found:
+        raise ValueError(f"prefix={prefix!r} matches no recurrent module of the state dict; "
+                         f"{_listing(found)}")
+    return {k: v for k, v in state.items() if k.rpartition(".")[0] == parent}
+
+
+def _recurrent_submodules(torch, module):
+    """{name: description} of the torch.nn recurrent modules inside ``module``."""
+    found = {}
+    for name, m in module.named_modules():
+        kind, is_cell = _module_kind(torch, m)
+        if kind is not None and name:
+            found[name] = (f"{_TORCH_NAMES[kind]}{'Cell' if is_cell else ''}, "
+                           + (f"{m.num_layers} layer{'s' if m.num_layers > 1 else ''}, "
+                              if not is_cell else "")
+                           + f"input_size {m.input_size}, hidden_size {m.hidden_size}"
+                           + (", bidirectional" if getattr(m, "bidirectional", False) else ""))
+    return found
+
+
+def _submodule(torch, module, prefix):
+    """The recurrent module ``prefix`` names inside ``module`` (``module`` itself when
+    None); refused, listing what is there, when it names none."""
+    if prefix is None:
+        if _module_kind(torch, module)[0] is None and not _is_traced(torch, module):
+            found = _recurrent_submodules(torch, module)
+            if found:
+                raise TypeError(f"{_type_name(module)} is not a recurrent module: pass prefix= "
+                                f"naming the one to import; {_listing(found)}")
+        return module
+    name = prefix[:-1] if prefix.endswith(".") else prefix
+    try:
+        inner = module.get_submodule(name)
+    except AttributeError:
+        inner = None
+    if inner is None or _module_kind(torch, inner)[0] is None:
+        raise ValueError(f"prefix={prefix!r} names {'nothing' if inner is None else 'a ' + _type_name(inner)}"
+                         f" in the {_type_name(module)}, not a recurrent module; "
+                         f"{_listing(_recurrent_submodules(torch, module))}")
+    return inner
+
+
+def _module_kind(torch, m):
+    """(kind, is_cell) of an nn.RNN/LSTM/GRU or cell, or of one TorchScript compiled
+    (its original_name says which); (None, None) for any other module."""
     nn = torch.nn
-    found = next((k for k, cls in (("rnn", nn.RNN), ("lstm", nn.LSTM), ("gru", nn.GRU))
-                  if isinstance(m, cls)), None)
-    found_cell = next((k for k, cls in (("rnn", nn.RNNCell), ("lstm", nn.LSTMCell),
-                                        ("gru", nn.GRUCell)) if isinstance(m, cls)), None)
-    if found is None and found_cell is None:
+    for kind, layer, cell in (("rnn", nn.RNN, nn.RNNCell), ("lstm", nn.LSTM, nn.LSTMCell),
+                              ("gru", nn.GRU, nn.GRUCell)):
+        if isinstance(m, (layer, cell)):
+            return kind, isinstance(m, cell)
+    if isinstance(m, torch.jit.ScriptModule):
+        name = getattr(m, "original_name", "")
+        kind = _KIND_OF_NAME.get(name.removesuffix("Cell"))
+        if kind is not None:
+            return kind, name.endswith("Cell")
+    return None, None
+
+
+def _is_traced(torch, m):
+    """A TorchScript module that keeps no configuration attributes (torch.jit.trace's, or
+    a traced module saved and loaded again)."""
+    return isinstance(m, torch.jit.ScriptModule) and not hasattr(m, "hidden_size")
+
+
+def _traced_takes_state(m):
+    """Whether a traced module's forward takes an initial state (it was traced with one)."""
+    return len(list(m.graph.inputs())) > 2                      # self, x[, state]
+
+
+# the aten call a traced nn.RNN/LSTM/GRU makes; its .input overload ends in batch_first
+_ATEN_RNN = {"aten::lstm": "lstm", "aten::gru": "gru", "aten::rnn_tanh": "rnn",
+             "aten::rnn_relu": "rnn"}
+
+
+def _traced_config(m, kind, is_cell):
+    """(nonlinearity or None, batch_first or None) that a traced module's graph fixes."""
+    nodes = list(m.inlined_graph.nodes())
+    if is_cell:                     # a traced cell is its gate arithmetic
+        relu = any(n.kind() in ("aten::relu", "aten::relu_") for n in nodes)
+        return ("relu" if relu else "tanh") if kind == "rnn" else None, None
+    calls = [n for n in nodes if n.kind() in _ATEN_RNN]
+    if len(calls) != 1 or _ATEN_RNN[calls[0].kind()] != kind or \
+            "bool batch_first" not in calls[0].schema():
+        raise ValueError(f"cannot read the traced {m.original_name}'s configuration: its "
+                         f"graph makes {[n.kind() for n in calls]}, not one aten call of a "
+                         f"{_TORCH_NAMES[kind]} on a tensor (traced on a PackedSequence?)")
+    nl = ("relu" if calls[0].kind() == "aten::rnn_relu" else "tanh") if kind == "rnn" else None
+    return nl, bool(list(calls[0].inputs())[-1].toIValue())
+
+
+def _from_traced(torch, m, kind, nonlinearity, batch_first, dtype):
+    """A traced module: sizes from its state dict, the rest from its graph; the parity
+    check runs the traced module itself."""
+    found, is_cell = _module_kind(torch, m)
+    module_nl, module_bf = _traced_config(m, found, is_cell)
+    for name, given, actual in (("kind", kind, found), ("nonlinearity", nonlinearity, module_nl),
+                                ("batch_first", batch_first, module_bf)):
+        if given is not None and given != actual:
+            raise ValueError(f"{name}={given!r} disagrees with the traced module, which has "
+                             f"{name}={actual!r}")
+    state = m.state_dict()
+    own = {str(v.dtype) for v in state.values()}
+    if dtype is not None and own != {str(_torch_dtype(torch, dtype))}:
+        raise ValueError(f"dtype={np.dtype(dtype).name}: a traced module's graph fixes its dtype "
+                         f"({', '.join(sorted(own))}); convert the module before tracing it")
+    ours, _ = _from_state_dict(state, found, module_nl, module_bf, dtype)
+    return ours, lambda: m
+
+
+def _from_module(torch, m, kind, nonlinearity, batch_first, dtype):
+    """An nn module, or one scripted with torch.jit.script (same attributes)."""
+    module_kind, is_cell = _module_kind(torch, m)
+    if module_kind is None:
+        what = f"TorchScript {getattr(m, 'original_name', '?')}" if \
+            isinstance(m, torch.jit.ScriptModule) else _type_name(m)
         raise TypeError("from_torch takes nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell or "
-                        f"nn.GRUCell; {_type_name(m)} is not supported")
+                        f"nn.GRUCell (or TorchScript of one); {what} is not supported")
+    found, found_cell = (None, module_kind) if is_cell else (module_kind, None)
     if getattr(m, "proj_size", 0):
         raise ValueError(f"proj_size={m.proj_size} (an LSTM with projections) is not supported "
                          "by fastrnn")
@@ -219,7 +441,7 @@ def _strip_prefix(keys):
         first = keys[0].rpartition(".")[0]
         odd = next(k for k in keys if k.rpartition(".")[0] != first)
         raise ValueError(f"state dict keys do not share one prefix: {keys[0]!r} and {odd!r}; "
-                         "pass the entries of the recurrent module only")
+                         "pass prefix= naming the recurrent module")
     cut = len(prefixes.pop())
     cut += 1 if cut else 0
     leaves = {}
@@ -428,10 +650,33 @@ def _model_to_torch(torch, model):
 
 # ---- running either side -----------------------------------------------------------------
 
+def _forward(torch, module):
+    """What to call to run ``module`` on a tensor: the module, or for an nn.RNN/LSTM/GRU
+    compiled by torch.jit.script its tensor overload of forward (TorchScript compiles the
+    overloaded forward as forward__0/forward__1 and gives Python no forward to call)."""
+    if not isinstance(module, torch.jit.ScriptModule) or \
+            "forward" in module._c._method_names():
+        return module
+    for name in module._c._method_names():
+        if name.startswith("forward__") and \
+                "PackedSequence input" not in str(getattr(module, name).schema):
+            return getattr(module, name)
+    raise TypeError(f"the TorchScript {module.original_name} has no forward taking a tensor")
+
+
 def _run_rnn_module(torch, module, x, state, lengths):
-    """An nn.RNN/LSTM/GRU on x (a tensor), ragged rows through packing; (out, state_n)."""
+    """An nn.RNN/LSTM/GRU (or TorchScript of one) on x (a tensor), ragged rows through
+    packing; (out, state_n)."""
+    if _is_traced(torch, module) and not _traced_takes_state(module):
+        if state is not None or lengths is not None:
+            raise ValueError(f"the traced {module.original_name} was traced on x alone: it "
+                             "takes no initial state and no lengths")
+        return module(x)
     if lengths is None:
-        return module(x, state)
+        return _forward(torch, module)(x, state)
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ValueError(f"lengths cannot be given to the TorchScript {module.original_name} "
+                         "(it runs on a tensor, not a PackedSequence)")
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
     T = x.shape[1] if module.batch_first else x.shape[0]
     packed = pack_padded_sequence(x, torch.as_tensor(lengths, dtype=torch.int64).cpu(),
@@ -449,9 +694,10 @@ def run_torch(module, x, state=None, lengths=None):
     refuses empty rows) go through ``pack_padded_sequence``. Cells: ``out`` is the new h,
     ``states`` the new state. An exported SequenceModel: its outputs, no states. Any other
     module is called as ``module(x)`` and its (first) output compared, no states. Float
-    inputs are cast to the module's parameter dtype, integer inputs (token ids) to int64."""
+    inputs are cast to the module's parameter dtype, integer inputs (token ids) to int64.
+    TorchScript of those modules runs as they do (a traced one without a state when it was
+    traced without one; no lengths)."""
     torch = _torch()
-    nn = torch.nn
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     x = np.asarray(x)
@@ -461,8 +707,8 @@ def run_torch(module, x, state=None, lengths=None):
         state = tuple(torch.from_numpy(np.ascontiguousarray(s)).to(dtype) for s in
                       (state if isinstance(state, tuple) else (state,)))
         state = state if len(state) == 2 else state[0]
-    is_rnn = isinstance(module, nn.RNNBase)
-    is_cell = isinstance(module, nn.RNNCellBase)
+    kind, cell = _module_kind(torch, module)
+    is_rnn, is_cell = kind is not None and not cell, kind is not None and cell
     is_model = _SEQUENCE_CLASS is not None and isinstance(module, _SEQUENCE_CLASS)
     if lengths is not None and not (is_rnn or is_model):
         raise ValueError(f"lengths apply to sequence modules; {_type_name(module)} takes none")
@@ -475,7 +721,13 @@ def run_torch(module, x, state=None, lengths=None):
             if is_rnn:
                 out, st = _run_rnn_module(torch, module, xt, state, lengths)
             elif is_cell:
-                st = module(xt, state)
+                if _is_traced(torch, module) and not _traced_takes_state(module):
+                    if state is not None:
+                        raise ValueError(f"the traced {module.original_name} was traced on x "
+                                         "alone: it takes no state")
+                    st = module(xt)
+                else:
+                    st = module(xt, state)
                 out = st[0] if isinstance(st, tuple) else st
             elif is_model:
                 out, st = module(xt, lengths, state), None
@@ -527,10 +779,12 @@ def _random_case(obj, rng):
     return x.astype(dtype), (state if n_states == 2 else state[0])
 
 
-def _parity(what, ours, module, tol):
+def _parity(what, ours, module, tol, with_state=True):
     """Largest abs difference of outputs and final states on a random case (seeded, so a
-    failure reproduces); raises ParityError above ``tol``."""
+    failure reproduces), from a random initial state unless ``with_state`` is False (a
+    module traced without one); raises ParityError above ``tol``."""
     x, state = _random_case(ours, np.random.default_rng(0))
+    state = state if with_state else None
     mine_out, mine_st = run_fastrnn(ours, x, state)
     theirs_out, theirs_st = run_torch(module, x, state)
     mine = (mine_out,) + (mine_st or ())
@@ -544,10 +798,20 @@ def read_state_dict(path):
     """A flat ``{name: array}`` from a ``.pt``/``.pth`` file (``torch.load(weights_only=True)``
     only: anything but tensors in plain containers is refused unexecuted) or a
     ``.safetensors`` file (the ``safetensors`` package). Values are torch tensors (.pt) or
-    numpy arrays (.safetensors); anything but a flat dict of tensors is refused."""
+    numpy arrays (.safetensors). A ``.pt`` file may hold a state dict or a training
+    checkpoint keeping one in its ``"state_dict"``, ``"model_state_dict"``, ``"model"``,
+    ``"net"``, ``"network"`` or ``"module"`` entry (the first found is returned; pass
+    ``prefix=`` to :func:`from_torch` to pick one module of a whole model). TorchScript
+    archives are refused: reading one runs its code (load it with ``torch.jit.load`` if you
+    trust it, and pass the module to :func:`from_torch`)."""
     path = str(path)
     if path.endswith((".pt", ".pth")):
         torch = _torch()
+        if _is_torchscript_archive(path):   # checked first: torch.load would hand it on
+            raise ValueError(f"{path}: a TorchScript archive (torch.jit.save); fastrnn does "
+                             "not load those itself, since torch.jit.load runs the code the "
+                             "file holds: if you trust it, load it with torch.jit.load and "
+                             "pass the module to from_torch")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:      # the restricted unpickler refused, or not a torch file
@@ -557,6 +821,12 @@ def read_state_dict(path):
                              f"({detail}); fastrnn never unpickles anything but tensors")
         if not isinstance(state, Mapping):
             raise ValueError(f"{path}: holds a {_type_name(state)}, not a state dict")
+        try:
+            state = _state_dict_of(state)
+        except TypeError:
+            raise ValueError(f"{path}: neither a flat dict of tensors (a module's state_dict()) "
+                             "nor a checkpoint keeping one in its "
+                             f"{', '.join(repr(k) for k in _CHECKPOINT_KEYS)} entry") from None
         for k, v in state.items():
             if not isinstance(k, str) or not isinstance(v, torch.Tensor):
                 raise ValueError(f"{path}: entry {k!r} is a {_type_name(v)}; expected a flat "
@@ -570,6 +840,16 @@ def read_state_dict(path):
                               "pip install safetensors") from None
         return load_file(path)
     raise ValueError(f"{path}: expected a .pt, .pth or .safetensors file")
+
+
+def _is_torchscript_archive(path):
+    """A zip file holding TorchScript's constants.pkl (what torch.jit.save writes)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def write_state_dict(state, path):
