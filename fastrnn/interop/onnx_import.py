@@ -2,11 +2,12 @@
 
     model = from_onnx("net.onnx")            # path, bytes or onnx.ModelProto; checked
     model.parity_max_abs_diff                # largest |fastrnn - ONNX Runtime| on a random input
-    Y, Y_h = model.run({"X": x})             # the graph outputs, like InferenceSession.run
+    Y, Y_h = model.run(None, {"X": x})       # the graph outputs, as InferenceSession.run
+    [Y_h] = model.run(["Y_h"], {"X": x})     # the outputs named, in that order
     layer = model.to_fastrnn()               # fastrnn.LSTM(...) (or a SequenceModel), checked
 
-``run(feeds)`` gives the graph outputs in ``output_names`` order, as
-``onnxruntime.InferenceSession.run(None, feeds)`` does; ``to_fastrnn()`` gives a fastrnn
+``run(output_names, feeds)`` is ``onnxruntime.InferenceSession.run``'s call (``run(feeds)``
+gives every output too); ``to_fastrnn()`` gives a fastrnn
 ``RNN``/``LSTM``/``GRU`` or ``SequenceModel`` when the graph maps onto one. Letters: T time
 steps, B batch, I input size, H hidden size, D directions, L recurrent nodes.
 
@@ -1053,7 +1054,7 @@ class OnnxRecurrentModel:
         if use_ort:
             model = _time_major_copy(self._model)
             options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3      # its refusals come back in the exception
+            options.log_severity_level = 4      # fatal only: its refusals come in the exception
             options.intra_op_num_threads = 1    # a small input: no thread pool to spin
             try:
                 session = onnxruntime.InferenceSession(model.SerializeToString(), options,
