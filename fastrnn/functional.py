@@ -109,7 +109,15 @@ def _sizes(x, W_ih, W_hh, G, cell):
     return T, B, I, H
 
 
-def _lengths(lengths, T, B):
+def _lengths(lengths, T, B=None):
+    """The caller's ``lengths`` as the int64 array ``(B,)`` every computation uses, or None.
+
+    The one place that reads lengths given to fastrnn (the kernels, the layers, the model's
+    entry points and ``fit``, the losses' masks): any integer type (int8 ... uint64, a list)
+    means the same, because arithmetic on the values (``lengths - t0`` in truncated BPTT)
+    happens only after this conversion; in an unsigned type it would wrap. ``B=None``
+    takes any 1-D count. Raises TypeError for non-integers (floats, bools, strings) and
+    ValueError for another shape or a value outside [0, T]."""
     if lengths is None:
         return None
     given = lengths
@@ -118,9 +126,11 @@ def _lengths(lengths, T, B):
         lengths = lengths.astype(np.int64)      # [] has no dtype of its own: no lengths
     if lengths.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},) (one per batch row), got {lengths.shape}")
-    if B and (lengths.min() < 0 or lengths.max() > T):
+    if lengths.ndim != 1 or (B is not None and lengths.shape != (B,)):
+        want = "(B,)" if B is None else f"({B},)"
+        raise ValueError(f"lengths must have shape {want} (one per batch row), got "
+                         f"{lengths.shape}")
+    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
         raise ValueError(f"lengths must lie in [0, T={T}], got min {lengths.min()}, max {lengths.max()}")
     return np.ascontiguousarray(lengths, dtype=np.int64)
 

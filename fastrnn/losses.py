@@ -26,6 +26,8 @@ Reductions::
 """
 import numpy as np
 
+from .functional import _lengths
+
 __all__ = ["mask_from_lengths", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
            "mean_squared_error"]
 
@@ -35,19 +37,14 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 def mask_from_lengths(lengths, T):
     """Padding mask for ragged sequences: ``mask[t, b] = t < lengths[b]``.
 
-    lengths  (B,) integers in [0, T]
+    lengths  (B,) integers in [0, T], of any integer type
     returns  (T, B) bool
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
         raise ValueError(f"T must be a non-negative int, got {T!r}")
-    lengths = np.asarray(lengths)
-    if lengths.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
-    if lengths.ndim != 1:
-        raise ValueError(f"lengths must be 1-D (B,), got shape {lengths.shape}")
-    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-        raise ValueError(f"lengths must lie in [0, T={T}], got min {lengths.min()}, "
-                         f"max {lengths.max()}")
+    if lengths is None:
+        raise TypeError("lengths must be integers, got None")
+    lengths = _lengths(lengths, T)
     return np.arange(T)[:, None] < lengths[None, :]
 
 
@@ -73,7 +70,56 @@ def _real_targets(name, y, shape, dtype):
         raise TypeError(f"{name} must be real numbers, got dtype {y.dtype}")
     if y.shape != shape:
         raise ValueError(f"{name} have shape {y.shape}, expected {shape}")
-    return y.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):         # beyond float32's range: inf, refused below
+        return y.astype(dtype, copy=False)
+
+
+def _class_targets(targets, shape, C, valid):
+    """Integer class indices of exactly ``shape``, in [0, C) where ``valid`` (bool, same
+    shape, or None: everywhere); elsewhere they are never read."""
+    y = np.asarray(targets)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
+    if y.shape != shape:
+        raise ValueError(f"targets have shape {y.shape}, expected {shape} "
+                         f"(logits' shape without the class axis)")
+    yv = y if valid is None else y[valid]
+    if yv.size and (yv.min() < 0 or yv.max() >= C):
+        raise ValueError(f"targets must be class indices in [0, {C}), got values from "
+                         f"{yv.min()} to {yv.max()}")
+    return y
+
+
+def _probability_targets(name, y, valid, unit):
+    """Checks the values of real targets ``y`` where ``valid`` (bool, broadcastable to
+    y): finite, and in [0, 1] when ``unit``."""
+    yv = y[np.broadcast_to(valid, y.shape)] if valid is not None else y
+    if not np.isfinite(yv).all():
+        raise ValueError(f"{name} contain NaN or infinity")
+    if unit and yv.size and (yv.min() < 0 or yv.max() > 1):
+        raise ValueError(f"{name} must lie in [0, 1], got values from {yv.min()} to {yv.max()}")
+
+
+def _check_targets(loss, targets, shape, dtype, mask=None, name="targets"):
+    """The targets ``loss`` would accept for outputs of ``shape`` (..., C), checked without
+    computing it, e.g. over a whole data set before training: ``targets`` as the loss
+    reads them (class indices; real values cast to ``dtype``). Raises the loss's own
+    TypeError/ValueError.
+
+    loss     "cross_entropy" (targets ``shape[:-1]``, integers in [0, C)),
+             "binary_cross_entropy" (``shape``, real numbers in [0, 1]) or "mse"
+             (``shape``, real numbers); values must be finite
+    mask     bool ``shape[:-1]`` or None: where the targets are read (elsewhere anything goes)
+    """
+    if loss == "cross_entropy":
+        return _class_targets(targets, tuple(shape[:-1]), shape[-1], mask)
+    if loss not in ("binary_cross_entropy", "mse"):
+        raise ValueError(f"loss must be 'cross_entropy', 'binary_cross_entropy' or 'mse', "
+                         f"got {loss!r}")
+    y = _real_targets(name, targets, tuple(shape), dtype)
+    _probability_targets(name, y, None if mask is None else mask[..., None],
+                         unit=loss == "binary_cross_entropy")
+    return y
 
 
 def _check_reduction(reduction, allowed):
@@ -122,19 +168,10 @@ def softmax_cross_entropy(logits, targets, mask=None, reduction="mean"):
     C = x.shape[-1]
     if C == 0:
         raise ValueError("logits have an empty class axis (C = 0)")
-    y = np.asarray(targets)
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
-    if y.shape != x.shape[:-1]:
-        raise ValueError(f"targets have shape {y.shape}, expected {x.shape[:-1]} "
-                         f"(logits' shape without the class axis)")
-    mask = _bool_mask(mask, (y.shape,))
+    mask = _bool_mask(mask, (x.shape[:-1],))
+    y = _class_targets(targets, x.shape[:-1], C, mask)
     _check_reduction(reduction, ("mean", "sum"))
     valid = np.ones(y.shape, bool) if mask is None else mask           # (...)
-    yv = y[valid]
-    if yv.size and (yv.min() < 0 or yv.max() >= C):
-        raise ValueError(f"targets must be class indices in [0, {C}), got values from "
-                         f"{yv.min()} to {yv.max()}")
     n = int(np.count_nonzero(valid))
     if reduction == "mean" and n == 0:
         raise _nothing_to_average(reduction)
@@ -155,9 +192,10 @@ def softmax_cross_entropy(logits, targets, mask=None, reduction="mean"):
 
 # ---- elementwise losses (sigmoid BCE, squared error) ---------------------------------------
 
-def _elementwise_setup(xname, x, yname, y, mask, reduction):
-    """Shared checks of the elementwise losses. Returns x, y (zero where masked), the valid
-    elements (x.shape bool) and the divisor that the reduction applies."""
+def _elementwise_setup(xname, x, yname, y, mask, reduction, unit=False):
+    """Shared checks of the elementwise losses (``unit``: targets must lie in [0, 1]).
+    Returns x, y (zero where masked), the valid elements (x.shape bool) and the divisor
+    that the reduction applies."""
     x = _float_input(xname, x)
     y = _real_targets(yname, y, x.shape, x.dtype)
     mask = _bool_mask(mask, (x.shape[:-1], x.shape))
@@ -168,8 +206,7 @@ def _elementwise_setup(xname, x, yname, y, mask, reduction):
         valid = mask
     else:                                                  # per position: all its labels
         valid = np.broadcast_to(mask[..., None], x.shape)
-    if not np.isfinite(y[valid]).all():
-        raise ValueError(f"{yname} contain NaN or inf")
+    _probability_targets(yname, y, valid, unit=unit)
     if reduction == "mean":
         count = int(np.count_nonzero(valid))               # valid elements
     elif reduction == "sum_over_labels":
@@ -201,10 +238,7 @@ def sigmoid_binary_cross_entropy(logits, targets, mask=None, reduction="mean"):
     returns  loss (float), dlogits (..., C) in logits' dtype
     """
     x, y, valid, count = _elementwise_setup("logits", logits, "targets", targets, mask,
-                                            reduction)
-    yv = y[valid]
-    if yv.size and (yv.min() < 0 or yv.max() > 1):
-        raise ValueError(f"targets must lie in [0, 1], got values from {yv.min()} to {yv.max()}")
+                                            reduction, unit=True)
 
     e = np.exp(-np.abs(x))                              # (..., C)
     loss = np.maximum(x, 0) - x * y + np.log1p(e)       # (..., C)

@@ -15,10 +15,17 @@ Tasks (``task=``) pick the output and the loss:
     "multilabel": per step, sigmoid binary cross-entropy (summed over labels, mean over steps)
     "regression": per step, mean squared error ("sequence_regression": last state)
 """
+import difflib
+import functools
+import importlib
+import types
+
 import numpy as np
 
 from . import _blas
+from . import functional as F
 from . import layers as L
+from . import losses
 from ._threads import serial_blas
 
 _TASKS = {
@@ -30,6 +37,8 @@ _TASKS = {
     "sequence_regression": ("last", "mse"),
 }
 _CELLS = {"rnn": L.RNN, "lstm": L.LSTM, "gru": L.GRU}
+# the arguments each cell adds to SequenceModel's own (what a model file can record)
+_CELL_ARGUMENTS = {name: layer._variant_arguments for name, layer in _CELLS.items()}
 
 
 class Embedding:
@@ -52,6 +61,9 @@ class Embedding:
     def backward(self, dout, ids):
         # dweight[ids[b, t]] += dout[b, t], repeated ids accumulate
         np.add.at(self.weight_grad, ids.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+
+    def __repr__(self):
+        return f"Embedding({self.weight.shape[0]}, {self.weight.shape[1]})"
 
 
 class Linear:
@@ -90,12 +102,51 @@ class Linear:
                 _blas._gemm_memview(_blas.NoTrans, _blas.Trans, 1.0, x2, self.weight, 1.0, y)
         return y.reshape(*x.shape[:-1], C)
 
+    def __repr__(self):
+        C, D = self.weight.shape
+        return f"Linear(in_features={D}, out_features={C})"
+
     def backward(self, dy, x):
         # dW += dy.T @ x,  db += dy.sum,  dx = dy @ W  (over all leading axes)
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
         self.weight_grad += dy2.T @ x2
         self.bias_grad += dy2.sum(axis=0)
         return dy @ self.weight
+
+
+class _Delegated:
+    """A method whose function lives in another module, imported when the attribute is
+    first read (so ``import fastrnn`` loads neither the training loop nor the converters):
+    ``model.fit`` is ``fastrnn.training.fit`` bound to the model, with that function's
+    documentation and signature for ``help()`` and ``inspect.signature``."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def function(self):
+        return getattr(importlib.import_module(self.module, __package__), self.name)
+
+    def __get__(self, obj, owner=None):
+        function = self.function()
+        return function if obj is None else types.MethodType(function, obj)
+
+
+def _refuse_unknown_arguments(cell, kwargs):
+    """TypeError for a keyword argument SequenceModel does not take, naming the closest
+    one (a misspelling) or the cell that takes it."""
+    for name in kwargs:
+        if name in _CELL_ARGUMENTS[cell]:
+            continue
+        owners = [c for c, names in _CELL_ARGUMENTS.items() if name in names]
+        if owners:
+            raise TypeError(f"SequenceModel() got an unexpected keyword argument {name!r}: it "
+                            f"is an argument of cell={owners[0]!r}, not cell={cell!r}")
+        import inspect
+        known = [k for k in inspect.signature(SequenceModel).parameters if k != "cell_kwargs"]
+        known += [k for names in _CELL_ARGUMENTS.values() for k in names]
+        close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(f"SequenceModel() got an unexpected keyword argument {name!r}{hint}")
 
 
 class SequenceModel:
@@ -106,7 +157,27 @@ class SequenceModel:
     ``hidden_size``, ``output_size``, ``task``, and the layer arguments ``num_layers``,
     ``bidirectional``, ``dropout``, ``nonlinearity`` (rnn), ``peephole``/``coupled`` (lstm),
     ``reset_after`` (gru); ``dtype`` float32 (default) or float64; ``seed`` fixes every
-    random choice.
+    random choice. An unknown argument raises TypeError naming the closest one.
+
+    Inputs follow one rule at every entry point (``fit`` and its ``validation_data``,
+    ``evaluate``, ``predict``, ``predict_proba``, ``encode``, ``step``), checked before
+    anything is computed:
+
+    * features (``input_size`` models): ``(B, T, I)`` (``step``: ``(B, I)``), an array or
+      a nested list of real numbers. Floats and integers of any width or byte order are
+      cast to the model's dtype; complex, bool, string and object data raise TypeError;
+      values must be finite after the cast (ValueError).
+    * token ids (``vocab_size`` models): ``(B, T)`` (``step``: ``(B,)``), integers of any
+      type in [0, vocab_size); anything else raises TypeError, ids out of range ValueError.
+    * ragged data: a list of sequences of different lengths (``(T_i, I)`` features or
+      ``(T_i,)`` ids) is padded with zeros and its lengths are taken from it (giving
+      ``lengths`` as well is refused); per-step targets may be such a list too.
+    * ``lengths (B,)``: integers of any type in [0, T]; steps at or past a row's length are
+      padding.
+    * targets (``fit``, ``evaluate``): class indices in [0, output_size) for the
+      classification tasks, finite real numbers for the others (in [0, 1] for
+      "multilabel"), shaped ``(B, T)`` (classes) or ``(B, T, C)`` per step and ``(B,)``
+      (classes) or ``(B, C)`` per sequence; padding positions are never read.
     """
 
     def __init__(self, cell="lstm", input_size=None, hidden_size=128, output_size=None,
@@ -115,6 +186,7 @@ class SequenceModel:
                  n_threads=None, **cell_kwargs):
         if not isinstance(cell, str) or cell not in _CELLS:
             raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
+        _refuse_unknown_arguments(cell, cell_kwargs)
         if not isinstance(task, str) or task not in _TASKS:
             raise ValueError(f"task must be one of {sorted(_TASKS)}, got {task!r}")
         if (input_size is None) == (vocab_size is None):
@@ -182,10 +254,7 @@ class SequenceModel:
     def eval(self):
         return self.train(False)
 
-    def to_torch(self, **kwargs):
-        """The equivalent torch.nn.Module, parity-checked; see fastrnn.interop.torch_io."""
-        from .interop.torch_io import to_torch
-        return to_torch(self, **kwargs)
+    to_torch = _Delegated(".interop.torch_io", "to_torch")
 
     # ---- forward / backward ----------------------------------------------------------
     def _inputs(self, x):
@@ -196,9 +265,9 @@ class SequenceModel:
         return x, None
 
     def _checked_inputs(self, x, ndim=3):
-        """``x`` checked, not yet embedded: token ids ``(B, T)`` in range, or finite features
-        ``(B, T, I)`` of the model's dtype (a list is taken in it). ``ndim`` one less for a
-        single step."""
+        """``x`` checked and cast by the class docstring's rule, not yet embedded: token ids
+        ``(B, T)`` in range, or finite features ``(B, T, I)`` in the model's dtype. ``ndim``
+        one less for a single step."""
         if self.embedding is not None:
             x = np.asarray(x)
             if x.dtype.kind not in "iu":
@@ -214,17 +283,63 @@ class SequenceModel:
                                  f"max {x.max()}")
             return x
         if isinstance(x, (list, tuple)):
-            x = L._float_array("x", x, self.dtype)
+            try:
+                x = np.asarray(x)
+            except ValueError as exc:               # ragged below the first axis
+                raise TypeError(f"x: expected a (nested) list of real numbers ({exc})") \
+                    from None
         want = "(batch, time, " if ndim == 3 else "(batch, "
         if not isinstance(x, np.ndarray) or x.ndim != ndim:
             raise ValueError(f"x must be {ndim}-D {want}{self.config['input_size']}), "
                              f"got {getattr(x, 'shape', type(x).__name__)}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"x has dtype {x.dtype}, expected {self.dtype} (the model's dtype)")
-        self._check_row_size(x.shape)
+        # complex, bool, strings and objects would be read as something they are not
+        # (numpy casts "1.5" and True to floats, complex by dropping a part)
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"x must hold real numbers (floats or integers, cast to the "
+                            f"model's {self.dtype}), got dtype {x.dtype}")
+        if x.shape[-1] != self.rnn.input_size:
+            raise ValueError(f"x has {x.shape[-1]} features, expected "
+                             f"input_size={self.rnn.input_size}")
+        self._check_row_size(x.shape)       # before a cast could allocate a huge view's size
+        cast = x.dtype != self.dtype
+        if cast:
+            with np.errstate(over="ignore"):        # beyond float32's range: inf, refused
+                x = x.astype(self.dtype)
         if not _all_finite(x):
-            raise ValueError("x contains NaN or infinity")
+            raise ValueError("x contains NaN or infinity" +
+                             (f" (in the model's {self.dtype})" if cast else ""))
         return x
+
+    def _batch(self, x, lengths=None):
+        """``(x, lengths)`` of a call, checked by the class docstring's rule: a list of
+        sequences of different lengths padded, lengths as int64 (or None)."""
+        x, lengths = _padded(x, lengths)
+        x = self._checked_inputs(x)
+        return x, F._lengths(lengths, x.shape[1], x.shape[0])
+
+    def _data(self, x, y, lengths=None):
+        """``fit``'s and ``evaluate``'s data ``(x, y, lengths)``: :meth:`_batch`, and the
+        targets checked for the task at every position the loss reads (class indices in
+        range, finite values, the task's shape); ragged per-step targets padded."""
+        ragged = _is_ragged(x)
+        x, lengths = self._batch(x, lengths)
+        N, T = x.shape[:2]
+        if ragged and self.output == "per_step" and _is_ragged(y, allow_equal=True):
+            y, y_lengths = pad_sequences(y)
+            if y_lengths.shape != lengths.shape or (y_lengths != lengths).any():
+                raise ValueError("y's sequences must have the lengths of x's")
+        if not hasattr(y, "__len__") or len(y) != N:
+            got = len(y) if hasattr(y, "__len__") else type(y).__name__
+            raise ValueError(f"y must hold one target per sequence ({N}): x has {N} "
+                             f"sequences but y has {got}")
+        C = self.config["output_size"]
+        shape, mask = (N, C), None
+        if self.output == "per_step":
+            shape = (N, T, C)
+            if lengths is not None:
+                mask = np.arange(T)[None, :] < lengths[:, None]        # (N, T)
+        y = losses._check_targets(self.loss_name, y, shape, self.dtype, mask)
+        return x, y, lengths
 
     def _check_row_size(self, shape):
         """One sequence must fit the kernels' 32-bit indexing (checked here, before a scan
@@ -236,18 +351,6 @@ class SequenceModel:
             if T * width > L.F._INT32_MAX:
                 raise ValueError(f"a sequence of T={T} steps is too long for the kernels' "
                                  "32-bit index range; split it (stateful chunks)")
-
-    def _checked_lengths(self, lengths, n):
-        """None, or ``n`` integer lengths (their range is checked against T per batch)."""
-        if lengths is None:
-            return None
-        given, lengths = lengths, np.asarray(lengths)
-        if isinstance(given, (list, tuple)) and lengths.size == 0:
-            lengths = lengths.astype(np.int64)      # [] has no dtype of its own
-        if lengths.dtype.kind not in "iu" or lengths.shape != (n,):
-            raise ValueError(f"lengths must be {n} integers (one per sequence), got shape "
-                             f"{lengths.shape} dtype {lengths.dtype}")
-        return lengths
 
     def _last(self, out, state_n, lengths):
         """Features of each row's last valid step, (B, D*H)."""
@@ -332,19 +435,13 @@ class SequenceModel:
             self.embedding.backward(dx, ids)
 
     def loss(self, y, target, lengths=None):
-        """(loss, dy) for the task's loss, padding masked out by ``lengths``."""
-        from . import losses
+        """(loss, dy) for the task's loss, padding masked out by ``lengths``; the targets
+        are checked by the loss (see :mod:`fastrnn.losses`)."""
         mask = None
         if self.output == "per_step" and lengths is not None:
             mask = losses.mask_from_lengths(lengths, y.shape[1]).T      # (B, T)
         if self.loss_name == "cross_entropy":
             return losses.softmax_cross_entropy(y, target, mask)
-        target = np.asarray(target)
-        if target.dtype.kind not in "fiub":
-            raise TypeError(f"targets must be real numbers, got dtype {target.dtype}")
-        if not np.isfinite(target).all():
-            raise ValueError("targets contain NaN or infinity")
-        target = target.astype(self.dtype, copy=False)
         if self.loss_name == "binary_cross_entropy":
             return losses.sigmoid_binary_cross_entropy(y, target, mask,
                                                        reduction="sum_over_labels")
@@ -355,8 +452,7 @@ class SequenceModel:
         """Raw outputs: logits for classification, values for regression. ``(B, T, C)`` for
         per-step tasks, ``(B, C)`` otherwise, ``B`` = 0 included. The whole call computes
         from one version of the weights, even while another thread replaces them."""
-        x = self._checked_inputs(x)
-        lengths = self._checked_lengths(lengths, len(x))
+        x, lengths = self._batch(x, lengths)
         batch_size = L._positive_int("batch_size", batch_size)
         return self._guard.read(self._predict, x, lengths, batch_size)
 
@@ -381,18 +477,17 @@ class SequenceModel:
 
     def evaluate(self, x, y, lengths=None, batch_size=256):
         """Mean loss over the data (and accuracy for classification), dropout off, from one
-        version of the weights."""
+        version of the weights. The mean is over every loss term of the data, so it does
+        not depend on ``batch_size`` (up to the rounding of the sums); a batch whose rows
+        are all empty has nothing to score and adds nothing (a per-step task over only
+        empty rows gives 0)."""
         return self._evaluation(*self._evaluation_sums(x, y, lengths, batch_size))
 
     def _evaluation_sums(self, x, y, lengths=None, batch_size=256):
         """:meth:`evaluate`'s sums (see :meth:`_evaluate_sums`) of checked inputs; data-parallel
         validation adds them across processes before :meth:`_evaluation`."""
-        x = self._checked_inputs(x)
-        lengths = self._checked_lengths(lengths, len(x))
+        x, y, lengths = self._data(x, y, lengths)
         batch_size = L._positive_int("batch_size", batch_size)
-        if not hasattr(y, "__len__") or len(y) != len(x):
-            raise ValueError(f"y must hold one target per sequence ({len(x)}), got "
-                             f"{len(y) if hasattr(y, '__len__') else type(y).__name__}")
         return self._guard.read(self._evaluate_sums, x, y, lengths, batch_size)
 
     def _evaluation(self, total, correct, count):
@@ -408,6 +503,8 @@ class SequenceModel:
         total, count, correct = 0.0, 0, 0
         for i in range(0, len(x), batch_size):
             lb = None if lengths is None else lengths[i:i + batch_size]
+            if self.output == "per_step" and lb is not None and not lb.any():
+                continue                    # only empty rows: no loss term to score
             out = self._forward_checked(x[i:i + batch_size], lb, None, False)[0]
             loss, _ = self.loss(out, y[i:i + batch_size], lb)
             n = self._count(out, lb)
@@ -429,8 +526,7 @@ class SequenceModel:
         the last layer's outputs over valid steps ("mean"), (B, D*H)."""
         if not isinstance(pooling, str) or pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
-        x = self._checked_inputs(x)
-        lengths = self._checked_lengths(lengths, len(x))
+        x, lengths = self._batch(x, lengths)
         return self._guard.read(self._encode, x, lengths, pooling)
 
     def _encode(self, x, lengths, pooling):
@@ -446,17 +542,8 @@ class SequenceModel:
         """Drop the inference buffers kept per thread (see fastrnn.layers)."""
         self.rnn.release_buffers()
 
-    def save(self, path, optimizer=None):
-        """Write the model (and optionally the optimizer's state) to ``path`` atomically, in
-        the safetensors layout; see :mod:`fastrnn.io`."""
-        from .io import save
-        save(self, path, optimizer)
-
-    def to_onnx(self, path=None, **kwargs):
-        """Export to ONNX (written to ``path`` when given), parity-checked against ONNX
-        Runtime; see :func:`fastrnn.interop.onnx_export.to_onnx`."""
-        from .interop.onnx_export import to_onnx
-        return to_onnx(self, path, **kwargs)
+    save = _Delegated(".io", "save")
+    to_onnx = _Delegated(".interop.onnx_export", "to_onnx")
 
     # ---- streaming -----------------------------------------------------------------
     def initial_state(self, batch=1):
@@ -510,10 +597,17 @@ class SequenceModel:
         from . import io
         return io.load_bytes, (io.model_bytes(self),)
 
-    def fit(self, *args, **kwargs):
-        """Train; see :func:`fastrnn.training.fit`."""
-        from .training import fit
-        return fit(self, *args, **kwargs)
+    fit = _Delegated(".training", "fit")
+
+    def __repr__(self):
+        """The architecture, as PyTorch prints a module: each part with its arguments."""
+        c = self.config
+        parts = [] if self.embedding is None else [f"(embedding): {self.embedding!r}"]
+        parts += [f"(rnn): {self.rnn!r}", f"(head): {self.head!r}"]
+        n = sum(p.size for p, _ in self.parameters())
+        lines = "".join(f"  {p}\n" for p in parts)
+        return (f"SequenceModel(\n{lines}  task={c['task']!r}, dtype={self.dtype.name}, "
+                f"parameters={n:,}\n)")
 
 
 def _all_finite(x, chunk=1 << 20):
@@ -537,17 +631,48 @@ def cosine_similarity(a, b):
     return float(out) if out.ndim == 0 else out
 
 
+def _is_ragged(x, allow_equal=False):
+    """Whether ``x`` is a list of sequences of different lengths (``allow_equal``: or of
+    any lengths), which the model's entry points pad."""
+    if not isinstance(x, (list, tuple)) or not x:
+        return False
+    try:
+        if not all(np.ndim(s) >= 1 for s in x):
+            return False
+    except ValueError:              # a sequence ragged inside: not data (refused later)
+        return False
+    return allow_equal or len({len(s) for s in x}) > 1
+
+
+def _padded(x, lengths):
+    """``(x, lengths)`` with a list of sequences of different lengths padded (its lengths
+    taken from it); anything else as given."""
+    if not _is_ragged(x):
+        return x, lengths
+    if lengths is not None:
+        raise ValueError("give lengths only with padded arrays, not with a list of sequences "
+                         "of different lengths")
+    return pad_sequences(x)
+
+
 def pad_sequences(seqs, dtype=None, value=0):
-    """List of (T_i, ...) arrays -> padded (B, T_max, ...) array and lengths (B,)."""
+    """List of (T_i, ...) arrays -> padded (B, T_max, ...) array and lengths (B,). The
+    array has ``dtype``, or the type that holds every sequence's values (numpy's type
+    promotion) when None."""
     seqs = [np.asarray(s) if dtype is None else np.asarray(s, dtype) for s in seqs]
     if not seqs:
         raise ValueError("pad_sequences needs at least one sequence")
+    if any(s.ndim == 0 for s in seqs):
+        raise ValueError("pad_sequences needs sequences (arrays of at least one axis), got "
+                         "a scalar")
     lengths = np.array([len(s) for s in seqs], np.int64)
     tail = seqs[0].shape[1:]
     for s in seqs:
         if s.shape[1:] != tail:
             raise ValueError(f"sequences differ in feature shape: {s.shape[1:]} vs {tail}")
-    out = np.full((len(seqs), int(lengths.max()), *tail), value, dtype=seqs[0].dtype)
+    if dtype is None:
+        dtype = functools.reduce(np.promote_types, {s.dtype for s in seqs})
+    out = np.full((len(seqs), int(lengths.max()), *tail), value, dtype=dtype)
     for i, s in enumerate(seqs):
         out[i, :len(s)] = s
     return out, lengths

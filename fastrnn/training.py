@@ -8,47 +8,19 @@ import time
 import numpy as np
 
 from . import optim
-from .models import _all_finite, pad_sequences
 
 _OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
                "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
 
 
-def _as_batch_data(model, x, y, lengths):
-    """Arrays (N, T, ...) plus lengths (N,) from arrays or lists of ragged sequences."""
-    if isinstance(x, (list, tuple)) and len(x) and np.ndim(x[0]) >= 1 and \
-            len({len(s) for s in x}) > 1:
-        if lengths is not None:
-            raise ValueError("give lengths only with padded arrays, not with a list of sequences")
-        x, lengths = pad_sequences(x, None if model.embedding else model.dtype)
-        if model.output == "per_step":
-            y, _ = pad_sequences(y)
-    if model.embedding:
-        x = np.asarray(x)
-    else:
-        raw = x if isinstance(x, np.ndarray) else np.asarray(x)
-        # real numbers only: complex, bool, strings and objects would be read as something
-        # they are not (numpy casts "1.5" and True to floats, complex by dropping a part)
-        if raw.dtype.kind not in "fiu":
-            raise TypeError(f"x must hold real numbers (features), got dtype {raw.dtype}")
-        x = raw.astype(model.dtype, copy=False)
-    y = np.asarray(y)
+def _as_batch_data(model, x, y, lengths, what="training"):
+    """``(x, y, lengths)`` checked by the model's input rule (see SequenceModel), targets
+    included, with at least one sequence of at least one step."""
+    x, y, lengths = model._data(x, y, lengths)
     if len(x) == 0:
-        raise ValueError("no training data: x is empty")
-    if x.ndim < 2 or x.shape[1] == 0:
-        raise ValueError(f"x must be (N, T{'' if model.embedding else ', I'}) with T >= 1 "
-                         f"time steps, got shape {x.shape}")
-    if not model.embedding and not _all_finite(x):
-        raise ValueError("x contains NaN or infinity")
-    if len(y) != len(x):
-        raise ValueError(f"x has {len(x)} sequences but y has {len(y)}")
-    if lengths is not None:
-        lengths = np.asarray(lengths)
-        if lengths.shape != (len(x),) or lengths.dtype.kind not in "iu":
-            raise ValueError(f"lengths must be {len(x)} integers, got shape {lengths.shape} "
-                             f"dtype {lengths.dtype}")
-        if lengths.min() < 0 or lengths.max() > x.shape[1]:
-            raise ValueError(f"lengths must lie in [0, {x.shape[1]}]")
+        raise ValueError(f"no {what} data: x is empty")
+    if x.shape[1] == 0:
+        raise ValueError(f"{what} x must have T >= 1 time steps, got shape {x.shape}")
     return x, y, lengths
 
 
@@ -225,7 +197,7 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
                 raise ValueError("validation_data must be (x, y) or (x, y, lengths)")
             vx, vy, vl = _as_batch_data(model, *validation_data[:2],
                                         validation_data[2] if len(validation_data) == 3
-                                        else None)
+                                        else None, what="validation")
         if isinstance(optimizer, str):
             if optimizer not in _OPTIMIZERS:
                 raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)} or an "

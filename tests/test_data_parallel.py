@@ -212,19 +212,51 @@ def test_bad_input_on_one_rank_stops_every_rank():
     assert isinstance(r0, ValueError) and "1 of 2 processes failed" in str(r0)
 
 
-def test_bad_targets_on_one_rank_mid_training_stop_every_rank():
+def test_bad_targets_on_one_rank_stop_every_rank_before_training():
+    x, y, lengths = _ragged(16, 5, 3, seed=2, C=3, per_step=False)
+
+    def work(rank, hook, validation):
+        yr, vy = y[:8].copy(), y[:4].copy()
+        if rank == 1:
+            (vy if validation else yr)[3] = 7           # class 7 of 3
+        model = _model("gru", 1, "sequence_classification", 3)
+        before = [p.copy() for p, _ in model.parameters()]
+        try:
+            return model.fit(x[:8], yr, lengths[:8], allreduce=hook, batch_size=4,
+                             shuffle=False, progress=False,
+                             validation_data=(x[:4], vy, lengths[:4]))
+        except ValueError as exc:
+            assert all(np.array_equal(p, b) for (p, _), b in zip(model.parameters(), before))
+            return exc
+
+    for validation in (False, True):
+        r0, r1 = ThreadGroup(2).run(lambda rank, hook: work(rank, hook, validation))
+        assert isinstance(r1, ValueError) and "class indices" in str(r1)
+        assert isinstance(r0, ValueError) and "1 of 2 processes failed their input checks" \
+            in str(r0)
+
+
+def test_a_failure_on_one_rank_mid_training_stops_every_rank():
+    """A step that raises on one rank only (here its loss, at the second batch) makes every
+    rank raise instead of waiting for it."""
     x, y, lengths = _ragged(16, 5, 3, seed=2, C=3, per_step=False)
 
     def work(rank, hook):
-        yr = y[:8].copy()
-        if rank == 1:
-            yr[5] = 7                       # class 7 of 3: found at the second batch
         model = _model("gru", 1, "sequence_classification", 3)
-        return model.fit(x[:8], yr, lengths[:8], allreduce=hook, batch_size=4,
+        if rank == 1:
+            real, calls = model.loss, []
+
+            def loss(*a, **k):
+                calls.append(1)
+                if len(calls) == 2:
+                    raise ValueError("injected failure")
+                return real(*a, **k)
+            model.loss = loss
+        return model.fit(x[:8], y[:8], lengths[:8], allreduce=hook, batch_size=4,
                          shuffle=False, progress=False)
 
     r0, r1 = ThreadGroup(2).run(work)
-    assert isinstance(r1, ValueError) and "class indices" in str(r1)
+    assert isinstance(r1, ValueError) and "injected failure" in str(r1)
     assert isinstance(r0, ValueError) and "other process(es) failed" in str(r0)
 
 
@@ -340,15 +372,16 @@ def test_a_validation_failure_on_one_rank_stops_every_rank():
     x, y, lengths = _ragged(16, 5, 3, seed=2, C=3, per_step=False)
 
     def work(rank, hook):
-        vy = y[:4].copy()
-        if rank == 1:
-            vy[0] = 9                   # class 9 of 3, found at validation only
         model = _model("gru", 1, "sequence_classification", 3)
+        if rank == 1:                   # fails at validation only (the data passed its checks)
+            def failing(*a, **k):
+                raise ValueError("injected validation failure")
+            model._evaluate_sums = failing
         return model.fit(x[:8], y[:8], lengths[:8], allreduce=hook, batch_size=4,
-                         progress=False, validation_data=(x[:4], vy, lengths[:4]))
+                         progress=False, validation_data=(x[:4], y[:4], lengths[:4]))
 
     r0, r1 = ThreadGroup(2).run(work)
-    assert isinstance(r1, ValueError) and "class indices" in str(r1)
+    assert isinstance(r1, ValueError) and "injected validation failure" in str(r1)
     assert isinstance(r0, ValueError) and "validation failed" in str(r0)
 
 

@@ -74,7 +74,7 @@ def test_mask_from_lengths():
 
 @pytest.mark.parametrize("lengths, T, exc, match", [
     (np.array([1.0, 2.0]), 3, TypeError, "integers"),
-    (np.array([[1, 2]]), 3, ValueError, "1-D"),
+    (np.array([[1, 2]]), 3, ValueError, r"shape \(B,\)"),
     (np.array([1, 4]), 3, ValueError, r"\[0, T=3\]"),
     (np.array([-1, 2]), 3, ValueError, r"\[0, T=3\]"),
     (np.array([1, 2]), -1, ValueError, "non-negative int"),

@@ -243,3 +243,97 @@ def test_non_finite_gradients_stop_before_the_update(monkeypatch, clip):
     with pytest.raises(FloatingPointError, match="non-finite gradients"):
         m.fit(x, y, epochs=1, batch_size=8, progress=False, **clip)
     assert all(before[n].tobytes() == p.tobytes() for n, p in m.named_parameters().items())
+
+
+def _padded_rows_data(n, T=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, T, 2))
+    lengths = rng.integers(1, T + 1, n)
+    return x, rng.integers(0, 3, (n, T)), lengths
+
+
+def test_evaluate_skips_batches_of_empty_rows_and_does_not_depend_on_batch_size():
+    """Rows 2-5 have length 0, so batch_size=2 makes batches with nothing to score (they
+    raised "reduction='mean' over no valid entries"). The oracle: the mean cross-entropy
+    over every valid step, by hand from one predict call."""
+    m = fastrnn.SequenceModel("gru", input_size=2, hidden_size=6, output_size=3,
+                              task="per_step_classification", dtype="float64", seed=0)
+    x, y, lengths = _padded_rows_data(10)
+    lengths[2:6] = 0
+    logits = m.predict(x, lengths)
+    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+    want_loss = nll[valid].mean()
+    want_accuracy = (logits.argmax(-1) == y)[valid].mean()
+    for bs in (1, 2, 3, 4, 256):
+        r = m.evaluate(x, y, lengths, batch_size=bs)
+        assert r["loss"] == pytest.approx(want_loss, rel=1e-12), bs
+        assert r["accuracy"] == pytest.approx(want_accuracy, rel=1e-12), bs
+
+
+def test_fit_validates_on_data_whose_first_batch_is_all_empty_rows():
+    m = fastrnn.SequenceModel("gru", input_size=2, hidden_size=6, output_size=3,
+                              task="per_step_classification", dtype="float64", seed=0)
+    x, y, lengths = _padded_rows_data(300)
+    vl = lengths.copy()
+    vl[:256] = 0                    # the whole first validation batch (evaluate's 256 rows)
+    h = m.fit(x[:20], y[:20], lengths[:20], epochs=1, progress=False,
+              validation_data=(x, y, vl))
+    assert h["val_loss"] == [pytest.approx(m.evaluate(x[256:], y[256:], vl[256:])["loss"],
+                                           rel=1e-12)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(hiden=3), "'hiden' (did you mean 'hidden_size'?)"),
+    (dict(outputsize=2), "'outputsize' (did you mean 'output_size'?)"),
+    (dict(peephole=True), "'peephole': it is an argument of cell='lstm', not cell='gru'"),
+    (dict(bias=False), "'bias'"),
+])
+def test_an_unknown_argument_names_the_model_and_the_closest_argument(kwargs, message):
+    with pytest.raises(TypeError) as info:
+        fastrnn.SequenceModel("gru", input_size=2, output_size=1, **kwargs)
+    assert str(info.value).startswith("SequenceModel() got an unexpected keyword argument "
+                                      + message), str(info.value)
+
+
+def test_repr_shows_the_architecture():
+    m = fastrnn.SequenceModel("lstm", vocab_size=4, hidden_size=32, num_layers=2, dropout=0.1,
+                              bidirectional=True, peephole=True, seed=0)
+    assert repr(m) == (
+        "SequenceModel(\n"
+        "  (embedding): Embedding(4, 32)\n"
+        "  (rnn): LSTM(32, 32, num_layers=2, batch_first=True, dropout=0.1, "
+        "bidirectional=True, peephole='ifo')\n"
+        "  (head): Linear(in_features=64, out_features=4)\n"
+        "  task='next_token', dtype=float32, parameters=42,756\n"
+        ")")
+    assert sum(p.size for p, _ in m.parameters()) == 42756
+    m = fastrnn.SequenceModel("gru", input_size=3, hidden_size=8, output_size=2,
+                              task="sequence_regression", dtype="float64", reset_after=False)
+    assert str(m) == (
+        "SequenceModel(\n"
+        "  (rnn): GRU(3, 8, batch_first=True, reset_after=False, dtype='float64')\n"
+        "  (head): Linear(in_features=8, out_features=2)\n"
+        "  task='sequence_regression', dtype=float64, parameters=330\n"
+        ")")
+    from fastrnn import io
+    assert repr(io.load_bytes(io.model_bytes(m))) == repr(m)          # a loaded model too
+
+
+def test_methods_show_the_documentation_and_signature_of_their_functions():
+    import inspect
+    from fastrnn import io, training
+    m = fastrnn.SequenceModel("gru", input_size=2, hidden_size=4, output_size=1,
+                              task="regression")
+    assert m.fit.__doc__ == training.fit.__doc__
+    assert "``tbptt``: chunk length k" in m.fit.__doc__          # the arguments' descriptions
+    params = list(inspect.signature(m.fit).parameters)
+    assert params == list(inspect.signature(training.fit).parameters)[1:]
+    assert params[:3] == ["x", "y", "lengths"] and "checkpoint" in params
+    assert m.save.__doc__ == io.save.__doc__
+    assert list(inspect.signature(m.save).parameters)[:1] == ["path"]
+    for name in ("to_onnx", "to_torch"):
+        method = getattr(m, name)
+        assert "parity" in method.__doc__.lower() and len(method.__doc__) > 300, name
+        assert "check" in inspect.signature(method).parameters, name
