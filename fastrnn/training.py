@@ -1,13 +1,16 @@
 """Training loop: mini-batches over ragged data, optimizers, clipping, truncated BPTT,
 validation, early stopping, progress and checkpoints."""
+import base64
+import errno
+import hashlib
+import json
 import math
-import signal
-import threading
+import os
 import time
 
 import numpy as np
 
-from . import optim
+from . import io, optim
 
 _OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
                "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
@@ -81,67 +84,351 @@ def _other_blas_serial():
     return controller.select(filepath=others).limit(limits=1)
 
 
-class _HoldCtrlC:
-    """Context manager: a Ctrl-C (SIGINT) arriving inside is held back and delivered, to
-    the handler that was there before, when the block ends. For the short blocks that must
-    not stop half way (a parameter update: an interrupt between two buffers' updates would
-    leave the model a mix of two steps). Only the main thread receives signals, and only it
-    can install handlers; elsewhere, and when the current handler was not set from Python,
-    this does nothing."""
+class _Backup:
+    """Copies of what an update changes, kept across each update: the parameters and, for
+    a fastrnn optimizer, its buffers, step count and learning rate, and a schedule's
+    state (one with ``state_dict``/``load_state_dict``). Whatever goes wrong inside the
+    update (a non-finite result, any exception: a MemoryError in the optimizer's arithmetic,
+    a failing schedule) restores them, so an update happens whole or not at all. Signals
+    cannot stop it half way: it runs inside the model's weight guard, which holds every
+    Python-level signal handler to the end of the write (fastrnn._guard.HeldSignals).
+    Another optimizer object gets its parameters restored, not its own state."""
 
-    def __enter__(self):
-        self.previous, self.received = None, None
-        if threading.current_thread() is threading.main_thread():
-            current = signal.getsignal(signal.SIGINT)
-            if current is not None:               # None: a handler not set from Python
-                self.previous = current
-                signal.signal(signal.SIGINT, self._hold)
-        return self
+    def __init__(self, model, optimizer, sched):
+        self.params = [p for p, _ in model.parameters()]
+        self.copies = [np.empty_like(p) for p in self.params]
+        self.optimizer = optimizer if isinstance(optimizer, optim.Optimizer) else None
+        buffers = [] if self.optimizer is None else \
+            [b for bufs in optimizer.state.values() for b in bufs]
+        self.buffers = [(b, np.empty_like(b)) for b in buffers]
+        self.sched = sched if _has_state(sched) else None
+        self.scalars = self.sched_state = None
 
-    def _hold(self, signum, frame):
-        self.received = (signum, frame)
+    def take(self):
+        for c, p in zip(self.copies, self.params):
+            np.copyto(c, p)
+        for b, c in self.buffers:
+            np.copyto(c, b)
+        if self.optimizer is not None:
+            self.scalars = (self.optimizer.steps, self.optimizer.lr)
+        if self.sched is not None:
+            self.sched_state = self.sched.state_dict()
 
-    def __exit__(self, *exc):
-        if self.previous is None:
-            return False
-        signal.signal(signal.SIGINT, self.previous)
-        if self.received is not None:
-            if callable(self.previous):
-                self.previous(*self.received)     # default_int_handler: KeyboardInterrupt
-            elif self.previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
+    def restore(self):
+        for c, p in zip(self.copies, self.params):
+            np.copyto(p, c)
+        for b, c in self.buffers:
+            np.copyto(b, c)
+        if self.optimizer is not None:
+            self.optimizer.steps, self.optimizer.lr = self.scalars
+        if self.sched is not None:
+            self.sched.load_state_dict(self.sched_state)
+
+
+def _has_state(obj):
+    return obj is not None and callable(getattr(obj, "state_dict", None)) and \
+        callable(getattr(obj, "load_state_dict", None))
+
+
+# ---- checkpoints and resuming ------------------------------------------------------------
+
+LOOP_STATE_SUFFIX = ".fit-state.json"
+_LOOP_STATE_FORMAT = 1
+
+
+def loop_state_path(checkpoint):
+    """The file next to ``checkpoint`` where ``fit`` keeps the loop state that
+    ``resume`` reads: ``<checkpoint>.fit-state.json``."""
+    return os.fspath(checkpoint) + LOOP_STATE_SUFFIX
+
+
+def _same_file(a, b):
+    """Whether two paths name one file: the same path once links and ``..`` are resolved,
+    or (both existing) the same inode, as hard links are."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
         return False
 
+
+def _check_checkpoint_paths(checkpoint, best_checkpoint, resume, write):
+    """The paths as str (TypeError for anything else), refused when two writers would
+    overwrite each other's file; ``write``: check that each can be written (rank 0)."""
+    paths = {}
+    for name, p in (("checkpoint", checkpoint), ("best_checkpoint", best_checkpoint),
+                    ("resume", resume)):
+        if p is not None and not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"{name} must be a path (str or os.PathLike), got "
+                            f"{type(p).__name__}")
+        paths[name] = None if p is None else os.fspath(p)
+    checkpoint, best = paths["checkpoint"], paths["best_checkpoint"]
+    if checkpoint is not None and best is not None:
+        for own, what in ((checkpoint, "checkpoint"),
+                          (loop_state_path(checkpoint), "checkpoint's loop state file")):
+            if _same_file(own, best):
+                raise ValueError(f"best_checkpoint {best} is the same file as the {what} "
+                                 f"{own}: each save would overwrite the other; give two "
+                                 "different paths")
+    if write:
+        for path, what in ((checkpoint, "checkpoint"), (best, "best checkpoint")):
+            if path is not None:
+                io.check_writable(path, what)
+        if checkpoint is not None:
+            io.check_writable(loop_state_path(checkpoint), "loop state file")
+    return checkpoint, best, paths["resume"]
+
+
+class _Run:
+    """Where a run stands: everything a resumed run needs to continue exactly as the
+    uninterrupted one would (the model's and the optimizer's state are in the checkpoint
+    itself, the rest here)."""
+
+    def __init__(self):
+        self.epoch, self.batch = 0, 0           # the current epoch and its batches done
+        self.epoch_rng = None                   # the shuffle generator at the epoch's start
+        self.total, self.count = 0.0, 0         # the epoch's loss x rows and rows so far
+        self.history = {"loss": [], "val_loss": [], "val_accuracy": [], "steps": 0}
+        self.best, self.best_params, self.bad_epochs = math.inf, None, 0
+        self.stopped_early = False
+
+    def entry(self, epoch_rng, model, sched, arguments):
+        """The loop state as JSON-ready values (the checkpoint's entry in the state file)."""
+        best = None if self.best_params is None else [
+            {"dtype": p.dtype.str, "data": base64.b64encode(p.tobytes()).decode()}
+            for p in self.best_params]
+        return {"epoch": self.epoch, "batch": self.batch, "shuffle_rng": epoch_rng,
+                "dropout_rng": model.rnn._rng.bit_generator.state,
+                "epoch_loss_sum": self.total, "epoch_rows": self.count,
+                "history": {k: (list(v) if isinstance(v, list) else v)
+                            for k, v in self.history.items()},
+                "best": self.best, "bad_epochs": self.bad_epochs, "best_params": best,
+                "stopped_early": self.stopped_early,
+                "schedule": _json_ready(sched.state_dict()) if _has_state(sched) else None,
+                "arguments": arguments}
+
+    @classmethod
+    def from_entry(cls, e, model, where):
+        """A run from :meth:`entry`'s values, every field checked (ValueError naming
+        ``where``)."""
+        def bad(field):
+            return ValueError(f"{where}: the loop state's {field} is missing or malformed")
+        run = cls()
+        try:
+            run.epoch, run.batch = _count(e["epoch"]), _count(e["batch"])
+            run.total, run.count = float(e["epoch_loss_sum"]), _count(e["epoch_rows"])
+            h = e["history"]
+            run.history = {k: list(h[k]) for k in ("loss", "val_loss", "val_accuracy")}
+            run.history["steps"] = _count(h["steps"])
+            run.best, run.bad_epochs = float(e["best"]), _count(e["bad_epochs"])
+            run.stopped_early = e["stopped_early"] is True
+        except (KeyError, TypeError, ValueError):
+            raise bad("position or history") from None
+        if e.get("best_params") is not None:
+            params = [p for p, _ in model.parameters()]
+            try:
+                best = [np.frombuffer(base64.b64decode(b["data"], validate=True),
+                                      np.dtype(b["dtype"])) for b in e["best_params"]]
+            except (KeyError, TypeError, ValueError):
+                raise bad("best parameters") from None
+            if [(b.size, b.dtype) for b in best] != [(p.size, p.dtype.newbyteorder("="))
+                                                      for p in params]:
+                raise bad("best parameters (they do not fit this model)")
+            run.best_params = [b.astype(p.dtype) for b, p in zip(best, params)]
+        for field in ("shuffle_rng", "dropout_rng"):
+            try:                        # a generator refuses a state that is not its own
+                np.random.default_rng().bit_generator.state = e[field]
+            except (KeyError, TypeError, ValueError):
+                raise bad(f"{field.replace('_', ' ')} state") from None
+        return run
+
+
+def _count(v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(v)
+    return v
+
+
+def _json_ready(state):
+    """A schedule's state dict as JSON values (numpy scalars as Python numbers); TypeError
+    for anything JSON cannot hold exactly."""
+    def convert(v):
+        if isinstance(v, dict):
+            return {str(k): convert(u) for k, u in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [convert(u) for u in v]
+        if isinstance(v, np.generic):
+            v = v.item()
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        raise TypeError(f"the schedule's state_dict() holds a {type(v).__name__}; a "
+                        "checkpoint can record numbers, strings, lists and dicts")
+    return convert(dict(state))
+
+
+class _Checkpoints:
+    """Writes ``fit``'s checkpoint: the model file (model and optimizer state, as
+    :func:`fastrnn.io.save` writes it) and its loop state file (:func:`loop_state_path`),
+    each atomically. Two files cannot be replaced in one step, so the loop state is written
+    first and keeps, by the sha256 of the model file's bytes, the entry of this save and
+    of the one before: whichever model file a crash between the two writes leaves on
+    disk, its entry is there."""
+
+    def __init__(self, path, previous=None):
+        self.path, self.previous = path, previous      # previous: (sha256, entry) or None
+
+    def write(self, model, optimizer, entry):
+        blob = io.model_bytes(model, optimizer)
+        digest = hashlib.sha256(blob).hexdigest()
+        saves = {digest: entry}
+        if self.previous is not None and self.previous[0] != digest:
+            saves[self.previous[0]] = self.previous[1]
+        text = json.dumps({"fastrnn_loop_state": _LOOP_STATE_FORMAT, "saves": saves})
+        io.atomic_write(loop_state_path(self.path), text.encode(), what="loop state file")
+        io.atomic_write(self.path, blob, what="model file")
+        self.previous = (digest, entry)
+
+
+def _read_file(path):
+    """The bytes of the regular file at ``path`` (a FIFO or a device is refused before it is
+    opened, as fastrnn.load refuses them)."""
+    fd = io._open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _read_resume(path, model, optimizer, sched, arguments):
+    """Everything ``fit(resume=path)`` restores, read and checked, nothing changed yet:
+    ``(model loaded from the file, optimizer state, run, loop state entry, the model
+    file's sha256)``."""
+    state_path = loop_state_path(path)
+    blob = _read_file(path)
+    try:
+        text = _read_file(state_path)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"cannot resume from {path}: its loop state "
+                                f"file {state_path} is missing (fit(checkpoint=...) writes "
+                                "both; a file written by save() has none)") from None
+    try:
+        saves = json.loads(text.decode("utf-8"))["saves"]
+        if not isinstance(saves, dict):
+            raise TypeError
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise ValueError(f"cannot resume from {path}: {state_path} is not a loop state "
+                         "file") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    entry = saves.get(digest)
+    if not isinstance(entry, dict):
+        raise ValueError(f"cannot resume from {path}: it is not a model file its loop state "
+                         f"{state_path} was written with (replaced since, or a copy of "
+                         "another run's)")
+    loaded, opt_state = io.load_bytes(blob, path, with_optimizer=True)
+    differ = sorted(k for k in set(loaded.config) | set(model.config)
+                    if loaded.config.get(k) != model.config.get(k))
+    if differ:
+        raise ValueError(f"cannot resume from {path}: its model differs from this one in "
+                         + ", ".join(f"{k} ({loaded.config.get(k)!r} there, "
+                                     f"{model.config.get(k)!r} here)" for k in differ))
+    if opt_state is None or opt_state["name"] != type(optimizer).__name__:
+        raise ValueError(f"cannot resume from {path}: it holds the state of "
+                         f"{opt_state['name'] if opt_state else 'no optimizer'}, this run "
+                         f"trains with {type(optimizer).__name__}")
+    given = entry.get("arguments")
+    if given != arguments:
+        differ = [k for k in arguments if not isinstance(given, dict)
+                  or given.get(k) != arguments[k]]
+        raise ValueError(f"cannot resume from {path}: the run was made with other "
+                         + ", ".join(f"{k} ({given.get(k) if isinstance(given, dict) else '?'!r}"
+                                     f" there, {arguments[k]!r} here)" for k in differ)
+                         + "; resume with the same data and loop arguments")
+    if (sched is None) != (entry.get("schedule") is None):
+        raise ValueError(f"cannot resume from {path}: " + (
+            "the run had a schedule; give the same schedule" if sched is None else
+            "its run had no schedule with state (state_dict/load_state_dict); this one has"))
+    if sched is not None and not _has_state(sched):
+        raise TypeError("resume needs a schedule with state_dict() and load_state_dict()")
+    run = _Run.from_entry(entry, model, f"cannot resume from {path}")
+    return loaded, opt_state["state"], run, entry, digest
+
+
+def _commit_resume(resumed, model, optimizer, sched, rng, parallel):
+    """Load a checked checkpoint (:func:`_read_resume`) into the model, the optimizer, the
+    schedule and the generators; the optimizer keeps its own state if anything fails
+    (every process fails together)."""
+    loaded, opt_state, run, entry, _ = resumed
+    snapshot = optimizer.state_dict() if _has_state(optimizer) else None
+    failed = None
+    try:
+        optimizer.load_state_dict(opt_state)
+        if sched is not None:
+            sched.load_state_dict(entry["schedule"])
+    except Exception as exc:            # noqa: BLE001 - re-raised below (on every process)
+        failed = exc
+        if snapshot is not None:
+            optimizer.load_state_dict(snapshot)
+    if parallel is not None:
+        parallel.agree(failed, "resuming failed")
+    elif failed is not None:
+        raise failed
+    model.load_state_dict(loaded.state_dict())
+    rng.bit_generator.state = entry["shuffle_rng"]
+    model.rnn._rng.bit_generator.state = entry["dropout_rng"]
+    return run
+
+
+# ---- the loop ----------------------------------------------------------------------------
 
 def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", lr=1e-3,
         weight_decay=0.0, clip_norm=None, clip_value=None, schedule=None,
         validation_data=None, early_stopping=None, shuffle=True, seed=0, tbptt=None,
         progress=True, checkpoint=None, checkpoint_every=None, best_checkpoint=None,
-        max_steps=None, allreduce=None):
+        max_steps=None, allreduce=None, resume=None):
     """Train ``model`` on ``x`` (N sequences) and ``y`` (targets) and return the history.
 
     ``x``: padded array ``(N, T, I)`` (or ``(N, T)`` token ids) with ``lengths (N,)``, or a
     list of ragged sequences (padded here). ``y``: per-step targets ``(N, T[, C])`` or
-    per-sequence ``(N[, C])`` as the task wants. ``optimizer``: a name ("adam", "adamw",
+    per-sequence ``(N[, C])`` as the task wants. The data (``validation_data`` too) follow
+    the model's input rule (see :class:`~fastrnn.SequenceModel`): everything, every target
+    included, is checked before the first update. ``optimizer``: a name ("adam", "adamw",
     "sgd", "rmsprop", "adagrad") or an optimizer built on ``model.parameters()``.
     ``clip_norm``: global-norm clipping (g <- g * clip_norm / ||g|| when ||g|| exceeds it);
     ``clip_value``: element-wise. ``schedule``: a callable ``optimizer -> schedule`` (e.g.
-    ``lambda o: optim.CosineLR(o, total_steps)``). ``validation_data``: ``(x, y)`` or
-    ``(x, y, lengths)``; ``early_stopping``: patience in epochs on the validation loss (the
-    best weights are restored). ``tbptt``: chunk length k for truncated BPTT (per-step
-    tasks): the state is carried across chunks, the gradient cut between them, one update
-    per chunk. ``checkpoint``: a path where the model and the optimizer state are saved
-    (atomically) every ``checkpoint_every`` steps and at the end of every epoch, to resume
-    from; ``best_checkpoint``: a path for the model of the best validation loss so far.
-    ``max_steps`` stops after that many updates. A non-finite output, loss or gradient stops
-    training with FloatingPointError before the update, and an update that leaves a
-    parameter non-finite is undone before the same error, so the model keeps its last good
-    parameters. Ctrl-C (KeyboardInterrupt) stops training within one kernel call (a
-    training step's forward or backward through one layer; ``tbptt`` shortens them for
-    long sequences) and never in the middle of an update, so the model holds the parameters
-    of its last complete step. Hyper-parameters are checked before anything runs. Each
-    update is one step for threads that read the model meanwhile (``predict`` never sees
-    half an update).
+    ``lambda o: optim.CosineLR(o, total_steps)``); the schedule's ``step()`` is called after
+    each update. ``validation_data``: ``(x, y)`` or ``(x, y, lengths)``; ``early_stopping``:
+    patience in epochs on the validation loss (the best weights are restored).
+    ``tbptt``: chunk length k for truncated BPTT (per-step tasks): the state is carried
+    across chunks, the gradient cut between them, one update per chunk. ``max_steps``
+    stops after that many updates in all (a resumed run's included); an epoch it cuts
+    short is still reported and validated.
+
+    ``checkpoint``: a path where the model and the optimizer's state are saved (atomically,
+    as :func:`fastrnn.io.save` writes them) at the first batch end at or after every
+    ``checkpoint_every`` updates and at the end of every epoch, and where the loop's own
+    state goes next to it (``<checkpoint>.fit-state.json``: epoch, batch position, shuffle
+    and dropout generators, schedule state, step count, history, early-stopping state).
+    ``resume``: such a checkpoint (usually the same path) to continue a run from, with the
+    same data and the same loop arguments (``batch_size``, ``shuffle``, ``tbptt`` and
+    whether there is validation data, checked; ``epochs``, ``max_steps`` and
+    ``checkpoint_every`` may change): the resumed run continues exactly where the
+    checkpoint was written, so it ends with the parameters, optimizer state and history of
+    a run never stopped, bit for bit. The checkpoint's model must have this model's
+    architecture, its optimizer this run's optimizer's class; its learning rate and
+    schedule state replace the ones given. ``best_checkpoint``: a path for the model of the
+    best validation loss so far; it must be another file than ``checkpoint`` (compared
+    once links are resolved). Paths are checked for writing before the first update.
+
+    A non-finite output, loss or gradient stops training with FloatingPointError before the
+    update, and an update that leaves a parameter non-finite is undone before the same
+    error. Each update is all or nothing: an exception raised inside it (a signal handler
+    calling ``sys.exit``, Ctrl-C, a MemoryError) leaves the model, a fastrnn optimizer and
+    the schedule as they were before it, and signals whose Python handlers would raise are
+    held until it is complete (fastrnn._guard). Ctrl-C (KeyboardInterrupt) stops training
+    within one kernel call (a training step's forward or backward through one layer;
+    ``tbptt`` shortens them for long sequences), so the model holds the parameters of its
+    last complete step. Each update is one step for threads that read the model meanwhile
+    (``predict`` never sees half an update). Hyper-parameters are checked before anything
+    runs.
 
     ``allreduce``: data-parallel training over several processes, each running ``fit`` on
     its own part of every batch (:func:`fastrnn.mpi.shard` picks the rows). A callable
@@ -156,11 +443,13 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
     take it together; a failure on one process (its inputs, a target, a validation
     batch, rank 0's checkpoint write) makes every process raise instead of waiting. Every
     process must get the same model and the same loop arguments (epochs, max_steps, tbptt,
-    early stopping, the checkpoint arguments), checked at the start. Only parameters are
-    broadcast: an optimizer's state (a resumed Adam) must be loaded on every process.
+    early stopping, the checkpoint arguments), checked at the start. To resume, every
+    process passes ``resume`` (rank 0's checkpoint, readable by all) and the same number of
+    rows as before.
 
     Returns ``{"loss": [...], "val_loss": [...], "val_accuracy": [...], "steps": n,
-    "seconds": s, "sequences_per_second": r}`` (per-epoch lists).
+    "seconds": s, "sequences_per_second": r}`` (per-epoch lists, of the whole run when
+    resumed; the time and rate are this call's).
     """
     if allreduce is not None and not callable(allreduce):
         raise TypeError("allreduce must be a callable that sums a buffer in place across "
@@ -183,6 +472,8 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
                 raise TypeError(f"{name} must be True or False, got {v!r}")
         if checkpoint_every and not checkpoint:
             raise ValueError("checkpoint_every needs checkpoint (the path to save to)")
+        checkpoint, best_checkpoint, resume = _check_checkpoint_paths(
+            checkpoint, best_checkpoint, resume, parallel is None or parallel.rank == 0)
         if schedule is not None and not callable(schedule):
             raise TypeError("schedule must be a callable optimizer -> schedule, e.g. "
                             "lambda o: optim.CosineLR(o, total_steps)")
@@ -213,7 +504,18 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
             if not any(id(p) in ours for p in optimizer.params):
                 raise ValueError("the optimizer updates none of this model's parameters: "
                                  "build it on model.parameters()")
+        if (checkpoint or resume) and not _has_state(optimizer):
+            raise TypeError("checkpoint and resume need an optimizer with state_dict() and "
+                            f"load_state_dict(); {type(optimizer).__name__} has not both")
         sched = schedule(optimizer) if schedule is not None else None
+        if checkpoint and _has_state(sched):
+            _json_ready(sched.state_dict())         # a state a checkpoint can record
+        # what must not change between a run and its resumption (the seed may: the
+        # shuffle generator's state comes from the checkpoint)
+        arguments = {"sequences": len(x), "batch_size": batch_size, "shuffle": bool(shuffle),
+                     "tbptt": tbptt or 0, "validation": validation_data is not None}
+        resumed = None if resume is None else _read_resume(resume, model, optimizer, sched,
+                                                           arguments)
     except Exception:
         if parallel is not None:        # the other processes must not wait for this one
             parallel.start(failed=True)
@@ -223,7 +525,15 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
         parallel.start(n_batches=-(-len(x) // batch_size), T=x.shape[1] if tbptt else 0,
                        same=[validation_data is not None, epochs, max_steps or 0, tbptt or 0,
                              early_stopping or 0, bool(checkpoint), checkpoint_every or 0,
-                             bool(best_checkpoint)])
+                             bool(best_checkpoint), resume is not None])
+    rng = np.random.default_rng(seed)
+    run = _Run() if resumed is None else _commit_resume(resumed, model, optimizer, sched, rng,
+                                                        parallel)
+    writer = None
+    if checkpoint:
+        # a crash in the first save of a resumed run must leave the entry resumed from
+        same = resumed is not None and _same_file(checkpoint, resume)
+        writer = _Checkpoints(checkpoint, (resumed[4], resumed[3]) if same else None)
 
     # every BLAS (numpy's included, for the output layer and the losses) on one thread while
     # training: fastrnn's OpenMP threads are the parallelism, and an idle BLAS pool woken by
@@ -232,42 +542,49 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
     with _other_blas_serial():
         return _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm,
                          clip_value, sched, validation_data and (vx, vy, vl), early_stopping,
-                         shuffle, seed, tbptt, progress, checkpoint, checkpoint_every,
-                         best_checkpoint, max_steps, parallel)
+                         shuffle, rng, tbptt, progress, writer, checkpoint_every,
+                         best_checkpoint, max_steps, parallel, run, arguments)
 
 
 def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, clip_value,
-              sched, validation, early_stopping, shuffle, seed, tbptt, progress, checkpoint,
-              checkpoint_every, best_checkpoint, max_steps, parallel):
+              sched, validation, early_stopping, shuffle, rng, tbptt, progress, writer,
+              checkpoint_every, best_checkpoint, max_steps, parallel, run, arguments):
     if parallel is not None and parallel.rank != 0:
         progress = False                # rank 0 shows progress and writes the checkpoints
 
-    def save(path, opt=None):
-        """Write a checkpoint (rank 0 only). With several processes, every one learns
+    def on_rank_0(write):
+        """Run a checkpoint write (rank 0 only). With several processes, every one learns
         whether the write worked, so a failed write on rank 0 stops them all."""
         failed = None
         if parallel is None or parallel.rank == 0:
             try:
-                model.save(path, opt)
+                write()
             except OSError as exc:
                 if parallel is None:
                     raise
                 failed = exc
         if parallel is not None:
             parallel.agree(failed, "rank 0 could not write the checkpoint")
-    rng = np.random.default_rng(seed)
+
+    def save_checkpoint(epoch_rng):
+        if writer is not None:
+            entry = run.entry(epoch_rng, model, sched, arguments)
+            on_rank_0(lambda: writer.write(model, optimizer, entry))
+
     N = len(x)
     n_batches = -(-N // batch_size)
-    history = {"loss": [], "val_loss": [], "val_accuracy": [], "steps": 0}
-    best, best_params, bad_epochs = math.inf, None, 0
+    history = run.history
     t_start, seen = time.perf_counter(), 0
-    backup = [np.empty_like(p) for p, _ in model.parameters()]     # the last good parameters
-    for epoch in range(epochs):
+    backup = _Backup(model, optimizer, sched)
+    saved_at = history["steps"]             # the step count of the last checkpoint
+    while run.epoch < epochs and not run.stopped_early:
         model.train()
+        # a resumed run set the generator to this epoch's start: the same order again
+        run.epoch_rng = rng.bit_generator.state
         order = rng.permutation(N) if shuffle else np.arange(N)
-        bar = _Progress(progress, n_batches, f"epoch {epoch + 1}/{epochs}")
-        total, count = 0.0, 0
-        for bi in range(n_batches):
+        bar = _Progress(progress, n_batches - run.batch, f"epoch {run.epoch + 1}/{epochs}")
+        stop = False
+        for bi in range(run.batch, n_batches):
             idx = order[bi * batch_size:(bi + 1) * batch_size]
             xb, yb = x[idx], y[idx]
             lb = None if lengths is None else lengths[idx]
@@ -281,40 +598,50 @@ def _fit_loop(model, x, y, lengths, epochs, batch_size, optimizer, clip_norm, cl
             loss, updates, rows = _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm,
                                                clip_value, sched, backup, parallel)
             seen += len(idx)
-            if not updates:             # every row empty: no update, nothing to count
-                continue
-            history["steps"] += updates
-            total, count = total + loss * rows, count + rows
-            rate = seen / max(time.perf_counter() - t_start, 1e-9)
-            bar.update(loss=f"{loss:.4f}", seq_per_s=f"{rate:.0f}")
-            if checkpoint and checkpoint_every and history["steps"] % checkpoint_every == 0:
-                save(checkpoint, optimizer)
-            if max_steps and history["steps"] >= max_steps:
+            run.batch = bi + 1
+            if updates:                 # every row empty: no update, nothing to count
+                history["steps"] += updates
+                run.total, run.count = run.total + loss * rows, run.count + rows
+                rate = seen / max(time.perf_counter() - t_start, 1e-9)
+                bar.update(loss=f"{loss:.4f}", seq_per_s=f"{rate:.0f}")
+            steps = history["steps"]
+            stop = bool(max_steps) and steps >= max_steps
+            due = checkpoint_every and steps // checkpoint_every > saved_at // checkpoint_every
+            if (stop or due) and run.batch < n_batches:      # the epoch's end saves anyway
+                save_checkpoint(run.epoch_rng)
+                saved_at = steps
+            if stop:
                 break
-        history["loss"].append(total / count if count else math.nan)
+        complete = run.batch == n_batches
+        history["loss"].append(run.total / run.count if run.count else math.nan)
         post = {"loss": f"{history['loss'][-1]:.4f}"}
         if validation:
             v = model.evaluate(*validation) if parallel is None else parallel.evaluate(*validation)
             history["val_loss"].append(v["loss"])
             history["val_accuracy"].append(v.get("accuracy"))
             post["val_loss"] = f"{v['loss']:.4f}"
-            if v["loss"] < best:
-                best, bad_epochs = v["loss"], 0
-                best_params = [p.copy() for p, _ in model.parameters()]
+            if v["loss"] < run.best:
+                run.best, run.bad_epochs = v["loss"], 0
+                if early_stopping:
+                    run.best_params = [p.copy() for p, _ in model.parameters()]
                 if best_checkpoint:
-                    save(best_checkpoint)
+                    on_rank_0(lambda: io.save(model, best_checkpoint))
             else:
-                bad_epochs += 1
+                run.bad_epochs += 1
         bar.close(**post)
-        if checkpoint:
-            save(checkpoint, optimizer)
-        if early_stopping and bad_epochs >= early_stopping:
+        if not complete:
+            # cut short by max_steps: reported above; its checkpoint holds the position
+            # inside the epoch, from which a resumed run finishes it
             break
-        if max_steps and history["steps"] >= max_steps:
+        run.epoch, run.batch, run.total, run.count = run.epoch + 1, 0, 0.0, 0
+        run.stopped_early = bool(early_stopping) and run.bad_epochs >= early_stopping
+        save_checkpoint(rng.bit_generator.state)
+        saved_at = history["steps"]
+        if stop:
             break
-    if early_stopping and best_params is not None:
-        with _HoldCtrlC(), model._guard.writing():
-            for (p, _), b in zip(model.parameters(), best_params):
+    if early_stopping and run.best_params is not None:
+        with model._guard.writing():
+            for (p, _), b in zip(model.parameters(), run.best_params):
                 p[...] = b
     elapsed = time.perf_counter() - t_start
     history["seconds"] = elapsed
@@ -327,14 +654,15 @@ def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sch
                  parallel=None):
     """One batch: one update, or one per chunk of ``tbptt`` steps. Returns ``(mean loss,
     updates made, sequences in the batch)``, the last two over all processes when
-    ``parallel`` (a :class:`_DataParallel`) is given. ``backup``: arrays shaped like the
-    parameters, where they are kept across each update."""
+    ``parallel`` (a :class:`_DataParallel`) is given. ``backup``: a :class:`_Backup`, taken
+    before each update and restored if it fails."""
     T = xb.shape[1]
     k = tbptt or T
     state, losses, rows = None, [], len(xb)
     for t0 in range(0, T, k):
         xc = xb[:, t0:t0 + k]
         yc = yb[:, t0:t0 + k] if model.output == "per_step" and tbptt else yb
+        # int64 lengths (checked at fit's start): lb - t0 is negative, never wrapped
         lc = None if lb is None else np.clip(lb - t0, 0, xc.shape[1])
         if parallel is None:
             if lc is not None and not lc.any():
@@ -371,26 +699,26 @@ def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sch
             optim.clip_grad_value(grads, clip_value)
             if clip_norm:
                 optim.clip_grad_norm(grads, clip_norm)
-        # the update is one step for threads reading the model meanwhile (fastrnn._guard);
-        # one that leaves a parameter non-finite (a finite gradient times a huge learning
-        # rate overflows) is undone
-        params = [p for p, _ in model.parameters()]
-        for b, p in zip(backup, params):
-            np.copyto(b, p)
-        # a Ctrl-C here is held to the end of the update (and of the schedule's step)
-        with _HoldCtrlC(), model._guard.writing():
-            optimizer.step()
-            finite = all(np.isfinite(p).all() for p in params)
+        # the update is one step for threads reading the model meanwhile, and signals wait
+        # for its end (fastrnn._guard); one that leaves a parameter non-finite (a finite
+        # gradient times a huge learning rate overflows), or raises, is undone
+        backup.take()
+        with model._guard.writing():
+            try:
+                optimizer.step()
+                finite = all(np.isfinite(p).all() for p in backup.params)
+                if finite and sched is not None:
+                    sched.step()
+            except BaseException:
+                backup.restore()
+                raise
             if not finite:
-                for b, p in zip(backup, params):
-                    np.copyto(p, b)
-            elif sched is not None:
-                sched.step()
+                backup.restore()
         if not finite:
             raise FloatingPointError("the update made parameters NaN or infinite: it was undone "
-                                     "(the model keeps its last good parameters; the optimizer's "
-                                     "own state includes the refused step); lower the learning "
-                                     "rate or clip gradients (clip_norm=1.0)")
+                                     "(the model and the optimizer keep their last good "
+                                     "state); lower the learning rate or clip gradients "
+                                     "(clip_norm=1.0)")
         losses.append(loss)
         state = state_n                      # carried forward, gradient cut here
     return float(np.mean(losses)) if losses else 0.0, len(losses), rows
@@ -433,7 +761,7 @@ class _DataParallel:
 
     # what every process must share, in start()'s vector after the two counts
     _SAME = ("validation_data given", "epochs", "max_steps", "tbptt", "early_stopping",
-             "checkpoint given", "checkpoint_every", "best_checkpoint given",
+             "checkpoint given", "checkpoint_every", "best_checkpoint given", "resume given",
              "number of parameters", "number of parameters", "parameter dtype")
 
     def start(self, failed=False, n_batches=0, T=0, same=()):

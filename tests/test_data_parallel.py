@@ -177,10 +177,39 @@ def test_checkpoints_and_progress_only_on_rank_0(tmp_path, capsys):
         return model
 
     models = ThreadGroup(2).run(work)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-0.fastrnn", "ckpt-0.fastrnn"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best-0.fastrnn", "ckpt-0.fastrnn", "ckpt-0.fastrnn.fit-state.json"]
     loaded = fastrnn.load(tmp_path / "ckpt-0.fastrnn")
     for name, a in models[1].named_parameters().items():
         assert loaded.named_parameters()[name].tobytes() == a.tobytes()
+
+
+def test_ranks_resume_from_rank_0s_checkpoint_bit_for_bit(tmp_path):
+    """Two ranks stopped by max_steps in epoch 2 and resumed from rank 0's checkpoint (every
+    rank passes resume=) end as two ranks never stopped, with shuffling and validation."""
+    x, y, lengths = _ragged(16, 5, 3, seed=2, C=3, per_step=False)
+    args = dict(epochs=3, batch_size=4, progress=False, seed=7,
+                validation_data=(x[:6], y[:6], lengths[:6]))
+
+    def work(path, **kw):
+        def run(rank, hook):
+            model = _model("gru", 1, "sequence_classification", 3)
+            rows = shard(16, 8, rank, 2)
+            h = model.fit(x[rows], y[rows], lengths[rows], allreduce=hook, checkpoint=path,
+                          **args, **kw)
+            return [p.tobytes() for p, _ in model.parameters()], \
+                {k: v for k, v in h.items() if k not in ("seconds", "sequences_per_second")}
+        results = ThreadGroup(2).run(run)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    want = work(tmp_path / "whole.fastrnn")
+    path = tmp_path / "run.fastrnn"
+    work(path, max_steps=3)
+    assert work(path, resume=path) == want
+    assert want[0] == want[1]
 
 
 def test_ranks_with_different_numbers_of_batches_all_refuse():
@@ -355,16 +384,25 @@ def test_ranks_that_disagree_all_refuse(case, tmp_path):
     _both_raise(work)
 
 
-def test_a_checkpoint_rank_0_cannot_write_stops_every_rank(tmp_path):
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank(tmp_path, monkeypatch):
     x, y, lengths = _ragged(16, 5, 3, seed=2)
     missing = tmp_path / "no such folder" / "c.fastrnn"
 
-    def work(rank, hook):
+    def work(rank, hook, path):
         return _model("gru", 1).fit(x[:8], y[:8], lengths[:8], allreduce=hook, batch_size=4,
-                                    progress=False, checkpoint=missing, checkpoint_every=1)
+                                    progress=False, checkpoint=path, checkpoint_every=1)
 
-    r0, r1 = ThreadGroup(2).run(work)
-    assert isinstance(r0, OSError)
+    # a missing folder is found before training
+    r0, r1 = ThreadGroup(2).run(lambda rank, hook: work(rank, hook, missing))
+    assert isinstance(r0, FileNotFoundError) and str(missing) in str(r0)
+    assert isinstance(r1, ValueError) and "failed their input checks" in str(r1)
+
+    # a write that fails during training (a full disk, a folder removed meanwhile)
+    def full_disk(path, data, what="file"):
+        raise OSError(28, f"cannot write {what} {path}: No space left on device")
+    monkeypatch.setattr(fastrnn.io, "atomic_write", full_disk)
+    r0, r1 = ThreadGroup(2).run(lambda rank, hook: work(rank, hook, tmp_path / "c.fastrnn"))
+    assert isinstance(r0, OSError) and "No space left" in str(r0)
     assert isinstance(r1, RuntimeError) and "could not write the checkpoint" in str(r1)
 
 
