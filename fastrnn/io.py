@@ -98,6 +98,15 @@ _KINDS = {
 }
 _OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop")
 TEXT_LEVELS = ("char", "word")      # SequenceModel.text_level, when not None
+MAX_TOKEN_CHARS = 1023              # the longest vocabulary entry a file may hold
+
+
+def is_vocabulary(vocabulary, size):
+    """Whether ``vocabulary`` is what a model file (and fastrnn's ONNX metadata) may hold
+    for an embedding of ``size`` rows: a list of ``size`` strings of at most
+    MAX_TOKEN_CHARS characters each."""
+    return isinstance(vocabulary, list) and size is not None and len(vocabulary) == size \
+        and all(isinstance(t, str) and len(t) <= MAX_TOKEN_CHARS for t in vocabulary)
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 # temporaries of save(): the pattern that stale-file cleaning matches, and their age limit
@@ -605,8 +614,7 @@ def _layout(read, size, where):
     vocabulary = None
     if "vocabulary" in meta:
         vocabulary = _json(meta["vocabulary"], "vocabulary metadata", bad)
-        if not isinstance(vocabulary, list) or len(vocabulary) != arch.get("vocab_size") or \
-                not all(isinstance(t, str) and len(t) < 1024 for t in vocabulary):
+        if not is_vocabulary(vocabulary, arch.get("vocab_size")):
             raise bad("vocabulary must be a list of vocab_size strings")
     text_level = meta.get("text_level")
     if text_level is not None and (text_level not in TEXT_LEVELS
@@ -810,7 +818,16 @@ def load(path, with_optimizer=False):
         os.close(fd)
 
 
-def _open_regular(path):
+def read_regular(path, what="file"):
+    """The bytes of the regular file at ``path``, read as :func:`load` reads: a folder,
+    FIFO, device or socket is refused (:class:`NotARegularFileError`, naming ``what`` was
+    expected) before it is opened, so the call never waits for a writer."""
+    fd = _open_regular(path, what)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _open_regular(path, what="model file"):
     """A read-only descriptor of the regular file at ``path`` (symlinks followed). What
     :func:`os.stat` says is not a regular file is refused before it is opened (opening a
     FIFO waits for a writer, opening some devices acts); the open itself does not wait
@@ -818,14 +835,14 @@ def _open_regular(path):
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise NotARegularFileError(f"cannot load {path}: it is {_kind_of(st.st_mode)}, "
-                                   "not a model file")
+                                   f"not a {what}")
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
                  | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotARegularFileError(f"cannot load {path}: it is {_kind_of(st.st_mode)}, "
-                                       "not a model file")
+                                       f"not a {what}")
     except BaseException:
         os.close(fd)
         raise

@@ -290,22 +290,14 @@ class _Checkpoints:
         self.previous = (digest, entry)
 
 
-def _read_file(path):
-    """The bytes of the regular file at ``path`` (a FIFO or a device is refused before it is
-    opened, as fastrnn.load refuses them)."""
-    fd = io._open_regular(path)
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
-
-
 def _read_resume(path, model, optimizer, sched, arguments):
     """Everything ``fit(resume=path)`` restores, read and checked, nothing changed yet:
     ``(model loaded from the file, optimizer state, run, loop state entry, the model
     file's sha256)``."""
     state_path = loop_state_path(path)
-    blob = _read_file(path)
+    blob = io.read_regular(path, "model file")
     try:
-        text = _read_file(state_path)
+        text = io.read_regular(state_path, "loop state file")
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, f"cannot resume from {path}: its loop state "
                                 f"file {state_path} is missing (fit(checkpoint=...) writes "

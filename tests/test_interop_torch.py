@@ -834,3 +834,27 @@ def test_torchscript_files_are_not_read_by_read_state_dict(tmp_path):
     torch.jit.save(torch.jit.script(nn.GRU(3, 4)), tmp_path / "gru.pt")
     with pytest.raises(ValueError, match="TorchScript archive.*torch.jit.load.*trust"):
         torch_io.read_state_dict(tmp_path / "gru.pt")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs os.mkfifo")
+@pytest.mark.parametrize("name", ["w.pt", "w.safetensors"])
+def test_read_state_dict_refuses_a_fifo_without_waiting(name, tmp_path):
+    """A FIFO named like a weights file has no writer: opening it would wait forever."""
+    import os
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(fastrnn.io.NotARegularFileError, match="it is a FIFO"):
+        torch_io.read_state_dict(tmp_path / name)
+
+
+def test_read_state_dict_takes_the_format_for_any_name(tmp_path):
+    torch.manual_seed(1)
+    module = nn.GRU(3, 4)
+    torch.save(module.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pass format='torch' or 'safetensors'"):
+        torch_io.read_state_dict(tmp_path / "pytorch_model.bin")
+    state = torch_io.read_state_dict(tmp_path / "pytorch_model.bin", format="torch")
+    assert sorted(state) == sorted(module.state_dict())
+    with pytest.raises(ValueError, match="format must be"):
+        torch_io.read_state_dict(tmp_path / "pytorch_model.bin", format="onnx")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        torch_io.read_state_dict(tmp_path / "pytorch_model.bin", format="safetensors")

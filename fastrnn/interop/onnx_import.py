@@ -62,11 +62,10 @@ does.
 """
 import math
 import os
-import stat
 
 import numpy as np
 
-from .. import functional as F
+from .. import functional as F, io
 from .onnx_layout import from_onnx_slices, onnx_gate_count
 from .parity import check_parity
 
@@ -181,17 +180,14 @@ def _read_model(source):
 
 
 def _read_regular_file(path):
-    """The bytes of ``path``, refused unless it is a regular file: stat first, then open
-    without blocking (a FIFO with no writer would block forever) and fstat what was opened."""
-    what = "not a regular file (a folder, FIFO, device or socket); ONNX models are read " \
-           "from regular files only"
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise _from_source(OnnxImportError(what), path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):      # swapped since the stat
-            raise _from_source(OnnxImportError(what), path)
-        return f.read()
+    """The bytes of ``path``, refused unless it is a regular file (fastrnn.io.read_regular:
+    a FIFO with no writer would block forever)."""
+    try:
+        return io.read_regular(path, "ONNX model")
+    except io.NotARegularFileError:
+        raise _from_source(OnnxImportError(
+            "not a regular file (a folder, FIFO, device or socket); ONNX models are read "
+            "from regular files only"), path) from None
 
 
 def _shown(name):
@@ -1439,7 +1435,6 @@ def _text_metadata(m):
     under 1024 characters, as model files allow) as the embedding has rows, and the level
     one of fastrnn.io.TEXT_LEVELS."""
     import json
-    from ..io import TEXT_LEVELS
     vocabulary, text = None, m.metadata.get(_VOCABULARY_KEY)
     if text is not None:
         emb = m.layers[0]["x_tag"].get("embedding")
@@ -1449,15 +1444,15 @@ def _text_metadata(m):
             vocabulary = json.loads(text)
         except (ValueError, RecursionError) as e:
             raise OnnxImportError(f"metadata {_VOCABULARY_KEY!r} is not JSON ({e})") from None
-        if not isinstance(vocabulary, list) or V is None or len(vocabulary) != V or \
-                not all(isinstance(t, str) and len(t) < 1024 for t in vocabulary):
+        if not io.is_vocabulary(vocabulary, V):
             raise OnnxImportError(f"metadata {_VOCABULARY_KEY!r} must be a list of as many "
-                                  f"strings (each under 1024 characters) as the embedding has "
+                                  f"strings (each at most {io.MAX_TOKEN_CHARS} characters) as the "
+                                  f"embedding has "
                                   f"rows ({V})")
     level = m.metadata.get(_TEXT_LEVEL_KEY)
-    if level is not None and level not in TEXT_LEVELS:
+    if level is not None and level not in io.TEXT_LEVELS:
         raise OnnxImportError(f"metadata {_TEXT_LEVEL_KEY!r} is {level[:_MAX_SHOWN]!r}; it must "
-                              f"be one of {TEXT_LEVELS}")
+                              f"be one of {io.TEXT_LEVELS}")
     return vocabulary, level
 
 

@@ -794,59 +794,79 @@ def _parity(what, ours, module, tol, with_state=True):
 
 # ---- state dict files ----------------------------------------------------------------------
 
-def read_state_dict(path):
-    """A flat ``{name: array}`` from a ``.pt``/``.pth`` file (``torch.load(weights_only=True)``
+_STATE_DICT_FORMATS = {".pt": "torch", ".pth": "torch", ".safetensors": "safetensors"}
+
+
+def read_state_dict(path, format=None):
+    """A flat ``{name: array}`` from a ``torch.save`` file (``torch.load(weights_only=True)``
     only: anything but tensors in plain containers is refused unexecuted) or a
-    ``.safetensors`` file (the ``safetensors`` package). Values are torch tensors (.pt) or
-    numpy arrays (.safetensors). A ``.pt`` file may hold a state dict or a training
-    checkpoint keeping one in its ``"state_dict"``, ``"model_state_dict"``, ``"model"``,
-    ``"net"``, ``"network"`` or ``"module"`` entry (the first found is returned; pass
-    ``prefix=`` to :func:`from_torch` to pick one module of a whole model). TorchScript
-    archives are refused: reading one runs its code (load it with ``torch.jit.load`` if you
-    trust it, and pass the module to :func:`from_torch`)."""
+    ``.safetensors`` file (the ``safetensors`` package). Values are torch tensors (torch
+    files) or numpy arrays (safetensors). ``format`` is ``"torch"`` or ``"safetensors"``;
+    None (the default) takes it from the extension (``.pt``/``.pth``/``.safetensors``), so
+    pass it for files named otherwise (``pytorch_model.bin``, ``.ckpt``). A torch file may
+    hold a state dict or a training checkpoint keeping one in its ``"state_dict"``,
+    ``"model_state_dict"``, ``"model"``, ``"net"``, ``"network"`` or ``"module"`` entry (the
+    first found is returned; pass ``prefix=`` to :func:`from_torch` to pick one module of a
+    whole model). TorchScript archives are refused: reading one runs its code (load it with
+    ``torch.jit.load`` if you trust it, and pass the module to :func:`from_torch`). The file
+    is read once, as fastrnn.load reads (a FIFO or a device is refused, never waited on)."""
+    import io as _bytes_io
+    from .. import io
     path = str(path)
-    if path.endswith((".pt", ".pth")):
-        torch = _torch()
-        if _is_torchscript_archive(path):   # checked first: torch.load would hand it on
-            raise ValueError(f"{path}: a TorchScript archive (torch.jit.save); fastrnn does "
-                             "not load those itself, since torch.jit.load runs the code the "
-                             "file holds: if you trust it, load it with torch.jit.load and "
-                             "pass the module to from_torch")
+    if format is None:
+        ext = path[path.rfind("."):].lower() if "." in path else ""
+        format = _STATE_DICT_FORMATS.get(ext)
+        if format is None:
+            raise ValueError(f"{path}: expected a .pt, .pth or .safetensors file, or pass "
+                             "format='torch' or 'safetensors'")
+    if format not in ("torch", "safetensors"):
+        raise ValueError(f"format must be 'torch', 'safetensors' or None, got {format!r}")
+    if format == "safetensors":
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:      # the restricted unpickler refused, or not a torch file
-            detail = next((line.strip() for line in str(exc).splitlines()
-                           if line.strip().startswith("Unsupported")), type(exc).__name__)
-            raise ValueError(f"{path}: refused: torch.load(weights_only=True) cannot read it "
-                             f"({detail}); fastrnn never unpickles anything but tensors")
-        if not isinstance(state, Mapping):
-            raise ValueError(f"{path}: holds a {_type_name(state)}, not a state dict")
-        try:
-            state = _state_dict_of(state)
-        except TypeError:
-            raise ValueError(f"{path}: neither a flat dict of tensors (a module's state_dict()) "
-                             "nor a checkpoint keeping one in its "
-                             f"{', '.join(repr(k) for k in _CHECKPOINT_KEYS)} entry") from None
-        for k, v in state.items():
-            if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-                raise ValueError(f"{path}: entry {k!r} is a {_type_name(v)}; expected a flat "
-                                 "dict of tensors (a module's state_dict())")
-        return dict(state)
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.numpy import load_file
+            from safetensors.numpy import load
         except ImportError:
             raise ImportError(".safetensors files need the safetensors package: "
                               "pip install safetensors") from None
-        return load_file(path)
-    raise ValueError(f"{path}: expected a .pt, .pth or .safetensors file")
+        blob = io.read_regular(path, "safetensors file")
+        try:
+            return load(blob)
+        except Exception as exc:       # safetensors' own error class differs by version
+            raise ValueError(f"{path}: not a safetensors file ({exc})") from None
+    torch = _torch()
+    blob = io.read_regular(path, "torch.save file")
+    if _is_torchscript_archive(blob):   # checked first: torch.load would hand it on
+        raise ValueError(f"{path}: a TorchScript archive (torch.jit.save); fastrnn does "
+                         "not load those itself, since torch.jit.load runs the code the "
+                         "file holds: if you trust it, load it with torch.jit.load and "
+                         "pass the module to from_torch")
+    try:
+        state = torch.load(_bytes_io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:      # the restricted unpickler refused, or not a torch file
+        detail = next((line.strip() for line in str(exc).splitlines()
+                       if line.strip().startswith("Unsupported")), type(exc).__name__)
+        raise ValueError(f"{path}: refused: torch.load(weights_only=True) cannot read it "
+                         f"({detail}); fastrnn never unpickles anything but tensors")
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: holds a {_type_name(state)}, not a state dict")
+    try:
+        state = _state_dict_of(state)
+    except TypeError:
+        raise ValueError(f"{path}: neither a flat dict of tensors (a module's state_dict()) "
+                         "nor a checkpoint keeping one in its "
+                         f"{', '.join(repr(k) for k in _CHECKPOINT_KEYS)} entry") from None
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ValueError(f"{path}: entry {k!r} is a {_type_name(v)}; expected a flat "
+                             "dict of tensors (a module's state_dict())")
+    return dict(state)
 
 
-def _is_torchscript_archive(path):
-    """A zip file holding TorchScript's constants.pkl (what torch.jit.save writes)."""
+def _is_torchscript_archive(blob):
+    """A zip archive holding TorchScript's constants.pkl (what torch.jit.save writes)."""
+    import io as _bytes_io
     import zipfile
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(_bytes_io.BytesIO(blob)) as z:
             return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
