@@ -77,7 +77,7 @@ from .functional import (rnn_forward, rnn_backward, lstm_forward, lstm_backward,
 from .layers import RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell
 from ._stream import Stream
 from .models import SequenceModel, cosine_similarity, pad_sequences
-from .io import load, save, ModelFileError
+from .io import load, save, ModelFileError, NotARegularFileError
 from . import losses, optim
 from .interop import ParityError
 
@@ -107,5 +107,5 @@ __all__ = ["openmp_enabled", "effective_n_threads", "set_num_threads", "get_num_
            "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell",
            "GRUCell", "Stream", "SequenceModel", "cosine_similarity", "pad_sequences", "load",
-           "save", "ModelFileError", "ParityError", "losses", "optim", "__version__",
+           "save", "ModelFileError", "NotARegularFileError", "ParityError", "losses", "optim", "__version__",
            *_INTEROP]

@@ -227,6 +227,7 @@ class SequenceModel:
         D = 2 if self.rnn.bidirectional else 1
         self.head = Linear(D * hidden_size, output_size, self.dtype, rng)
         self.vocabulary = None      # optional tokens of a language model, saved with it
+        self.text_level = None      # how its text was cut ("char" or "word"), saved with it
 
     # ---- parameters ----------------------------------------------------------------
     def parameters(self):

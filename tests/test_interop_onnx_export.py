@@ -570,7 +570,7 @@ def _with_metadata(proto, key, value):
     ("fastrnn.vocabulary", '["a", "b"]', "as many strings"),
     ("fastrnn.vocabulary", '["a", "b", 3, "d", "e"]', "as many strings"),
     ("fastrnn.vocabulary", '{"a": 1}', "as many strings"),
-    ("fastrnn.vocabulary", json.dumps(["x" * 1024] + list("bcde")), "under 1024"),
+    ("fastrnn.vocabulary", json.dumps(["x" * 1024] + list("bcde")), "at most 1023 characters"),
     ("fastrnn.vocabulary", "[" * 100000, "not JSON"),
     ("fastrnn.vocabulary", "not json", "not JSON"),
     ("fastrnn.text_level", "sentence", "one of"),

@@ -169,22 +169,23 @@ def _config(obj):
 def _text_metadata(model):
     """The metadata entries of a language model's vocabulary and text level ({} for a layer
     or a model without them), refused unless the importer (and fastrnn.load) would take
-    them: vocab_size strings, each under 1024 characters; a level of TEXT_LEVELS."""
-    from ..io import TEXT_LEVELS
+    them: vocab_size strings, each of at most io.MAX_TOKEN_CHARS characters; a level of TEXT_LEVELS."""
+    from .. import io
     vocabulary = None if model is None else getattr(model, "vocabulary", None)
     level = None if model is None else getattr(model, "text_level", None)
     entries = {}
     if vocabulary is not None:
         V = None if model.embedding is None else model.embedding.weight.shape[0]
         vocabulary = list(vocabulary)
-        if len(vocabulary) != V or not all(isinstance(t, str) and len(t) < 1024
-                                           for t in vocabulary):
+        if not io.is_vocabulary(vocabulary, V):
             raise ValueError(f"the model's vocabulary has {len(vocabulary)} entries; it must be "
-                             f"vocab_size {V} strings, each under 1024 characters")
+                             f"vocab_size {V} strings of at most {io.MAX_TOKEN_CHARS} "
+                             "characters each")
         entries["fastrnn.vocabulary"] = json.dumps(vocabulary)
     if level is not None:
-        if level not in TEXT_LEVELS:
-            raise ValueError(f"the model's text_level is {level!r}, not one of {TEXT_LEVELS}")
+        if level not in io.TEXT_LEVELS:
+            raise ValueError(f"the model's text_level is {level!r}, not one of "
+                             f"{io.TEXT_LEVELS}")
         entries["fastrnn.text_level"] = level
     return entries
 
