@@ -211,8 +211,11 @@ def test_pt_files_that_are_not_flat_tensor_dicts_are_refused(content, match, tmp
 
 
 def test_unknown_extensions_and_missing_files(tmp_path, capsys):
-    rc, _, err = convert(capsys, tmp_path / "a.h5", tmp_path / "b.fastrnn")
+    io.save(fastrnn.GRU(2, 3), tmp_path / "a.fastrnn")
+    rc, _, err = convert(capsys, tmp_path / "a.fastrnn", tmp_path / "b.h5")
     assert rc == 1 and "unknown extension '.h5'" in err
+    rc, _, err = convert(capsys, tmp_path / "a.h5", tmp_path / "b.fastrnn")
+    assert rc == 1 and "a.h5 does not exist" in err
     rc, _, err = convert(capsys, tmp_path / "missing.fastrnn", tmp_path / "b.pt")
     assert rc == 1 and "missing.fastrnn" in err
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
@@ -244,3 +247,116 @@ def test_the_command_line_entry_point(lstm_pt, tmp_path):
     assert done.returncode == 0, done.stderr
     assert reported(done.stdout) <= 1e-4
     assert isinstance(fastrnn.load(tmp_path / "m.fastrnn"), fastrnn.LSTM)
+
+
+# ---- formats read from the content; --prefix; how files are written ---------------------
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "weights.ckpt", "model"])
+def test_a_torch_file_is_read_whatever_its_name(name, tmp_path, capsys):
+    torch.manual_seed(5)
+    module = nn.GRU(3, 4)
+    torch.save(module.state_dict(), tmp_path / name)
+    rc, out, err = convert(capsys, tmp_path / name, tmp_path / "g.fastrnn")
+    assert rc == 0, err
+    assert_same_function(fastrnn.load(tmp_path / "g.fastrnn"), module, 3)
+
+
+def test_fastrnn_onnx_and_legacy_torch_files_are_read_by_content(tmp_path, capsys):
+    """A fastrnn file named .pt, an ONNX model named .pb and a torch.save file in the
+    legacy (pickle, not zip) layout are each read as what they hold."""
+    pytest.importorskip("fastrnn.interop.onnx_export")
+    pytest.importorskip("onnxruntime")
+    from fastrnn.interop.onnx_export import to_onnx
+    layer = fastrnn.LSTM(3, 4, seed=0)
+    io.save(layer, tmp_path / "looks_like_torch.pt")
+    rc, out, err = convert(capsys, tmp_path / "looks_like_torch.pt", tmp_path / "a.fastrnn")
+    assert rc == 0 and reported(out) == 0.0, err
+    assert (tmp_path / "a.fastrnn").read_bytes() == (tmp_path / "looks_like_torch.pt").read_bytes()
+    to_onnx(layer, tmp_path / "graph.pb")
+    rc, out, err = convert(capsys, tmp_path / "graph.pb", tmp_path / "b.fastrnn")
+    assert rc == 0 and reported(out) <= 1e-4, err
+    torch.manual_seed(6)
+    module = nn.LSTM(3, 4)
+    torch.save(module.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert (tmp_path / "legacy.pt").read_bytes()[:1] == b"\x80"       # a pickle, not a zip
+    rc, out, err = convert(capsys, tmp_path / "legacy.pt", tmp_path / "c.fastrnn")
+    assert rc == 0, err
+    assert_same_function(fastrnn.load(tmp_path / "c.fastrnn"), module, 3)
+
+
+@pytest.mark.parametrize("content,found", [
+    (b"\x89HDF\r\n\x1a\n" + bytes(64), "HDF5"),
+    (b"\x1f\x8b\x08\x00" + bytes(64), "gzip"),
+    (b"", "empty"),
+    ("h\u00e9llo, some notes\n".encode(), "text"),
+    (None, "zip archive without data.pkl"),
+])
+def test_a_file_convert_cannot_read_is_named(content, found, tmp_path, capsys):
+    path = tmp_path / "mystery.pt"
+    if content is None:
+        import zipfile
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("readme.txt", "hello")
+    else:
+        path.write_bytes(content)
+    rc, _, err = convert(capsys, path, tmp_path / "out.fastrnn")
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert str(path) in err and found in err and "refused" in err, err
+
+
+@pytest.fixture
+def whole_model_pt(tmp_path):
+    """A torch.save of a whole model: two recurrent modules under their prefixes."""
+    torch.manual_seed(7)
+    encoder, decoder = nn.GRU(3, 4), nn.LSTM(4, 2)
+    state = {**{"encoder.rnn." + k: v for k, v in encoder.state_dict().items()},
+             **{"decoder.rnn." + k: v for k, v in decoder.state_dict().items()},
+             "head.weight": torch.zeros(2, 2)}
+    torch.save(state, tmp_path / "whole.pt")
+    return tmp_path / "whole.pt", encoder, decoder
+
+
+def test_prefix_picks_one_module_of_a_whole_model(whole_model_pt, tmp_path, capsys):
+    path, encoder, decoder = whole_model_pt
+    rc, _, err = convert(capsys, path, tmp_path / "m.fastrnn")
+    assert rc == 1 and "encoder.rnn" in err and "decoder.rnn" in err, err
+    assert len(err.strip().splitlines()) == 1
+    rc, out, err = convert(capsys, path, tmp_path / "enc.fastrnn", "--prefix", "encoder.rnn.")
+    assert rc == 0 and reported(out) <= 1e-4, err
+    assert_same_function(fastrnn.load(tmp_path / "enc.fastrnn"), encoder, 3)
+    rc, out, err = convert(capsys, path, tmp_path / "dec.fastrnn", "--prefix", "decoder.rnn")
+    assert rc == 0, err
+    assert_same_function(fastrnn.load(tmp_path / "dec.fastrnn"), decoder, 4)
+
+
+@pytest.mark.parametrize("ext", [".fastrnn", ".pt", ".safetensors", ".onnx"])
+def test_written_files_honour_the_umask(ext, lstm_pt, tmp_path, capsys):
+    """Every file convert writes gets 0o666 & ~umask, as open() would make it (to_onnx's
+    and convert's files were 0o600), and no temporary is left beside it."""
+    if ext == ".onnx":
+        pytest.importorskip("onnxruntime")
+    if ext == ".safetensors":
+        pytest.importorskip("safetensors")
+    _, path = lstm_pt
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    old = os.umask(0o002)
+    try:
+        rc, _, err = convert(capsys, path, out_dir / ("m" + ext))
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    assert os.stat(out_dir / ("m" + ext)).st_mode & 0o777 == 0o664
+    assert os.listdir(out_dir) == ["m" + ext]
+
+
+def test_a_fifo_as_output_is_refused_without_blocking(lstm_pt, tmp_path):
+    """torch.save opened a FIFO named OUT and blocked for its reader; refused now, naming
+    OUT (in a subprocess: a regression fails on the timeout instead of hanging)."""
+    _, path = lstm_pt
+    os.mkfifo(tmp_path / "pipe.pt")
+    done = subprocess.run([sys.executable, "-m", "fastrnn", "convert", str(path),
+                           str(tmp_path / "pipe.pt")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert str(tmp_path / "pipe.pt") in done.stderr and "FIFO" in done.stderr
