@@ -3,7 +3,7 @@
 * ``-O3`` and never fast-math: the gradient tests and NaN checks need IEEE semantics.
 * OpenMP is found by compiling and running a small probe; without it the build still
   works (serial kernels) but warns loudly, and ``fastrnn.openmp_enabled()`` says so.
-* No BLAS is linked: the kernels call ``scipy.linalg.cython_blas`` (see fastrnn/_blas.pyx).
+* No BLAS is linked: the kernels call ``scipy.linalg.cython_blas`` (see fastrnn/kernels/_blas.pyx).
 """
 import os
 import shutil
@@ -62,14 +62,14 @@ debug = os.environ.get("FASTRNN_DEBUG_CYTHON", "0") != "0"
 names = ["_openmp", "_blas", "_rnn", "_lstm", "_gru", "_stream"]
 extensions = [
     Extension(
-        f"fastrnn.{name}", [f"fastrnn/{name}.pyx"],
+        f"fastrnn.kernels.{name}", [f"fastrnn/kernels/{name}.pyx"],
         include_dirs=["include", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=["-O3"] + omp + (["-g", "-O0"] if debug else []),
         extra_link_args=omp,
         depends=["include/fastrnn/activations.h", "include/fastrnn/cpu.h",
-                 "include/fastrnn/gemv.h", "fastrnn/_blas.pxd",
-                 "fastrnn/_openmp.pxd", "fastrnn/_kernel_common.pxi"],
+                 "include/fastrnn/gemv.h", "fastrnn/kernels/_blas.pxd",
+                 "fastrnn/kernels/_openmp.pxd", "fastrnn/kernels/_common.pxi"],
     )
     for name in names
 ]

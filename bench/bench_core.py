@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-from fastrnn.benchmark import core_table
+from fastrnn.cli.bench import core_table
 
 BEGIN, END = "<!-- core:begin -->", "<!-- core:end -->"
 

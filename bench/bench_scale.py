@@ -161,7 +161,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     print(f"machine: {machine()}")
-    print(f"fastrnn vector path: {fastrnn._blas.vector_path()}")
+    print(f"fastrnn vector path: {fastrnn.kernels._blas.vector_path()}")
     print(f"\ninference: LSTM I=32 H=128, {N_INFER} ragged sequences of <= {T_INFER} steps")
     for name, rate in bench_inference(args.repeats).items():
         print(f"  {name:62s} {rate:9.0f} sequences/s")

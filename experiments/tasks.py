@@ -1,7 +1,7 @@
 """Data for the experiments: synthetic long-lag tasks and loaders for the real data sets.
 
 Synthetic tasks return float32 inputs and targets for ``SequenceModel`` (batch-first):
-    adding_problem  x (n, T, 2), y (n, 1)   (fastrnn.demo's generator)
+    adding_problem  x (n, T, 2), y (n, 1)   (fastrnn.cli.demo's generator)
     copy_memory     x (n, T + 20) token ids, y (n, T + 20) token ids
 Real data (found in ``../shared/data`` from the repository root, or a folder given):
     jsb_chorales    dict split -> list of piano rolls (L, 88) float32
@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from fastrnn.demo import adding_problem, BASELINE_MSE as ADDING_BASELINE_MSE  # noqa: F401
+from fastrnn.cli.demo import adding_problem, BASELINE_MSE as ADDING_BASELINE_MSE  # noqa: F401
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         os.pardir, "shared", "data")

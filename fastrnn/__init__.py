@@ -69,17 +69,25 @@ class _LinkCythonBlas:
 
 _preload_cython_blas()
 
-from ._openmp import (openmp_enabled, effective_n_threads, set_num_threads,  # noqa: E402
+from .kernels._openmp import (openmp_enabled, effective_n_threads, set_num_threads,  # noqa: E402
                       get_num_threads)
 from . import functional, reference
 from .functional import (rnn_forward, rnn_backward, lstm_forward, lstm_backward,
                          gru_forward, gru_backward)
-from .layers import RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell
-from ._stream import Stream
-from .models import SequenceModel, cosine_similarity, pad_sequences
+from .nn.layers import RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell
+from .kernels._stream import Stream
+from .nn.models import SequenceModel, cosine_similarity, pad_sequences
 from .io import load, save, ModelFileError, NotARegularFileError
-from . import losses, optim
+from .nn import losses, optim
 from .interop import ParityError
+from . import _conveniences
+
+_conveniences.bind()
+
+# the paths these modules had before fastrnn.nn (``from fastrnn.optim import Adam``) still work
+for _name in ("layers", "models", "losses", "optim"):
+    _sys.modules[f"{__name__}.{_name}"] = _sys.modules[f"{__name__}.nn.{_name}"]
+del _name
 
 __version__ = "0.1.0"
 

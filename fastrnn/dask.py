@@ -35,7 +35,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import io
-from .layers import _positive_int
+from .nn.layers import _positive_int
 
 __all__ = ["predict", "predict_frame", "predict_padded", "decode_count"]
 
@@ -122,7 +122,7 @@ def _client(client):
 
 
 def _checked_model(model):
-    from .models import SequenceModel
+    from .nn.models import SequenceModel
     if not isinstance(model, SequenceModel):
         raise TypeError(f"model must be a fastrnn.SequenceModel, got {type(model).__name__}")
     return model

@@ -20,8 +20,8 @@ be backpropagated once; pass ``retain_cache=True`` to keep it usable.
 """
 import numpy as np
 
-from . import _gru, _lstm, _rnn
-from ._threads import effective_n_threads, serial_blas
+from .kernels import _gru, _lstm, _rnn
+from .kernels._threads import effective_n_threads, serial_blas
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward"]
@@ -151,7 +151,7 @@ def _zero_padding(x, lengths, workspace=None):
 
 class Workspace:
     """Scratch buffers kept from one inference call to the next (one per thread and layer
-    direction; fastrnn.layers owns them). Fresh buffers of tens of MB cost a page fault per
+    direction; fastrnn.nn.layers owns them). Fresh buffers of tens of MB cost a page fault per
     4 KiB page when the allocator maps them anew, which glibc does on every call once
     ``MALLOC_TRIM_THRESHOLD_`` (or another malloc tunable) is set, as Dask sets it for its
     workers: measured, a third of an LSTM batch's time. ``get`` returns a view of a kept

@@ -165,8 +165,8 @@ def _looks_like_text(head):
 
 def _describe(obj):
     """(architecture, {name: array}, dtype) of a SequenceModel, a layer stack or a cell."""
-    from .layers import _Cell, _Recurrent
-    from .models import SequenceModel
+    from .nn.layers import _Cell, _Recurrent
+    from .nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         return obj.config, obj.named_parameters(), obj.dtype
     if not isinstance(obj, (_Recurrent, _Cell)):
@@ -218,8 +218,8 @@ _OPTIMIZER_BUFFERS = 3
 
 def _build(arch, where):
     """The empty object an architecture describes (its parameters to be filled)."""
-    from . import layers
-    from .models import SequenceModel
+    from .nn import layers
+    from .nn.models import SequenceModel
     arch = dict(arch)
     kind = arch.pop("kind", "model")
     try:

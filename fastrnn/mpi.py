@@ -18,7 +18,7 @@ the transport.
 """
 import numpy as np
 
-from .layers import _positive_int
+from .nn.layers import _positive_int
 
 __all__ = ["Allreduce", "shard"]
 

@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from . import io, optim
+from . import io
+from .nn import optim
 
 _OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
                "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
@@ -71,10 +72,10 @@ class _Progress:
 
 def _other_blas_serial():
     """Every BLAS but the one the kernels call held at one thread (threadpoolctl). The
-    kernels' own BLAS is left to fastrnn._threads.serial_blas, which counts its users across
+    kernels' own BLAS is left to fastrnn.kernels._threads.serial_blas, which counts its users across
     Python threads; limiting it here too could restore it under another thread's kernel."""
     from threadpoolctl import ThreadpoolController
-    from ._threads import serial_blas
+    from .kernels._threads import serial_blas
     with serial_blas:                       # make sure it has found its library
         pass
     ours = {lib.filepath for lib in serial_blas._libs}
@@ -91,7 +92,7 @@ class _Backup:
     update (a non-finite result, any exception: a MemoryError in the optimizer's arithmetic,
     a failing schedule) restores them, so an update happens whole or not at all. Signals
     cannot stop it half way: it runs inside the model's weight guard, which holds every
-    Python-level signal handler to the end of the write (fastrnn._guard.HeldSignals).
+    Python-level signal handler to the end of the write (fastrnn.kernels._guard.HeldSignals).
     Another optimizer object gets its parameters restored, not its own state."""
 
     def __init__(self, model, optimizer, sched):
@@ -415,7 +416,7 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
     error. Each update is all or nothing: an exception raised inside it (a signal handler
     calling ``sys.exit``, Ctrl-C, a MemoryError) leaves the model, a fastrnn optimizer and
     the schedule as they were before it, and signals whose Python handlers would raise are
-    held until it is complete (fastrnn._guard). Ctrl-C (KeyboardInterrupt) stops training
+    held until it is complete (fastrnn.kernels._guard). Ctrl-C (KeyboardInterrupt) stops training
     within one kernel call (a training step's forward or backward through one layer;
     ``tbptt`` shortens them for long sequences), so the model holds the parameters of its
     last complete step. Each update is one step for threads that read the model meanwhile
@@ -692,7 +693,7 @@ def _train_batch(model, optimizer, xb, yb, lb, tbptt, clip_norm, clip_value, sch
             if clip_norm:
                 optim.clip_grad_norm(grads, clip_norm)
         # the update is one step for threads reading the model meanwhile, and signals wait
-        # for its end (fastrnn._guard); one that leaves a parameter non-finite (a finite
+        # for its end (fastrnn.kernels._guard); one that leaves a parameter non-finite (a finite
         # gradient times a huge learning rate overflows), or raises, is undone
         backup.take()
         with model._guard.writing():

@@ -30,7 +30,7 @@ def workloads():
     stream = layer.stream()
     x1 = rng.standard_normal(32).astype(f32)
 
-    from fastrnn import _blas
+    from fastrnn.kernels import _blas
     _blas.set_min_parallel_work(0)          # the OpenMP region on every step, as in tests
     wide = fastrnn.GRU(32, 128, seed=0, n_threads=2)
     stream2 = wide.stream(2)

@@ -25,8 +25,8 @@ if _ROOT not in sys.path:
 
 def pytest_configure(config):
     """Run every threaded path even on the small sizes tests use: the kernels fall back to
-    one thread below a per-step work threshold (fastrnn._blas.set_min_parallel_work)."""
-    from fastrnn import _blas
+    one thread below a per-step work threshold (fastrnn.kernels._blas.set_min_parallel_work)."""
+    from fastrnn.kernels import _blas
     _blas.set_min_parallel_work(0)
     config.addinivalue_line("markers", "long: a long run (soak, many examples); skipped "
                                        "unless pytest is given --long")

@@ -23,7 +23,7 @@ import pytest
 
 import fastrnn
 from fastrnn import functional as F
-from fastrnn._openmp import cpu_count
+from fastrnn.kernels._openmp import cpu_count
 
 f32 = np.float32
 

@@ -1,4 +1,4 @@
-"""The row-major BLAS wrappers (fastrnn/_blas.pyx) through their test hooks, against numpy.
+"""The row-major BLAS wrappers (fastrnn/kernels/_blas.pyx) through their test hooks, against numpy.
 
 _gemm_memview(ta, tb, alpha, A, B, beta, C, n_threads, split_cols):
     C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X.T; with n_threads > 1 C's rows
@@ -11,7 +11,7 @@ tests always pass consistent shapes.
 import numpy as np
 import pytest
 
-from fastrnn import _blas
+from fastrnn.kernels import _blas
 from _helpers import DTYPES, assert_close_scaled
 
 # (rtol, atol) against numpy in float64 on the same (float32-rounded) inputs, atol relative

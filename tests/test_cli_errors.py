@@ -1,7 +1,7 @@
 """Every user mistake on the command line ends in one line on stderr and a documented exit
 status (2: usage, 1: anything else), never a traceback unless ``--debug`` is given.
 
-Each row of ``MISTAKES`` is one mistake, run in-process through ``fastrnn.__main__.main``;
+Each row of ``MISTAKES`` is one mistake, run in-process through ``fastrnn.cli.main.main``;
 the check is the exit status, exactly one line on stderr, no "Traceback", and the words the
 message must hold (the path or the option it is about). Mistakes that could block (a FIFO)
 run in a subprocess with a timeout.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn.__main__ import main
+from fastrnn.cli.main import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -322,7 +322,7 @@ def test_debug_shows_the_traceback(argv, d, capsys):
 def test_an_unexpected_failure_is_still_one_line(d, capsys, monkeypatch):
     """A bug of fastrnn's (here: a KeyError deep in a command) is reported in one line that
     says so and points to --debug; the traceback comes with --debug."""
-    import fastrnn.__main__ as cli
+    import fastrnn.cli.main as cli
 
     def broken(args):
         raise KeyError("weight_hh_l0")

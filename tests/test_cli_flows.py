@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-import fastrnn.__main__ as cli
+import fastrnn.cli.main as cli
 from fastrnn import text as tx
 
 

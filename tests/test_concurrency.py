@@ -5,7 +5,7 @@ processes.
   results bit-identical to serial calls (mismatches counted; there must be none).
 * A writer replacing the weights (``load_state_dict``) while readers run: every reader
   result equals, bit for bit, the serial result of the old weights or of the new ones,
-  never a mix (fastrnn._guard). A deterministic interleaving (a write made from inside a
+  never a mix (fastrnn.kernels._guard). A deterministic interleaving (a write made from inside a
   reader's computation, between two layers) shows the retry at work, and that the check
   catches a mix when the guard is bypassed.
 * Models, layers and cells pickle as validated model-file bytes: unpickling references
@@ -329,7 +329,7 @@ def test_fit_updates_are_whole_for_a_reader_in_another_thread():
     y = rng.integers(0, 4, (16, 6))
     probe = x[:2]
     versions = [m.state_dict()]
-    opt = fastrnn.optim.SGD(m.parameters(), lr=0.5)
+    opt = fastrnn.nn.optim.SGD(m.parameters(), lr=0.5)
     step = opt.step
 
     def recording_step():

@@ -13,7 +13,7 @@ import pytest
 
 import fastrnn
 from fastrnn import io
-from fastrnn.__main__ import main
+from fastrnn.cli.main import main
 from fastrnn.interop import torch_io
 
 torch = pytest.importorskip("torch")

@@ -4,7 +4,7 @@ import xml.dom.minidom
 
 import numpy as np
 
-from fastrnn import demo
+from fastrnn.cli import demo
 
 
 def test_adding_problem_data():

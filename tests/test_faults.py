@@ -586,7 +586,7 @@ FORK = r"""
 import multiprocessing as mp, os, sys, time
 import numpy as np
 import fastrnn
-from fastrnn import _blas
+from fastrnn.kernels import _blas
 _blas.set_min_parallel_work(0)        # the threaded paths even at these sizes
 m = fastrnn.SequenceModel("lstm", input_size=8, hidden_size=64, output_size=3,
                           task="regression", seed=0, n_threads=2)
@@ -607,7 +607,7 @@ def work(i):
     c.fit(x, y, epochs=1, progress=False)
     layer = fastrnn.GRU(8, 32, n_threads=2, seed=i)
     layer(x)
-    return out, fastrnn._threads.effective_n_threads(2), a @ a
+    return out, fastrnn.kernels._threads.effective_n_threads(2), a @ a
 
 if __name__ == "__main__":
     t = time.time()
@@ -635,7 +635,7 @@ if __name__ == "__main__":
 
 
 def test_fork_after_use_does_not_deadlock_and_gives_the_same_results():
-    """Without the fork rule in fastrnn._threads, the first multi-threaded kernel call in a
+    """Without the fork rule in fastrnn.kernels._threads, the first multi-threaded kernel call in a
     "fork" child hung forever in libgomp (measured: lstm_forward)."""
     out = _python(FORK, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -647,7 +647,7 @@ def test_fork_after_use_does_not_deadlock_and_gives_the_same_results():
 def test_a_process_that_never_ran_threads_forks_children_that_may():
     out = _python("""
         import os, numpy as np, fastrnn
-        from fastrnn import _threads
+        from fastrnn.kernels import _threads
         x = np.ones((5, 2, 4), np.float32)
         pid = os.fork()
         if pid == 0:

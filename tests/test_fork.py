@@ -4,7 +4,7 @@ from half-copied weights.
 * Forks at random moments while a thread reloads the weights (``load_state_dict``): before,
   children inherited an odd version count and a writer's lock held by a thread that does
   not exist in the child (19 of 40 hung in their first predict). Now fork waits for a copy
-  under way (fastrnn._guard), so every child's first predict and stream step match the old
+  under way (fastrnn.kernels._guard), so every child's first predict and stream step match the old
   or the new weights exactly, and the child can load weights itself.
 * A Stream made (and stepped on two OpenMP threads) before the fork: libgomp's pool does
   not survive fork, and the child hung in its first step. Now it steps on one thread
@@ -123,7 +123,7 @@ STREAM = FORK_HELPER + r"""
 import sys, threading
 import numpy as np
 import fastrnn
-from fastrnn import _blas
+from fastrnn.kernels import _blas
 _blas.set_min_parallel_work(0)            # two threads even at this size
 B = int(sys.argv[1])
 layer = fastrnn.LSTM(32, 64, num_layers=2, seed=0, n_threads=2)

@@ -95,7 +95,7 @@ def test_golden_file_loads_to_the_same_weights_and_predictions(version, name):
             assert opt_state["state"][k] == v, k
         for k, v in _expected(version, name, "optimizer").items():
             assert opt_state["state"][k].tobytes() == v.tobytes(), k
-        opt = fastrnn.optim.Adam(loaded.parameters(), lr=1.0)
+        opt = fastrnn.nn.optim.Adam(loaded.parameters(), lr=1.0)
         opt.load_state_dict(opt_state["state"])          # resumable
     else:
         assert opt_state is None

@@ -301,7 +301,7 @@ def test_architecture_values_of_unhashable_or_wrong_types_are_rejected(kind):
 def test_optimizer_tensors_of_another_dtype_are_rejected():
     m = fastrnn.SequenceModel("gru", input_size=2, hidden_size=2, output_size=1,
                               task="regression", seed=0)
-    opt = fastrnn.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    opt = fastrnn.nn.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
     for _, g in m.parameters():
         g[...] = 1.0
     opt.step()

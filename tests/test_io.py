@@ -362,7 +362,7 @@ def test_every_optimizer_state_fits_the_bound_the_loader_allows(name, kw, tmp_pa
     from fastrnn.io import _OPTIMIZER_BUFFERS
     m = fastrnn.SequenceModel("lstm", input_size=2, hidden_size=3, output_size=1,
                               task="regression", peephole=True, seed=0)
-    opt = getattr(fastrnn.optim, name)(m.parameters(), **kw)
+    opt = getattr(fastrnn.nn.optim, name)(m.parameters(), **kw)
     assert len(opt.state) <= _OPTIMIZER_BUFFERS
     m.save(tmp_path / "m.fastrnn", optimizer=opt)
     back, state = fastrnn.load(tmp_path / "m.fastrnn", with_optimizer=True)

@@ -40,12 +40,12 @@ def _randomized(make, seed=0):
 
 
 def _layer(obj):
-    return obj._layer if isinstance(obj, fastrnn.layers._Cell) else obj
+    return obj._layer if isinstance(obj, fastrnn.nn.layers._Cell) else obj
 
 
 def _run(obj, rng):
     layer = _layer(obj)
-    if isinstance(obj, fastrnn.layers._Cell):
+    if isinstance(obj, fastrnn.nn.layers._Cell):
         x = rng.standard_normal((3, layer.input_size)).astype(layer.dtype)
         out = obj(x)
         return out if isinstance(out, tuple) else (out,)
@@ -70,7 +70,7 @@ def test_layer_and_cell_files_round_trip_bit_exactly(name, tmp_path):
         assert back.params[k].dtype == a.dtype and back.params[k].tobytes() == a.tobytes(), k
     for a, b in zip(_run(obj, np.random.default_rng(1)), _run(back, np.random.default_rng(1))):
         assert a.tobytes() == b.tobytes()
-    if isinstance(back, fastrnn.layers._Recurrent):
+    if isinstance(back, fastrnn.nn.layers._Recurrent):
         assert not back.training                    # loaded for inference, as models are
 
 
@@ -98,13 +98,13 @@ def test_safetensors_package_and_torch_read_layer_files(tmp_path):
 
 def test_layer_file_with_optimizer_state(tmp_path):
     layer = _randomized(lambda: fastrnn.LSTM(2, 3))
-    opt = fastrnn.optim.Adam([(layer.flat, layer.grad)], lr=1e-2)
+    opt = fastrnn.nn.optim.Adam([(layer.flat, layer.grad)], lr=1e-2)
     layer.grad[...] = 0.1
     opt.step()
     io.save(layer, tmp_path / "l.fastrnn", optimizer=opt)
     back, state = fastrnn.load(tmp_path / "l.fastrnn", with_optimizer=True)
     assert state["name"] == "Adam" and state["state"]["step"] == 1
-    fresh = fastrnn.optim.Adam([(back.flat, back.grad)], lr=1e-2)
+    fresh = fastrnn.nn.optim.Adam([(back.flat, back.grad)], lr=1e-2)
     fresh.load_state_dict(state["state"])
     for k, v in opt.state_dict().items():
         np.testing.assert_array_equal(fresh.state_dict()[k], v)

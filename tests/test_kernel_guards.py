@@ -4,7 +4,7 @@ out of bounds."""
 import numpy as np
 import pytest
 
-from fastrnn import _gru, _lstm, _rnn
+from fastrnn.kernels import _gru, _lstm, _rnn
 
 T, B, I, H = 3, 2, 4, 16
 f = np.float32

@@ -1,4 +1,4 @@
-"""fastrnn.losses: values and gradients against torch.nn.functional (cross_entropy,
+"""fastrnn.nn.losses: values and gradients against torch.nn.functional (cross_entropy,
 binary_cross_entropy_with_logits, mse_loss) and autograd, float32 and float64, with masks
 (torch sees the masked-selected elements), extreme logits, central finite differences in
 float64, and every argument error. The torch comparisons skip when torch is missing.
@@ -8,7 +8,7 @@ Letters: T time steps, B batch, C classes / labels.
 import numpy as np
 import pytest
 
-from fastrnn.losses import (mask_from_lengths, mean_squared_error, sigmoid_binary_cross_entropy,
+from fastrnn.nn.losses import (mask_from_lengths, mean_squared_error, sigmoid_binary_cross_entropy,
                             softmax_cross_entropy)
 
 # (rtol, atol) against torch. Our elementwise math is in the input dtype like torch's, but

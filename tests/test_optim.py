@@ -1,4 +1,4 @@
-"""fastrnn.optim against torch.optim: every optimizer and variant over 20 steps on random
+"""fastrnn.nn.optim against torch.optim: every optimizer and variant over 20 steps on random
 float64 parameters split across two buffers (max abs diff < 1e-12 at every step), a float32
 run, schedules driving the lr; state_dict round trips (also through np.savez) that resume
 bit for bit; clip_grad_norm / clip_grad_value against torch.nn.utils; StepLR and CosineLR
@@ -10,7 +10,7 @@ import io
 import numpy as np
 import pytest
 
-from fastrnn.optim import (SGD, Adagrad, Adam, AdamW, CosineLR, RMSprop, StepLR, WarmupLR,
+from fastrnn.nn.optim import (SGD, Adagrad, Adam, AdamW, CosineLR, RMSprop, StepLR, WarmupLR,
                            clip_grad_norm, clip_grad_value)
 
 SHAPES = [(13,), (4, 5)]            # two flat-ish buffers, as a layer and a head give

@@ -12,12 +12,13 @@ import sys
 import numpy as np
 import pytest
 
-from fastrnn import _blas
+from fastrnn.kernels import _blas
 
 CHECK = r"""
 import sys
 import numpy as np
-from fastrnn import _blas, LSTM, GRU
+from fastrnn.kernels import _blas
+from fastrnn import LSTM, GRU
 import fastrnn.reference as R
 print(_blas.vector_path())
 rng = np.random.default_rng(0)

@@ -273,7 +273,7 @@ def test_separate_streams_in_threads_match_serial_runs():
 
 
 def test_thread_count_follows_the_work_threshold():
-    from fastrnn import _blas
+    from fastrnn.kernels import _blas
     old = _blas.set_min_parallel_work(400000)
     try:
         assert LSTM(64, 64, n_threads=2).stream().n_threads == 1      # 0.13 M multiply-adds

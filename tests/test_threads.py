@@ -7,7 +7,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import fastrnn
-from fastrnn._threads import serial_blas
+from fastrnn.kernels._threads import serial_blas
 
 
 def scipy_blas_threads():
@@ -65,7 +65,7 @@ def test_first_use_from_many_threads_keeps_blas_limited():
     """Every thread entering while the library is being found must take the same path."""
     code = """
 import threading, numpy as np, fastrnn
-from fastrnn._threads import serial_blas
+from fastrnn.kernels._threads import serial_blas
 from threadpoolctl import threadpool_info
 barrier = threading.Barrier(8)
 def work():

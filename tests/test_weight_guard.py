@@ -1,4 +1,4 @@
-"""fastrnn._guard: a write into the weights always finishes.
+"""fastrnn.kernels._guard: a write into the weights always finishes.
 
 * Ctrl-C (SIGINT) landing at random moments of ``load_state_dict``: before, an interrupt
   between the two halves of the version count left it odd for good, and every later stream
@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from fastrnn._guard import HeldSignals, WeightGuard
+from fastrnn.kernels._guard import HeldSignals, WeightGuard
 
 from _isolated import describe, run_python
 

@@ -43,7 +43,7 @@ import os
 
 import numpy as np
 
-from .. import layers as L
+from ..nn import layers as L
 from .torch_io import _type_name, run_fastrnn, run_torch
 
 __all__ = ["compare"]
@@ -112,7 +112,7 @@ def _variant(cell, nonlinearity="tanh", peephole="", coupled=False, reset_after=
 
 def _architecture(obj):
     """(what ``obj`` is, in words; {fact: value} of what it says about itself)."""
-    from ..models import SequenceModel
+    from ..nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         what, facts = _architecture(obj.rnn)
         facts["output_size"] = obj.head.weight.shape[0]
@@ -242,7 +242,7 @@ class _Side:
 
 
 def _side(obj, name):
-    from ..models import SequenceModel
+    from ..nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         return _Side(name, True, lambda x, lengths, state: run_fastrnn(
             obj, _cast(x, obj.dtype), _cast_state(state, obj.dtype), lengths))

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..layers import GRU, LSTM, RNN
+from ..nn.layers import GRU, LSTM, RNN
 from .parity import check_parity, default_tolerance
 
 __all__ = ["from_keras", "keras_reference"]

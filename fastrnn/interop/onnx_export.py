@@ -129,8 +129,8 @@ def to_onnx(obj, path=None, *, check=True, tol=None, opset=None, with_lengths=Fa
 
 def _split(obj):
     """(layer, model or None) of what to_onnx was given."""
-    from ..layers import _Recurrent
-    from ..models import SequenceModel
+    from ..nn.layers import _Recurrent
+    from ..nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         return obj.rnn, obj
     if isinstance(obj, _Recurrent):

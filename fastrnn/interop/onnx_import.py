@@ -1459,7 +1459,7 @@ def _text_metadata(m):
 def _exported_task(m, per_step):
     """The task fastrnn's exporter recorded, when it fits the graph (the graph's logits do
     not say which loss they were trained with)."""
-    from ..models import _TASKS
+    from ..nn.models import _TASKS
     task = _exported_config(m).get("task")
     return task if task in _TASKS and (_TASKS[task][0] == "per_step") == per_step else None
 
@@ -1502,7 +1502,7 @@ def _check_outputs(m, head, last):
 def _head_task(m, head, act, task, vocab_size):
     """The SequenceModel task: given, recorded by fastrnn's exporter, or from the output
     activation (Softmax: classification, Sigmoid: multilabel, none: regression)."""
-    from ..models import _TASKS
+    from ..nn.models import _TASKS
     per_step = head["base"] == "seq"
     if task is not None:
         if task not in _TASKS or (_TASKS[task][0] == "per_step") != per_step:
@@ -1522,7 +1522,7 @@ def _head_task(m, head, act, task, vocab_size):
 
 def _sequence_model(m, head, act, task, embedding, rnn_args, sd):
     """A SequenceModel holding the graph's embedding, stack (state dict ``sd``) and head."""
-    from ..models import SequenceModel
+    from ..nn.models import SequenceModel
     for name in (embedding, head["weight"], head["bias"]):
         if name is not None and name not in m._const:
             _refuse(f"{name!r} (embedding or output layer) is a graph input; give it as an "
@@ -1550,7 +1550,7 @@ def _sequence_model(m, head, act, task, embedding, rnn_args, sd):
 
 def _build_fastrnn(m, task):
     """(fastrnn object, derive(feeds) -> the graph outputs computed with that object)."""
-    from .. import layers as L
+    from ..nn import layers as L
     specs, first = m.layers, m.layers[0]
     _check_stack(specs)
     src, lengths_src = first["x_tag"]["src"], first["lengths_src"]

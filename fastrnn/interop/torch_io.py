@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import layers as L
+from ..nn import layers as L
 from .parity import check_parity
 
 __all__ = ["from_torch", "to_torch", "read_state_dict", "write_state_dict", "run_torch"]
@@ -538,7 +538,7 @@ def to_torch(obj, *, check=True, tol=None):
     outputs or final states differ by more than ``tol``; the largest absolute difference is
     set as ``module.parity_max_abs_diff`` (None when not checked).
     """
-    from ..models import SequenceModel
+    from ..nn.models import SequenceModel
     torch = _torch()
     if isinstance(obj, SequenceModel):
         module = _model_to_torch(torch, obj)
@@ -744,7 +744,7 @@ def run_torch(module, x, state=None, lengths=None):
 def run_fastrnn(obj, x, state=None, lengths=None):
     """A fastrnn layer, cell or SequenceModel on numpy inputs (dropout off); returns
     ``(out, states)`` as :func:`run_torch` does."""
-    from ..models import SequenceModel
+    from ..nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         return obj.forward(x, lengths, state)[0], None
     if isinstance(obj, L._Cell):
@@ -759,7 +759,7 @@ def run_fastrnn(obj, x, state=None, lengths=None):
 
 def _random_case(obj, rng):
     """A random input and initial state in ``obj``'s layout and dtype."""
-    from ..models import SequenceModel
+    from ..nn.models import SequenceModel
     T, B = _PARITY_T, _PARITY_B
     if isinstance(obj, SequenceModel):
         if obj.embedding is not None:

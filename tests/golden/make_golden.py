@@ -91,7 +91,7 @@ def params_of(obj):
 
 def dtype_of(obj):
     return obj.dtype if isinstance(obj, fastrnn.SequenceModel) else (
-        obj._layer.dtype if isinstance(obj, fastrnn.layers._Cell) else obj.dtype)
+        obj._layer.dtype if isinstance(obj, fastrnn.nn.layers._Cell) else obj.dtype)
 
 
 def inputs_for(cls, kwargs, obj, seed):
@@ -142,8 +142,8 @@ def machine():
     """Where outputs are computed: the kernels' vector path and the BLAS core (their last
     bits depend on both)."""
     from threadpoolctl import threadpool_info
-    from fastrnn import _blas
-    from fastrnn._threads import serial_blas
+    from fastrnn.kernels import _blas
+    from fastrnn.kernels._threads import serial_blas
     with serial_blas:           # loads the BLAS the kernels call
         pass
     ours = {lib.filepath for lib in serial_blas._libs}
@@ -162,7 +162,7 @@ def make(seed_base=0):
             p[...] = rng.uniform(-0.6, 0.6, p.shape)
         optimizer = None
         if name == "model-lstm-adam-f32":
-            optimizer = fastrnn.optim.Adam(obj.parameters(), lr=1e-2)
+            optimizer = fastrnn.nn.optim.Adam(obj.parameters(), lr=1e-2)
             for _ in range(2):
                 for _, g in obj.parameters():
                     g[...] = rng.standard_normal(g.shape)

@@ -10,7 +10,7 @@
 # of every batch row and computes them with a single-threaded BLAS call; one region per
 # sequence, a barrier per step), and over rows
 # or columns of the hoisted GEMMs. BLAS must be limited to one thread by the caller.
-include "_kernel_common.pxi"
+include "_common.pxi"
 
 
 cdef void rnn_step_units(floating *hbuf, const floating *x, const floating *W_ih, int I,

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .models import SequenceModel
+from ..nn.models import SequenceModel
 
 BASELINE_MSE = 2 / 12
 

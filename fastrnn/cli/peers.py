@@ -10,7 +10,7 @@ Groups, float32, input size = hidden size, T=100:
   import time               `import fastrnn` in a fresh interpreter, median of 5
 
 Everything runs in one process at each thread count. Before a case is timed, fastrnn is
-checked against the numpy reference (fastrnn.benchmark.verify) and every peer's output
+checked against the numpy reference (fastrnn.cli.bench.verify) and every peer's output
 (and, for training, every gradient) against fastrnn's; then all sides run in alternating
 blocks after a warm-up and the medians of single calls are compared. Speed-up = peer time
 / fastrnn time. A peer that is not installed is skipped (`pip install torch onnx
@@ -24,7 +24,7 @@ import re
 import sys
 import time
 
-from fastrnn.benchmark import (compare_peers, compare_stream, compare_train, import_seconds,
+from fastrnn.cli.bench import (compare_peers, compare_stream, compare_train, import_seconds,
                                machine_info, make_case, peer_versions, sgemm_peak,
                                train_peak_mib)
 

@@ -520,7 +520,7 @@ class _Schedule:
 
     def __init__(self, optimizer):
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a fastrnn.optim.Optimizer, "
+            raise TypeError(f"optimizer must be a fastrnn.nn.optim.Optimizer, "
                             f"got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.base_lr = optimizer.lr

@@ -14,7 +14,7 @@ resets its own pool at fork). Use the "forkserver" or "spawn" start method for c
 that should run multi-threaded kernels. A :class:`fastrnn.Stream` made before the fork
 steps on the calling thread alone in the child, with the same results (the thread split
 does not change them); make streams in the child for threaded steps there. Weights being
-replaced in another thread at the fork are never inherited half copied (fastrnn._guard).
+replaced in another thread at the fork are never inherited half copied (fastrnn.kernels._guard).
 """
 import os
 import threading
@@ -27,7 +27,7 @@ _forked_after_threads = False       # a fork child of a process where that had h
 
 
 def effective_n_threads(n_threads=None):
-    """:func:`fastrnn._openmp.effective_n_threads` (which validates and resolves
+    """:func:`fastrnn.kernels._openmp.effective_n_threads` (which validates and resolves
     ``n_threads``), except 1 in a process forked after multi-threaded use (see above)."""
     global _threads_used
     n = _resolve_n_threads(n_threads)
@@ -55,7 +55,7 @@ class _SerialBLAS:
     threads neither restore the thread count under each other's feet nor pay for a
     set/restore each. Only the BLAS that scipy.linalg.cython_blas calls is touched (numpy's
     copy keeps its own setting); when it cannot be identified, every BLAS is limited.
-    When it is one OpenBLAS, its own get/set functions are called from C (fastrnn._blas),
+    When it is one OpenBLAS, its own get/set functions are called from C (fastrnn.kernels._blas),
     ~0.2 us instead of ~2 us through threadpoolctl; the GIL makes that path atomic.
     """
 

@@ -19,7 +19,7 @@
 # Parallelism: OpenMP over hidden units inside a step, one region per sequence with a
 # barrier per step; reset-before needs every r before the n product: a second barrier.
 # BLAS is single-threaded.
-include "_kernel_common.pxi"
+include "_common.pxi"
 
 
 cdef void gru_rz_units(GRUShape s, floating *gates, const floating *h_prev,

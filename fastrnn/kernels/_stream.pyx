@@ -20,7 +20,7 @@
 # A lock serialises calls on one Stream; separate Streams run concurrently.
 #
 # Weights replaced while streams run (layer.load_state_dict, a step of fit): the writer
-# makes the layer's version count (fastrnn._guard, gen_array) odd, copies in place, makes
+# makes the layer's version count (fastrnn.kernels._guard, gen_array) odd, copies in place, makes
 # it even. A step reads the count before and after its arithmetic, which writes only the
 # [1] halves, the scratch and y; if the count moved (or was odd) the step is run again from
 # the unchanged [0] state, and only then carried. So every step computes from one version
@@ -36,7 +36,7 @@
 # the caller's layer read once (_layer_spec).
 #
 # Fork: in a child process (a stream made before os.fork) a step runs on the calling
-# thread alone (libgomp's pool does not survive fork, fastrnn._threads; the thread split
+# thread alone (libgomp's pool does not survive fork, fastrnn.kernels._threads; the thread split
 # does not change the result, bit for bit); its lock is made anew if a thread of the parent
 # held it, and a state that thread was writing at that moment is refused until reset().
 from cython cimport floating
@@ -290,7 +290,7 @@ cdef class Stream:
     cdef PyThread_type_lock lock
     cdef readonly object layer
     cdef object arrays          # everything the plan points into, kept alive
-    cdef object guard           # the layer's fastrnn._guard.WeightGuard, or None
+    cdef object guard           # the layer's fastrnn.kernels._guard.WeightGuard, or None
     cdef object dtype
     cdef int typenum, I
     cdef bint is_f32, lstm, needs_blas
@@ -375,7 +375,7 @@ cdef class Stream:
         self._zero_hn_offset = (B * p.GH + 2 * B * H + L * p.GH) * isz
         work = sum(B * p.GH * (H + (spec.input_size if l == 0 else H)) for l in range(L))
         p.n_threads = step_threads(spec.n_threads, H, work)
-        # the weight version count of fastrnn._guard, read by every step without the GIL
+        # the weight version count of fastrnn.kernels._guard, read by every step without the GIL
         self.guard = spec.guard
         self.gen = NULL
         if spec.gen_array is not None:
@@ -386,7 +386,7 @@ cdef class Stream:
 
     @property
     def guarded(self):
-        """True when each step follows the layer's weight version (fastrnn._guard): a
+        """True when each step follows the layer's weight version (fastrnn.kernels._guard): a
         step that overlaps a weight replacement is run again from the same state."""
         return self.gen != NULL
 
@@ -688,7 +688,7 @@ def _layer_spec(layer, batch, params, n_threads):
     s.guard, s.gen_array = None, None
     if guard is not None:
         if not isinstance(guard, WeightGuard):
-            raise TypeError(f"layer._guard must be a fastrnn._guard.WeightGuard, got "
+            raise TypeError(f"layer._guard must be a fastrnn.kernels._guard.WeightGuard, got "
                             f"{type(guard).__name__}")
         gen = guard.gen_array
         gen = np.ndarray.view(gen, np.ndarray) if isinstance(gen, np.ndarray) else None

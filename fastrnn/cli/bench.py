@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from . import functional as F
-from . import reference as R
-from ._openmp import cpu_count, openmp_enabled
+from .. import functional as F
+from .. import reference as R
+from ..kernels._openmp import cpu_count, openmp_enabled
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -39,7 +39,7 @@ def machine_info():
     blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, "
             f"{i['num_threads']} threads, {os.path.basename(i['filepath'])})"
             for i in threadpool_info() if i["user_api"] == "blas"]
-    from ._blas import vector_path
+    from ..kernels._blas import vector_path
     return {"cpu": model, "cores": cpu_count(), "simd": " ".join(simd) or "unknown",
             "kernels": vector_path(),
             "blas": "; ".join(blas), "openmp": openmp_enabled(),
@@ -340,8 +340,8 @@ def compare_peers(c, n_threads=1, peers=("torch", "onnxruntime"), repeats=5, min
 def fastrnn_train_step(c, n_threads, lr=1e-3):
     """(step, layer): one fastrnn.LSTM/GRU layer with the case's weights, zero initial
     state, upstream gradient c["dhs"]; step() = zero_grad, forward, backward, Adam update."""
-    from .layers import GRU, LSTM
-    from .optim import Adam
+    from ..nn.layers import GRU, LSTM
+    from ..nn.optim import Adam
     layer = {"lstm": LSTM, "gru": GRU}[c["cell"]](c["I"], c["H"], n_threads=n_threads)
     layer.load_state_dict({name + "_l0": c["params"][k] for k, name in
                            (("W_ih", "weight_ih"), ("W_hh", "weight_hh"),
@@ -468,7 +468,7 @@ def train_peak_mib(lib, cell, T, B, H, n_threads, steps=2):
     VmRSS), builds the model and Adam and runs ``steps`` steps. ``step`` is VmHWM minus
     that VmRSS: parameters, gradients, Adam moments, saved activations and every transient
     of a step. ``with_start_up`` counts from before the tiny model instead."""
-    step, total = _python(f"from fastrnn.benchmark import _memory_child; _memory_child("
+    step, total = _python(f"from fastrnn.cli.bench import _memory_child; _memory_child("
                           f"{lib!r}, {cell!r}, {T}, {B}, {H}, {n_threads}, {steps})")
     return float(step), float(total)
 
@@ -488,7 +488,7 @@ def lstm_steppers(p, n_threads, peers=("torch", "onnxruntime")):
     array into the input type it takes. Sides: fastrnn (a ``Stream``), numpy
     (reference at T=1), torch (nn.LSTMCell), onnxruntime (a T=1 LSTM session fed
     initial_h/initial_c). Call torch's step with grad off (compare_stream does)."""
-    from .layers import LSTM
+    from ..nn.layers import LSTM
     GH, I = p["W_ih"].shape
     H = GH // 4
     zero = np.zeros((1, H), np.float32)

@@ -18,7 +18,7 @@
 # every gate block and every row, so the GEMM and the gate math of a step need no barrier
 # between them; one region per sequence, a barrier per step); over rows or columns in the
 # hoisted GEMMs. BLAS is single-threaded.
-include "_kernel_common.pxi"
+include "_common.pxi"
 
 
 cdef LSTMShape make_shape(int T, int B, int I, int H, bint coupled) noexcept nogil:

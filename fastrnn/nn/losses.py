@@ -26,7 +26,7 @@ Reductions::
 """
 import numpy as np
 
-from .functional import _lengths
+from ..functional import _lengths
 
 __all__ = ["mask_from_lengths", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
            "mean_squared_error"]

@@ -30,9 +30,9 @@ import threading
 
 import numpy as np
 
-from . import _gru, _lstm, _openmp, _rnn
-from . import functional as F
-from ._guard import WeightGuard
+from ..kernels import _gru, _lstm, _openmp, _rnn
+from .. import functional as F
+from ..kernels._guard import WeightGuard
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -236,7 +236,7 @@ class _Recurrent:
         (float16/32/64, cast to the layer's dtype). Everything is checked before anything
         is written, and the copy is one step for concurrent readers: a call running
         meanwhile (``__call__``, ``step``, a stream's step) computes entirely from the old
-        weights or entirely from the new ones (fastrnn._guard). The parameter buffer stays
+        weights or entirely from the new ones (fastrnn.kernels._guard). The parameter buffer stays
         the same object, so optimizers and streams made earlier follow the new weights."""
         self._write_params(_checked_state(state, self._layout, self.params))
 
@@ -249,32 +249,12 @@ class _Recurrent:
     def zero_grad(self):
         self.grad.fill(0)
 
-    def __reduce__(self):
-        """Pickle (and copy.deepcopy) as the bytes of a model file, ``fastrnn.io.load_bytes``
-        applied to ``fastrnn.io.model_bytes(self)``: unpickling runs that validated loader
-        and references no other fastrnn code, so a process pool can ship layers safely. The
-        copy comes back in eval mode, with n_threads and the dropout generator at their
-        defaults (they belong to the process, not to the weights)."""
-        from . import io
-        return io.load_bytes, (io.model_bytes(self),)
-
-    def to_onnx(self, path=None, **kwargs):
-        """Export to ONNX (written to ``path`` when given), parity-checked against ONNX
-        Runtime; see :func:`fastrnn.interop.onnx_export.to_onnx`."""
-        from .interop.onnx_export import to_onnx
-        return to_onnx(self, path, **kwargs)
-
     def train(self, mode=True):
         self.training = bool(mode)
         return self
 
     def eval(self):
         return self.train(False)
-
-    def to_torch(self, **kwargs):
-        """The equivalent torch.nn module, parity-checked; see fastrnn.interop.torch_io."""
-        from .interop.torch_io import to_torch
-        return to_torch(self, **kwargs)
 
     # ---- the kernels, per direction --------------------------------------------------
     def _kernel_params(self, sfx):
@@ -526,7 +506,7 @@ class _Recurrent:
         inp = np.ascontiguousarray(x_t)
         if not inp.flags.aligned:               # a misaligned buffer: the kernels get a copy
             inp = inp.copy()
-        # one version of the weights for the whole step (fastrnn._guard, inlined: this is
+        # one version of the weights for the whole step (fastrnn.kernels._guard, inlined: this is
         # the hot path); _step_all changes nothing the caller sees, so it can run again
         guard = self._guard
         g = guard.gen
@@ -564,7 +544,7 @@ class _Recurrent:
         (``reset()`` the stream to start over). The parameter buffer is written in place,
         so the stream's pointers into it stay valid. A stream made before ``os.fork`` steps
         on one thread in the child, with the same results."""
-        from ._stream import Stream
+        from ..kernels._stream import Stream
         if self.bidirectional:
             raise ValueError("a bidirectional layer needs the whole sequence; it cannot stream")
         batch = _positive_int("batch", batch)
@@ -836,17 +816,6 @@ class _Cell:
         if params is not None and name in params:
             return params[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-
-    def to_torch(self, **kwargs):
-        """The equivalent torch.nn cell, parity-checked; see fastrnn.interop.torch_io."""
-        from .interop.torch_io import to_torch
-        return to_torch(self, **kwargs)
-
-    def __reduce__(self):
-        """Pickle as the validated model-file bytes (fastrnn.io), so unpickling runs the
-        checked loader and nothing else; see _Recurrent.__reduce__."""
-        from . import io
-        return io.load_bytes, (io.model_bytes(self),)
 
     def __call__(self, x, state=None):
         layer = self._layer

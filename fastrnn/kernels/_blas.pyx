@@ -130,7 +130,7 @@ globals().update(NoTrans=BLAS_Trans.NoTrans, Trans=BLAS_Trans.Trans)
 
 # ---- BLAS held at one thread while a kernel runs, at C speed ------------------------
 # The OpenMP kernels call BLAS from inside parallel regions, so scipy's OpenBLAS must run
-# single-threaded meanwhile (see fastrnn/_threads.py). threadpoolctl does that through
+# single-threaded meanwhile (see fastrnn/kernels/_threads.py). threadpoolctl does that through
 # Python properties (~2 us a call); with the library's own get/set functions registered
 # here it costs a few hundred ns, which matters for one-step streaming calls. Callers hold
 # the GIL, which serialises enter/exit across Python threads.

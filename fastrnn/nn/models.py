@@ -17,16 +17,14 @@ Tasks (``task=``) pick the output and the loss:
 """
 import difflib
 import functools
-import importlib
-import types
 
 import numpy as np
 
-from . import _blas
-from . import functional as F
+from ..kernels import _blas
+from .. import functional as F
 from . import layers as L
 from . import losses
-from ._threads import serial_blas
+from ..kernels._threads import serial_blas
 
 _TASKS = {
     "next_token": ("per_step", "cross_entropy"),
@@ -112,23 +110,6 @@ class Linear:
         self.weight_grad += dy2.T @ x2
         self.bias_grad += dy2.sum(axis=0)
         return dy @ self.weight
-
-
-class _Delegated:
-    """A method whose function lives in another module, imported when the attribute is
-    first read (so ``import fastrnn`` loads neither the training loop nor the converters):
-    ``model.fit`` is ``fastrnn.training.fit`` bound to the model, with that function's
-    documentation and signature for ``help()`` and ``inspect.signature``."""
-
-    def __init__(self, module, name):
-        self.module, self.name = module, name
-
-    def function(self):
-        return getattr(importlib.import_module(self.module, __package__), self.name)
-
-    def __get__(self, obj, owner=None):
-        function = self.function()
-        return function if obj is None else types.MethodType(function, obj)
 
 
 def _refuse_unknown_arguments(cell, kwargs):
@@ -254,8 +235,6 @@ class SequenceModel:
 
     def eval(self):
         return self.train(False)
-
-    to_torch = _Delegated(".interop.torch_io", "to_torch")
 
     # ---- forward / backward ----------------------------------------------------------
     def _inputs(self, x):
@@ -437,7 +416,7 @@ class SequenceModel:
 
     def loss(self, y, target, lengths=None):
         """(loss, dy) for the task's loss, padding masked out by ``lengths``; the targets
-        are checked by the loss (see :mod:`fastrnn.losses`)."""
+        are checked by the loss (see :mod:`fastrnn.nn.losses`)."""
         mask = None
         if self.output == "per_step" and lengths is not None:
             mask = losses.mask_from_lengths(lengths, y.shape[1]).T      # (B, T)
@@ -540,11 +519,8 @@ class SequenceModel:
         return out.sum(axis=1) / np.maximum(n, 1)[:, None].astype(self.dtype)
 
     def release_buffers(self):
-        """Drop the inference buffers kept per thread (see fastrnn.layers)."""
+        """Drop the inference buffers kept per thread (see fastrnn.nn.layers)."""
         self.rnn.release_buffers()
-
-    save = _Delegated(".io", "save")
-    to_onnx = _Delegated(".interop.onnx_export", "to_onnx")
 
     # ---- streaming -----------------------------------------------------------------
     def initial_state(self, batch=1):
@@ -559,7 +535,7 @@ class SequenceModel:
         if self.output != "per_step":
             raise ValueError("step() is for per-step tasks; this model predicts once per sequence")
         x_t = self._checked_inputs(x_t, ndim=2)
-        g = self._guard.gen                 # fastrnn._guard, inlined: the per-step path
+        g = self._guard.gen                 # fastrnn.kernels._guard, inlined: the per-step path
         if not g & 1:
             out = self._step_checked(x_t, state)
             if self._guard.gen == g:
@@ -582,23 +558,13 @@ class SequenceModel:
         to serve new weights without a new object. Everything is checked first; then the
         copy is one step for concurrent readers: a ``predict``/``evaluate``/``encode``/
         ``step`` running meanwhile, or a stream of ``self.rnn``, computes entirely from the
-        old weights or entirely from the new ones, never from a mix (fastrnn._guard). The
+        old weights or entirely from the new ones, never from a mix (fastrnn.kernels._guard). The
         buffers stay the same objects, so optimizers and streams keep following them."""
         named = self.named_parameters()
         state = L._checked_state(state, [(k, v.shape, None) for k, v in named.items()], named)
         with self._guard.writing():
             for k, a in named.items():
                 a[...] = state[k]
-
-    def __reduce__(self):
-        """Pickle (and copy.deepcopy) as the bytes of a model file: ``fastrnn.io.load_bytes``
-        applied to ``fastrnn.io.model_bytes(self)``. Unpickling runs that validated loader
-        and references no other fastrnn code, so models travel safely to process pools.
-        The copy comes back in eval mode with the default n_threads; the vocabulary is kept."""
-        from . import io
-        return io.load_bytes, (io.model_bytes(self),)
-
-    fit = _Delegated(".training", "fit")
 
     def __repr__(self):
         """The architecture, as PyTorch prints a module: each part with its arguments."""
