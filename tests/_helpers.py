@@ -23,6 +23,19 @@ CASES = {
     "gru_reset_before": dict(cell="gru", reset_after=False),
 }
 
+
+# The cells by family, for tests named after the cell they check (test_lstm_..., test_gru_...).
+CELLS = {"rnn": "RNN (tanh, relu)",
+         "lstm": "LSTM (plain, each peephole, all peepholes, coupled, coupled with peepholes)",
+         "gru": "GRU (reset-after, reset-before)"}
+
+
+def case_names(cell, among=None):
+    """The CASES keys of one cell family ("rnn", "lstm", "gru"), in CASES order, optionally
+    only those in `among`."""
+    return [n for n, c in CASES.items() if c["cell"] == cell and (among is None or n in among)]
+
+
 DTYPES = [np.float32, np.float64]
 
 

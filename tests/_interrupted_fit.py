@@ -1,4 +1,4 @@
-"""Workload for tests/test_fit_integrity.py: ``fit`` interrupted at random moments by a
+"""Workload for tests/training/test_fit_integrity.py: ``fit`` interrupted at random moments by a
 SIGTERM whose handler calls ``sys.exit``, as a service's shutdown handler does.
 
 Usage: ``python _interrupted_fit.py TRIALS SEED``. Prints one JSON line

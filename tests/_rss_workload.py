@@ -2,7 +2,7 @@
 
 Each workload in turn warms up, makes CALLS calls and records its RSS; prints one JSON
 line ``{NAME: {"rss": [after warm-up, then 10 checkpoints] (bytes), "calls": CALLS}}``.
-Used by tests/test_memory.py.
+Used by tests/robustness/test_memory.py.
 """
 import json
 import os

@@ -18,7 +18,7 @@ Run it (needs ``pip install atheris``; 3.0.0 has Linux wheels for CPython 3.11):
 
 The first corpus folder is where libFuzzer adds the inputs it finds interesting, so give it
 an empty scratch folder; ``tests/golden/v1`` seeds it with real files of every kind.
-``tests/test_hostile_files.py::test_fuzz_load_short_run`` runs it for a few seconds.
+``tests/robustness/test_hostile_files.py::test_fuzz_load_short_run`` runs it for a few seconds.
 """
 import json
 import pathlib

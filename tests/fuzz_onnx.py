@@ -15,7 +15,7 @@ atheris``)::
         NEW_CORPUS_DIR SEED_DIR
 
 The first corpus folder is where libFuzzer adds the inputs it finds interesting (give it an
-empty scratch folder). ``tests/test_onnx_hostile.py`` holds the mutation fuzz that runs in
+empty scratch folder). ``tests/robustness/test_onnx_hostile.py`` holds the mutation fuzz that runs in
 the test suite.
 """
 import pathlib
@@ -24,6 +24,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                          # the repository root
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "robustness"))         # test_onnx_hostile, for the seeds
 
 
 def write_seeds(folder):

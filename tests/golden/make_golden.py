@@ -6,7 +6,7 @@ bumped), from the repository root, and commit the folder it writes:
     python tests/golden/make_golden.py
 
 It refuses to touch a folder that exists: the files of every released version stay as they
-were committed, and ``tests/test_golden.py`` checks that each of them keeps loading, to the
+were committed, and ``tests/files/test_golden.py`` checks that each of them keeps loading, to the
 same weights bit for bit and to the same predictions. ``--check`` writes nothing and says
 whether the files the current code writes are still byte-identical to the committed ones of
 the current version (they should be, as long as the writer does not change).

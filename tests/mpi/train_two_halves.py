@@ -1,4 +1,4 @@
-"""Run by tests/test_mpi.py as ``mpiexec -n 2 python train_two_halves.py OUT``: every rank
+"""Run by tests/scaleout/test_mpi.py as ``mpiexec -n 2 python train_two_halves.py OUT``: every rank
 trains on its half of each batch through fastrnn.mpi; rank 0 also trains one process on
 the whole batches (no MPI in that fit). Each rank writes its parameters to OUT."""
 import json

@@ -162,7 +162,7 @@ def test_the_readme_recipe_runs_as_a_script(tmp_path):
     assert len(DASK_BLOCKS) == 1
     script = tmp_path / "predict.py"
     script.write_text(DASK_BLOCKS[0] + "\n    print(y.shape)\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import fastrnn  # noqa: E402
 from fastrnn import OnnxImportError, ParityError  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 F32 = TensorProto.FLOAT
 
 

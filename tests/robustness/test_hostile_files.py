@@ -1,4 +1,4 @@
-"""Hostile model files (issue 6), the cases tests/test_io.py leaves open: files crafted with a
+"""Hostile model files (issue 6), the cases tests/files/test_io.py leaves open: files crafted with a
 *valid* checksum, so that the check behind it must refuse them on its own (overlapping,
 out-of-order and gapped offsets, trailing bytes, huge declared sizes, architectures that ask
 for gigabytes), values of the wrong JSON type anywhere in the header, JSON nested past the
@@ -26,7 +26,7 @@ import fastrnn
 from fastrnn import io
 from fastrnn.io import ModelFileError, load_bytes, model_bytes
 
-HERE = pathlib.Path(__file__).resolve().parent
+HERE = pathlib.Path(__file__).resolve().parents[1]   # tests/: golden/, fuzz_load.py
 GOLDEN = HERE / "golden" / "v1"
 
 

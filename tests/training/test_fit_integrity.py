@@ -116,7 +116,7 @@ def _soak(trials, seed, timeout):
     import pathlib
     import subprocess
     import sys
-    script = pathlib.Path(__file__).with_name("_interrupted_fit.py")
+    script = pathlib.Path(__file__).resolve().parents[1] / "_interrupted_fit.py"
     out = subprocess.run([sys.executable, str(script), str(trials), str(seed)],
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr

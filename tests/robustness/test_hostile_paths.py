@@ -19,7 +19,7 @@ import fastrnn
 from fastrnn import io
 from fastrnn.io import ModelFileError, NotARegularFileError, model_bytes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GIB = 1 << 30
 
 

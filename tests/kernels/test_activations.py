@@ -230,7 +230,7 @@ def test_effective_n_threads_resolution():
 def test_effective_n_threads_respects_omp_num_threads(omp_num_threads, expected):
     """None follows OMP_NUM_THREADS, capped at the CPUs available (read at OpenMP start-up,
     hence a fresh interpreter)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, OMP_NUM_THREADS=omp_num_threads)
     code = "import fastrnn; print(fastrnn.effective_n_threads())"
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 MPI_BLOCKS = [b for b in BLOCKS if "fastrnn.mpi" in b]
 DASK_BLOCKS = [b for b in BLOCKS if "fastrnn.dask" in b]
@@ -16,7 +16,7 @@ DASK_BLOCKS = [b for b in BLOCKS if "fastrnn.dask" in b]
 @pytest.mark.parametrize("i", range(len(BLOCKS)))
 def test_readme_example_runs(i, tmp_path, monkeypatch):
     if BLOCKS[i] in MPI_BLOCKS:
-        pytest.skip("an mpiexec script: run by tests/test_mpi.py")
+        pytest.skip("an mpiexec script: run by tests/scaleout/test_mpi.py")
     if "dask" in BLOCKS[i]:
         pytest.importorskip("distributed", reason="the dask extra is not installed")
     monkeypatch.chdir(tmp_path)

@@ -20,7 +20,7 @@ import pytest
 import fastrnn
 from fastrnn import io
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _python(code, *args, timeout=300, **kw):

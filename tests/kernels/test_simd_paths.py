@@ -66,7 +66,7 @@ def test_each_vector_path(simd, expected):
     env.pop("FASTRNN_SIMD", None)
     if simd is not None:
         env["FASTRNN_SIMD"] = simd
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True,
                          text=True, timeout=120)
@@ -104,13 +104,13 @@ def test_layer_parameters_start_on_a_cache_line():
 
 
 def test_avx2_activations_meet_their_bounds_on_an_avx512_machine():
-    """tests/test_activations.py asserts the measured error bounds of whichever path runs;
+    """tests/kernels/test_activations.py asserts the measured error bounds of whichever path runs;
     where AVX-512 is the default, run it again on the AVX2 path."""
     if _blas.vector_path() != "avx512":
         pytest.skip("AVX-512 is not the default path here: test_activations.py covers it")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, FASTRNN_SIMD="avx2")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          os.path.join(root, "tests", "test_activations.py")],
+                          os.path.join(root, "tests", "kernels", "test_activations.py")],
                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fastrnn import functional as F
+from _helpers import case_names
 from _helpers import (CASES, DTYPES, assert_close_scaled, backward, forward, make_cotangents,
                       make_inputs, torch_forward_backward)
 
@@ -27,8 +28,32 @@ TORCH_CASES = ["rnn_tanh", "rnn_relu", "lstm", "gru_reset_after"]
 
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "ragged"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("name", TORCH_CASES)
-def test_kernels_match_pytorch(name, dtype, lengths):
+@pytest.mark.parametrize("name", case_names("rnn", TORCH_CASES))
+def test_rnn_kernels_match_pytorch(name, dtype, lengths):
+    """RNN, each variant PyTorch has (TORCH_CASES):
+    outputs, final states and every gradient == PyTorch."""
+    _kernels_match_pytorch(name, dtype, lengths)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "ragged"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", case_names("lstm", TORCH_CASES))
+def test_lstm_kernels_match_pytorch(name, dtype, lengths):
+    """LSTM, each variant PyTorch has (TORCH_CASES):
+    outputs, final states and every gradient == PyTorch."""
+    _kernels_match_pytorch(name, dtype, lengths)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "ragged"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", case_names("gru", TORCH_CASES))
+def test_gru_kernels_match_pytorch(name, dtype, lengths):
+    """GRU, each variant PyTorch has (TORCH_CASES):
+    outputs, final states and every gradient == PyTorch."""
+    _kernels_match_pytorch(name, dtype, lengths)
+
+
+def _kernels_match_pytorch(name, dtype, lengths):
     case = CASES[name]
     rng = np.random.default_rng(11)
     a = make_inputs(case, rng, T, B, I, H, dtype)

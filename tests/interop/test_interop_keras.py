@@ -214,7 +214,7 @@ layer = from_keras(w, json.loads({json.dumps(json.dumps(GRU_BEFORE_CONFIG))}))
 assert abs(layer(x)[0] - np.array({expected})).max() < 1e-6
 assert layer.parity_max_abs_diff < 1e-5
 """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr

@@ -239,7 +239,7 @@ def test_a_parity_failure_fails_the_conversion(lstm_pt, tmp_path, capsys, monkey
 
 def test_the_command_line_entry_point(lstm_pt, tmp_path):
     _, path = lstm_pt
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-m", "fastrnn", "convert", str(path),
                            str(tmp_path / "m.fastrnn")], capture_output=True, text=True,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastrnn import functional as F
+from _helpers import case_names
 from _helpers import (CASES, assert_close, backward, forward, make_cotangents, make_inputs,
                       numeric_gradients)
 
@@ -26,8 +27,32 @@ RAGGED = np.array([T, 0, 2])     # full length, zero length, partial
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("lengths", [None, RAGGED], ids=["full", "ragged"])
-@pytest.mark.parametrize("name", list(CASES))
-def test_kernel_gradients_match_finite_differences(name, lengths, n_threads):
+@pytest.mark.parametrize("name", case_names("rnn"))
+def test_rnn_kernel_gradients_match_finite_differences(name, lengths, n_threads):
+    """RNN, every variant in _helpers.CASES: kernel
+    gradients == central finite differences (float64)."""
+    _kernel_gradients_match_finite_differences(name, lengths, n_threads)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("lengths", [None, RAGGED], ids=["full", "ragged"])
+@pytest.mark.parametrize("name", case_names("lstm"))
+def test_lstm_kernel_gradients_match_finite_differences(name, lengths, n_threads):
+    """LSTM, every variant in _helpers.CASES: kernel
+    gradients == central finite differences (float64)."""
+    _kernel_gradients_match_finite_differences(name, lengths, n_threads)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("lengths", [None, RAGGED], ids=["full", "ragged"])
+@pytest.mark.parametrize("name", case_names("gru"))
+def test_gru_kernel_gradients_match_finite_differences(name, lengths, n_threads):
+    """GRU, every variant in _helpers.CASES: kernel
+    gradients == central finite differences (float64)."""
+    _kernel_gradients_match_finite_differences(name, lengths, n_threads)
+
+
+def _kernel_gradients_match_finite_differences(name, lengths, n_threads):
     case = CASES[name]
     rng = np.random.default_rng(sum(map(ord, name)) + n_threads)
     a = make_inputs(case, rng, T, B, I, H, np.float64)

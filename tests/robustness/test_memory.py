@@ -23,7 +23,7 @@ import sys
 import pytest
 
 BOUND = 1 << 20                 # bytes of RSS growth allowed after the warm-up
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # tests/: _rss_workload.py
 # workload -> (calls in the short run, in the long run): the 100,000 for the cheap
 # per-call paths; fit steps cost ~1 ms each
 CALLS = {"stream": (20_000, 100_000), "stream_threads": (10_000, 100_000),

@@ -25,7 +25,7 @@ import pytest
 
 import fastrnn
 
-GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden"
 sys.path.insert(0, str(GOLDEN))
 import make_golden  # noqa: E402
 
