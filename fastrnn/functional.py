@@ -20,14 +20,15 @@ be backpropagated once; pass ``retain_cache=True`` to keep it usable.
 """
 import numpy as np
 
-from .kernels import _gru, _lstm, _rnn
+from ._spec import INT32_MAX, NONLINEARITIES, lengths_array
+from .kernels import _blas, _gru, _lstm, _rnn
+from .kernels._stream import Stream, StepPlan
 from .kernels._threads import effective_n_threads, serial_blas
+from .kernels._threads import check_n_threads  # noqa: F401  (the layers' check, re-exported)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
-           "gru_forward", "gru_backward"]
-
-_INT32_MAX = 2**31 - 1
-
+           "gru_forward", "gru_backward", "step_plan", "rnn_step", "lstm_step", "gru_step",
+           "make_stream"]
 
 class Cache:
     """What backward needs from forward; opaque to callers."""
@@ -100,39 +101,22 @@ def _sizes(x, W_ih, W_hh, G, cell):
     if np.shape(W_ih) != (G * H, I):
         raise ValueError(f"{cell}: W_ih has shape {np.shape(W_ih)}, expected ({G * H}, {I}) "
                          f"for input size {I} and hidden size {H}")
-    if G * H * max(H, I) > _INT32_MAX:
+    if G * H * max(H, I) > INT32_MAX:
         raise ValueError(f"{cell}: a weight matrix of {G * H} x {max(H, I)} values exceeds the "
                          "kernels' 32-bit index range")
-    if T * B * max(G * H, I) > _INT32_MAX or (T + 1) * B * H > _INT32_MAX:
+    if T * B * max(G * H, I) > INT32_MAX or (T + 1) * B * H > INT32_MAX:
         raise ValueError(f"{cell}: T*B*{max(G * H, I)} = {T * B * max(G * H, I)} exceeds the "
                          "kernels' 32-bit index range; split the batch or the sequence")
     return T, B, I, H
 
 
-def _lengths(lengths, T, B=None):
-    """The caller's ``lengths`` as the int64 array ``(B,)`` every computation uses, or None.
 
-    The one place that reads lengths given to fastrnn (the kernels, the layers, the model's
-    entry points and ``fit``, the losses' masks): any integer type (int8 ... uint64, a list)
-    means the same, because arithmetic on the values (``lengths - t0`` in truncated BPTT)
-    happens only after this conversion; in an unsigned type it would wrap. ``B=None``
-    takes any 1-D count. Raises TypeError for non-integers (floats, bools, strings) and
-    ValueError for another shape or a value outside [0, T]."""
-    if lengths is None:
-        return None
-    given = lengths
-    lengths = np.asarray(lengths)
-    if isinstance(given, (list, tuple)) and lengths.size == 0:
-        lengths = lengths.astype(np.int64)      # [] has no dtype of its own: no lengths
-    if lengths.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
-    if lengths.ndim != 1 or (B is not None and lengths.shape != (B,)):
-        want = "(B,)" if B is None else f"({B},)"
-        raise ValueError(f"lengths must have shape {want} (one per batch row), got "
-                         f"{lengths.shape}")
-    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-        raise ValueError(f"lengths must lie in [0, T={T}], got min {lengths.min()}, max {lengths.max()}")
-    return np.ascontiguousarray(lengths, dtype=np.int64)
+def gemm_nt_accumulate(a, b, out):
+    """out += a @ b.T in the kernels' BLAS on one thread (a (M, K), b (N, K), out (M, N),
+    all C-contiguous of one dtype): what the output layer runs, whatever thread pool numpy's
+    BLAS has."""
+    with serial_blas:
+        _blas._gemm_memview(_blas.NoTrans, _blas.Trans, 1.0, a, b, 1.0, out)
 
 
 def _zero_padding(x, lengths, workspace=None):
@@ -222,16 +206,40 @@ def _param_shapes(c):
 
 # ---- vanilla RNN ---------------------------------------------------------------------
 
-_ACTS = {"tanh": 0, "relu": 1}
-
-
 def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh",
                 n_threads=None, workspace=None):
-    """h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh), act = tanh or relu.
+    """Elman RNN over a whole sequence, one direction of one layer::
 
-    Returns ``hs (T, B, H), h_n (B, H), cache``. ``workspace``: a :class:`Workspace` to
-    take the buffers from (outputs and cache then live in it until its next use)."""
-    if not isinstance(nonlinearity, str) or nonlinearity not in _ACTS:
+        h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh)      act = tanh or relu
+
+    Arguments:
+
+    * ``x``: ``(T, B, I)`` input, time-major; ``h0``: ``(B, H)`` initial state, zeros
+      when None. Every float input must have the weights' dtype (float32 or float64; a
+      nested list is taken in it).
+    * ``lengths=None``: ``(B,)`` integers in [0, T]; steps ``t >= lengths[b]`` hold row
+      b's state and output zero, and the final state is the one after its last valid step.
+    * ``n_threads=None``: OpenMP threads (None: OpenMP's default, capped at the CPUs; -1
+      all CPUs); backward uses the forward's count unless given its own.
+    * ``workspace=None``: a :class:`Workspace` to take the buffers from (outputs and cache
+      then live in it until its next use; the layers' inference path).
+    * ``W_ih (H, I)``, ``W_hh (H, H)``, ``b_ih (H,)``, ``b_hh (H,)``: PyTorch's layout.
+    * ``nonlinearity="tanh"``: ``"tanh"`` or ``"relu"``.
+
+    Returns ``hs (T, B, H)`` (every step's output, a view into the cache), ``h_n (B, H)``
+    and the cache for :func:`rnn_backward`.
+
+        >>> import numpy as np
+        >>> from fastrnn import functional as F
+        >>> rng = np.random.default_rng(0)
+        >>> T, B, I, H = 5, 2, 3, 4
+        >>> x = rng.standard_normal((T, B, I))              # float64, as the weights
+        >>> W_ih, W_hh = rng.standard_normal((H, I)), rng.standard_normal((H, H)) * 0.5
+        >>> hs, h_n, cache = F.rnn_forward(x, None, W_ih, W_hh, np.zeros(H), np.zeros(H))
+        >>> hs.shape, h_n.shape, bool((hs[-1] == h_n).all())
+        ((5, 2, 4), (2, 4), True)
+    """
+    if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     dtype = _dtype_of(W_ih)
     T, B, I, H = _sizes(x, W_ih, W_hh, 1, "rnn")
@@ -239,26 +247,52 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     W_ih = _array("W_ih", W_ih, dtype, (H, I))
     W_hh = _array("W_hh", W_hh, dtype, (H, H))
     bias = _array("b_ih", b_ih, dtype, (H,)) + _array("b_hh", b_hh, dtype, (H,))
-    lengths = _lengths(lengths, T, B)
+    lengths = lengths_array(lengths, T, B)
     x = _zero_padding(x, lengths, workspace)
     hbuf = _scratch(workspace, "h", (T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)
     nt = effective_n_threads(n_threads)
     if T and B:
         with serial_blas:
-            _rnn.rnn_forward(hbuf, x, W_ih, W_hh, bias, lengths, _ACTS[nonlinearity], nt)
+            _rnn.rnn_forward(hbuf, x, W_ih, W_hh, bias, lengths, NONLINEARITIES[nonlinearity], nt)
     cache = Cache(cell="rnn", dtype=dtype, T=T, B=B, I=I, H=H, x=x, hbuf=hbuf, W_ih=W_ih,
                   W_hh=W_hh, lengths=lengths, variant=nonlinearity, n_threads=nt)
     return hbuf[1:], _final_state(hbuf, lengths, T), cache
 
 
-def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=True,
+def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=False,
                  need_dx=True):
-    """Backward of :func:`rnn_forward`. ``dhs (T, B, H)`` and ``dh_n (B, H)`` may be None
-    (zeros). Returns ``dx (T, B, I), dh0 (B, H), grads`` with keys W_ih, W_hh, b_ih, b_hh;
-    gradients are accumulated into ``grads`` when given. The RNN cache holds only the
-    hidden states, which backward still needs, so it is never consumed (``retain_cache``
-    is accepted for the same signature as LSTM and GRU)."""
+    """Backward (BPTT) of :func:`rnn_forward`: gradients of a loss given its gradients
+    w.r.t. the outputs (the equations are in fastrnn/kernels/_rnn.pyx's header).
+
+    Arguments:
+
+    * ``dhs``: ``(T, B, H)`` gradient w.r.t. ``hs``, or None (zeros); padding steps' values
+      are ignored. ``dh_n``: ``(B, H)`` gradient w.r.t. ``h_n``, or None.
+    * ``cache``: the forward's third/fourth result.
+    * ``grads=None``: a dict of C-contiguous arrays of the parameters' shapes and dtype
+      (keys as returned) to accumulate ``+=`` into (zero them yourself); None: fresh zeros.
+    * ``n_threads=None``: the forward's thread count, or another.
+    * ``need_dx=True``: False skips the input gradient (``dx`` is None), one GEMM of six.
+    * ``retain_cache=False``: the default of every cell's backward; the RNN cache holds only
+      the hidden states, which backward does not overwrite, so it is never consumed and
+      either value keeps it usable.
+
+    Returns ``dx (T, B, I)`` (None when ``need_dx=False``), ``dh0 (B, H)`` and ``grads``
+    with keys ``W_ih``, ``W_hh``, ``b_ih``, ``b_hh``.
+
+        >>> import numpy as np
+        >>> from fastrnn import functional as F
+        >>> rng = np.random.default_rng(0)
+        >>> x, W_ih = rng.standard_normal((5, 2, 3)), rng.standard_normal((4, 3))
+        >>> W_hh = np.eye(4)
+        >>> hs, h_n, cache = F.rnn_forward(x, None, W_ih, W_hh, np.zeros(4), np.zeros(4))
+        >>> dx, dh0, grads = F.rnn_backward(np.ones_like(hs), None, cache)   # loss = hs.sum()
+        >>> dx.shape, dh0.shape, grads["W_hh"].shape
+        ((5, 2, 3), (2, 4), (4, 4))
+        >>> bool((grads["b_ih"] == grads["b_hh"]).all())    # one bias gradient, twice
+        True
+    """
     c = _check_cache(cache, "rnn")
     T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
     dhs = _upstream("dhs", dhs, dtype, (T, B, H))
@@ -271,7 +305,7 @@ def rnn_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=True
         dpre = np.empty((T, B, H), dtype)
         with serial_blas:
             _rnn.rnn_backward(dx_out, dh, grads["W_ih"], grads["W_hh"], db, dpre, dhs, c.x, c.hbuf,
-                              c.W_ih, c.W_hh, c.lengths, _ACTS[c.variant],
+                              c.W_ih, c.W_hh, c.lengths, NONLINEARITIES[c.variant],
                               _threads(n_threads, c), need_dx)
         grads["b_ih"] += db
         grads["b_hh"] += db
@@ -304,12 +338,50 @@ def _threads(n_threads, cache):
 
 def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None,
                  coupled=False, lengths=None, n_threads=None, workspace=None):
-    """LSTM over a sequence; peepholes ``p_i, p_f, p_o (H,)`` each optional (i and f look
-    at c_{t-1}, o at c_t); ``coupled=True`` stores three gate blocks (i, g, o), f = 1 - i.
+    """LSTM over a whole sequence, one direction of one layer (σ the sigmoid, ``*``
+    elementwise)::
 
-    Returns ``hs (T, B, H), h_n (B, H), c_n (B, H), cache``. ``workspace``: a
-    :class:`Workspace` to take the buffers from (outputs and cache then live in it until its
-    next use)."""
+        a   = x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh     blocks a_i, a_f, a_g, a_o
+        i   = σ(a_i + p_i * c_{t-1})                           input gate
+        f   = σ(a_f + p_f * c_{t-1})                           forget gate (coupled: 1 - i)
+        g   = tanh(a_g)                                        candidate
+        c_t = f * c_{t-1} + i * g                              cell state
+        o   = σ(a_o + p_o * c_t)                               output gate
+        h_t = o * tanh(c_t)                                    output
+
+    Arguments:
+
+    * ``x``: ``(T, B, I)`` input, time-major; ``h0``, ``c0``: ``(B, H)`` initial states,
+      zeros when None. Every float input must have the weights' dtype (float32 or float64; a
+      nested list is taken in it).
+    * ``lengths=None``: ``(B,)`` integers in [0, T]; steps ``t >= lengths[b]`` hold row
+      b's state and output zero, and the final state is the one after its last valid step.
+    * ``n_threads=None``: OpenMP threads (None: OpenMP's default, capped at the CPUs; -1
+      all CPUs); backward uses the forward's count unless given its own.
+    * ``workspace=None``: a :class:`Workspace` to take the buffers from (outputs and cache
+      then live in it until its next use; the layers' inference path).
+    * ``W_ih (G*H, I)``, ``W_hh (G*H, H)``, ``b_ih (G*H,)``, ``b_hh (G*H,)``: gate blocks
+      (i, f, g, o), G = 4, or (i, g, o), G = 3, when ``coupled``.
+    * ``p_i=None``, ``p_f=None``, ``p_o=None``: peephole weights ``(H,)``, each optional
+      (a term missing above when None); ``p_f`` must be None when ``coupled``.
+    * ``coupled=False``: True couples the gates, ``f = 1 - i`` (CIFG).
+
+    Returns ``hs (T, B, H)`` (a view into the cache), ``h_n (B, H)``, ``c_n (B, H)`` and
+    the cache for :func:`lstm_backward`.
+
+        >>> import numpy as np
+        >>> from fastrnn import functional as F
+        >>> rng = np.random.default_rng(0)
+        >>> T, B, I, H = 5, 2, 3, 4
+        >>> x = rng.standard_normal((T, B, I)).astype(np.float32)
+        >>> W_ih = rng.standard_normal((4 * H, I)).astype(np.float32)
+        >>> W_hh = rng.standard_normal((4 * H, H)).astype(np.float32)
+        >>> b = np.zeros(4 * H, np.float32)
+        >>> hs, h_n, c_n, cache = F.lstm_forward(x, None, None, W_ih, W_hh, b, b,
+        ...                                      p_o=np.ones(H, np.float32), lengths=[5, 3])
+        >>> hs.shape, c_n.shape, float(abs(hs[3:, 1]).max())     # row 1 stops after 3 steps
+        ((5, 2, 4), (2, 4), 0.0)
+    """
     _check_flag("coupled", coupled)
     G = 3 if coupled else 4
     if coupled and p_f is not None:
@@ -323,7 +395,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None
     p_i = _optional("p_i", p_i, dtype, (H,))
     p_f = _optional("p_f", p_f, dtype, (H,))
     p_o = _optional("p_o", p_o, dtype, (H,))
-    lengths = _lengths(lengths, T, B)
+    lengths = lengths_array(lengths, T, B)
     x = _zero_padding(x, lengths, workspace)
     hbuf = _scratch(workspace, "h", (T + 1, B, H), dtype)
     cbuf = _scratch(workspace, "c", (T + 1, B, H), dtype)
@@ -344,9 +416,41 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None
 
 def lstm_backward(dhs, dh_n, dc_n, cache, grads=None, n_threads=None, retain_cache=False,
                   need_dx=True):
-    """Backward of :func:`lstm_forward`. Returns ``dx, dh0, dc0, grads`` with keys W_ih,
-    W_hh, b_ih, b_hh and p_i / p_f / p_o for the peepholes in use; accumulates into
-    ``grads`` when given. Consumes the cache unless ``retain_cache=True``."""
+    """Backward (BPTT) of :func:`lstm_forward` (the equations are in
+    fastrnn/kernels/_lstm.pyx's header).
+
+    Arguments:
+
+    * ``dhs``: ``(T, B, H)`` gradient w.r.t. ``hs``, or None (zeros); padding steps' values
+      are ignored. ``dh_n``, ``dc_n``: ``(B, H)`` gradients w.r.t. ``h_n`` and ``c_n``, or
+      None.
+    * ``cache``: the forward's third/fourth result.
+    * ``grads=None``: a dict of C-contiguous arrays of the parameters' shapes and dtype
+      (keys as returned) to accumulate ``+=`` into (zero them yourself); None: fresh zeros.
+    * ``n_threads=None``: the forward's thread count, or another.
+    * ``need_dx=True``: False skips the input gradient (``dx`` is None), one GEMM of six.
+    * ``retain_cache=False``: backward writes the gate gradients over the cached gates
+      (no second ``(T, B, G*H)`` buffer), so the cache can be used once, as PyTorch's
+      ``retain_graph=False``; True keeps it usable for another backward.
+
+    Returns ``dx (T, B, I)`` (None when ``need_dx=False``), ``dh0 (B, H)``, ``dc0 (B, H)``
+    and ``grads`` with keys ``W_ih``, ``W_hh``, ``b_ih``, ``b_hh`` and ``p_i``/``p_f``/
+    ``p_o`` for the peepholes in use.
+
+        >>> import numpy as np
+        >>> from fastrnn import functional as F
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((5, 2, 3))
+        >>> W_ih, W_hh = rng.standard_normal((12, 3)), rng.standard_normal((12, 4))
+        >>> b = np.zeros(12)
+        >>> hs, h_n, c_n, cache = F.lstm_forward(x, None, None, W_ih, W_hh, b, b, coupled=True)
+        >>> dx, dh0, dc0, grads = F.lstm_backward(np.ones_like(hs), None, None, cache)
+        >>> dx.shape, dc0.shape, sorted(grads)
+        ((5, 2, 3), (2, 4), ['W_hh', 'W_ih', 'b_hh', 'b_ih'])
+        >>> F.lstm_backward(None, None, None, cache)
+        Traceback (most recent call last):
+        RuntimeError: lstm_backward already ran on this cache and reused its buffers; ...
+    """
     c = _check_cache(cache, "lstm")
     T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
     dhs = _upstream("dhs", dhs, dtype, (T, B, H))
@@ -387,11 +491,44 @@ def gru_input_bias(b_ih, b_hh, reset_after):
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n_threads=None,
                 workspace=None):
-    """GRU over a sequence, gate order (r, z, n). ``reset_after=True``: PyTorch's form,
-    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); False: Cho et al. 2014,
-    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn). Returns ``hs, h_n, cache``.
-    ``workspace``: a :class:`Workspace` to take the buffers from (outputs and cache then live
-    in it until its next use)."""
+    """GRU over a whole sequence, one direction of one layer (σ the sigmoid, ``*``
+    elementwise)::
+
+        r   = σ(x_t @ W_ir.T + b_ir + h_{t-1} @ W_hr.T + b_hr)            reset gate
+        z   = σ(x_t @ W_iz.T + b_iz + h_{t-1} @ W_hz.T + b_hz)            update gate
+        n   = tanh(x_t @ W_in.T + b_in + r * (h_{t-1} @ W_hn.T + b_hn))   reset_after=True
+        n   = tanh(x_t @ W_in.T + b_in + (r * h_{t-1}) @ W_hn.T + b_hn)   reset_after=False
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    Arguments:
+
+    * ``x``: ``(T, B, I)`` input, time-major; ``h0``: ``(B, H)`` initial state, zeros
+      when None. Every float input must have the weights' dtype (float32 or float64; a
+      nested list is taken in it).
+    * ``lengths=None``: ``(B,)`` integers in [0, T]; steps ``t >= lengths[b]`` hold row
+      b's state and output zero, and the final state is the one after its last valid step.
+    * ``n_threads=None``: OpenMP threads (None: OpenMP's default, capped at the CPUs; -1
+      all CPUs); backward uses the forward's count unless given its own.
+    * ``workspace=None``: a :class:`Workspace` to take the buffers from (outputs and cache
+      then live in it until its next use; the layers' inference path).
+    * ``W_ih (3*H, I)``, ``W_hh (3*H, H)``, ``b_ih (3*H,)``, ``b_hh (3*H,)``: gate blocks
+      (r, z, n), PyTorch's layout.
+    * ``reset_after=True``: PyTorch's and cuDNN's form; False is Cho et al. 2014's.
+
+    Returns ``hs (T, B, H)`` (a view into the cache), ``h_n (B, H)`` and the cache for
+    :func:`gru_backward`.
+
+        >>> import numpy as np
+        >>> from fastrnn import functional as F
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((5, 2, 3))
+        >>> W_ih, W_hh = rng.standard_normal((12, 3)), rng.standard_normal((12, 4))
+        >>> b = np.zeros(12)
+        >>> h0 = np.ones((2, 4))
+        >>> hs, h_n, cache = F.gru_forward(x, h0, W_ih, W_hh, b, b, reset_after=False)
+        >>> hs.shape, h_n.shape
+        ((5, 2, 4), (2, 4))
+    """
     _check_flag("reset_after", reset_after)
     dtype = _dtype_of(W_ih)
     T, B, I, H = _sizes(x, W_ih, W_hh, 3, "gru")
@@ -401,7 +538,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
     b_ih = _array("b_ih", b_ih, dtype, (3 * H,))
     b_hh = _array("b_hh", b_hh, dtype, (3 * H,))
     bias_x = gru_input_bias(b_ih, b_hh, reset_after)
-    lengths = _lengths(lengths, T, B)
+    lengths = lengths_array(lengths, T, B)
     x = _zero_padding(x, lengths, workspace)
     hbuf = _scratch(workspace, "h", (T + 1, B, H), dtype)
     hbuf[0] = _state("h0", h0, dtype, B, H)
@@ -420,8 +557,40 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
 
 def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=False,
                  need_dx=True):
-    """Backward of :func:`gru_forward`. Returns ``dx, dh0, grads`` (W_ih, W_hh, b_ih, b_hh);
-    accumulates into ``grads`` when given. Consumes the cache unless ``retain_cache=True``."""
+    """Backward (BPTT) of :func:`gru_forward` (the equations are in
+    fastrnn/kernels/_gru.pyx's header).
+
+    Arguments:
+
+    * ``dhs``: ``(T, B, H)`` gradient w.r.t. ``hs``, or None (zeros); padding steps' values
+      are ignored. ``dh_n``: ``(B, H)`` gradient w.r.t. ``h_n``, or None.
+    * ``cache``: the forward's third/fourth result.
+    * ``grads=None``: a dict of C-contiguous arrays of the parameters' shapes and dtype
+      (keys as returned) to accumulate ``+=`` into (zero them yourself); None: fresh zeros.
+    * ``n_threads=None``: the forward's thread count, or another.
+    * ``need_dx=True``: False skips the input gradient (``dx`` is None), one GEMM of six.
+    * ``retain_cache=False``: backward writes its gradients over the cached gates (and,
+      with reset_after, the cached ``W_hn h + b_hn``), so the cache can be used once; True
+      keeps it usable for another backward.
+
+    Returns ``dx (T, B, I)`` (None when ``need_dx=False``), ``dh0 (B, H)`` and ``grads``
+    with keys ``W_ih``, ``W_hh``, ``b_ih``, ``b_hh`` (``b_ih`` and ``b_hh`` differ in the n
+    block).
+
+        >>> import numpy as np
+        >>> from fastrnn import functional as F
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((5, 2, 3))
+        >>> W_ih, W_hh = rng.standard_normal((12, 3)), rng.standard_normal((12, 4))
+        >>> b = np.zeros(12)
+        >>> hs, h_n, cache = F.gru_forward(x, None, W_ih, W_hh, b, b)
+        >>> grads = {k: np.zeros(v.shape) for k, v in
+        ...          (("W_ih", W_ih), ("W_hh", W_hh), ("b_ih", b), ("b_hh", b))}
+        >>> dx, dh0, _ = F.gru_backward(None, np.ones((2, 4)), cache, grads=grads,
+        ...                             need_dx=False)            # accumulates into grads
+        >>> dx is None, dh0.shape, bool(grads["W_hh"].any())
+        (True, (2, 4), True)
+    """
     c = _check_cache(cache, "gru")
     T, B, I, H, dtype = c.T, c.B, c.I, c.H, c.dtype
     dhs = _upstream("dhs", dhs, dtype, (T, B, H))
@@ -445,3 +614,105 @@ def gru_backward(dhs, dh_n, cache, grads=None, n_threads=None, retain_cache=Fals
                               dgx, dside, drh, dhs, c.x, gates, c.hbuf, side, c.W_ih,
                               c.W_hh, c.lengths, c.variant, nt, need_dx)
     return dx, dh, grads
+
+
+# ---- one step: the native step of every cell -----------------------------------------
+#
+# Cells, layer.step, SequenceModel.step and Stream run one native function per step
+# (kernels/_stream.pyx run_step, over the same *_step_units as the sequence kernels): a
+# StepPlan holds one layer's weight pointers, checked once; <cell>_step runs it on a state
+# passed in and returns the new state, reading x and the state in place when they are
+# exactly what it takes (a plain C-contiguous aligned array of the weights' dtype).
+
+def step_plan(cell, W_ih, W_hh, b_ih=None, b_hh=None, p_i=None, p_f=None, p_o=None,
+              nonlinearity="tanh", coupled=False, reset_after=True, guard=None):
+    """The native one-step plan of one layer, for :func:`rnn_step` / :func:`lstm_step` /
+    :func:`gru_step`. ``cell``: "rnn", "lstm" or "gru"; weights as the sequence functions
+    take them (``b_ih, b_hh`` both None: no bias; peepholes ``(H,)`` for the LSTM), aligned
+    C-contiguous arrays of one float dtype, read in place on every step (update them in
+    place; the plan keeps them alive). ``guard``: the fastrnn.kernels._guard.WeightGuard the
+    weights are written under, so that each step computes from one version of them."""
+    params = {"W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh}
+    for name, p in (("p_i", p_i), ("p_f", p_f), ("p_o", p_o)):
+        if p is not None:
+            params[name] = p
+    _check_flag("coupled", coupled)
+    _check_flag("reset_after", reset_after)
+    return StepPlan(cell, params, nonlinearity, bool(coupled),
+                    bool(reset_after) if cell == "gru" else False, guard)
+
+
+def _wrong_plan(plan, cell):
+    raise TypeError(f"plan must be a step_plan of a {cell} cell, got {plan!r}")
+
+
+def _step_checked(plan, x, h, c, nt, check):
+    """The step of inputs the native step did not take in place: checked (by the caller's
+    ``check``, with its messages, or by :func:`_step_inputs`), converted, and stepped."""
+    x, h, c = (check or _step_inputs)(plan, x, h, c)
+    out = plan.step(x, h, c, nt)
+    if out is None:
+        raise ValueError(f"{plan.cell}_step: the checked inputs x {np.shape(x)}, h "
+                         f"{np.shape(h)} do not fit the plan (input_size={plan.input_size}, "
+                         f"hidden_size={plan.hidden_size})")
+    return out
+
+
+def _step_inputs(plan, x, h, c):
+    """functional's own check of a step's inputs: x (B, I) or (I,), states of x's batch
+    shape or None, every one of the plan's dtype; C-contiguous aligned copies where needed."""
+    dtype, I, H = plan.dtype, plan.input_size, plan.hidden_size
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x, dtype=dtype)
+    if not isinstance(x, np.ndarray) or x.ndim not in (1, 2):
+        raise ValueError(f"x must be (B, {I}) or ({I},), got {np.shape(x)}")
+    batch = x.shape[:-1]
+    x = _array("x", x, dtype, batch + (I,))
+    if x.ndim == 2 and x.shape[0] * max(plan.hidden_size * 4, I) > INT32_MAX:
+        raise ValueError(f"batch {x.shape[0]} exceeds the kernels' 32-bit index range; split it")
+    h = _optional("h", h, dtype, batch + (H,))
+    c = _optional("c", c, dtype, batch + (H,)) if plan.lstm else c
+    if c is not None and not plan.lstm:
+        raise TypeError(f"a {plan.cell} step has no cell state c")
+    return x, h, c
+
+
+def rnn_step(plan, x, h=None, n_threads=None, check=None):
+    """One step of an Elman RNN: ``h' = act(x @ W_ih.T + b_ih + h @ W_hh.T + b_hh)``.
+
+    ``plan``: :func:`step_plan` ("rnn"); ``x (B, I)`` or ``(I,)``; ``h`` in x's batch shape
+    (``(B, H)`` or ``(H,)``) or None (zeros). Returns ``h'``, a new array. ``check``: a
+    function ``(plan, x, h, c) -> (x, h, c)`` run on inputs the native step cannot read in
+    place, raising the caller's errors (default: this module's)."""
+    if type(plan) is not StepPlan or plan.cell != "rnn":
+        _wrong_plan(plan, "rnn")
+    nt = 1 if n_threads == 1 and type(n_threads) is int else effective_n_threads(n_threads)
+    out = plan.step(x, h, None, nt)          # None: not readable in place
+    return out if out is not None else _step_checked(plan, x, h, None, nt, check)
+
+
+def lstm_step(plan, x, h=None, c=None, n_threads=None, check=None):
+    """One LSTM step (gate order i, f, g, o; peephole and coupled variants as
+    :func:`lstm_forward`): returns ``(h', c')``, new arrays of x's batch shape. Arguments as
+    :func:`rnn_step`; ``c`` the cell state, or None (zeros)."""
+    if type(plan) is not StepPlan or not plan.lstm:
+        _wrong_plan(plan, "lstm")
+    nt = 1 if n_threads == 1 and type(n_threads) is int else effective_n_threads(n_threads)
+    out = plan.step(x, h, c, nt)          # None: not readable in place
+    return out if out is not None else _step_checked(plan, x, h, c, nt, check)
+
+
+def gru_step(plan, x, h=None, n_threads=None, check=None):
+    """One GRU step (gate order r, z, n; reset-after or reset-before as the plan's
+    ``reset_after``): returns ``h'``. Arguments as :func:`rnn_step`."""
+    if type(plan) is not StepPlan or plan.cell != "gru":
+        _wrong_plan(plan, "gru")
+    nt = 1 if n_threads == 1 and type(n_threads) is int else effective_n_threads(n_threads)
+    out = plan.step(x, h, None, nt)          # None: not readable in place
+    return out if out is not None else _step_checked(plan, x, h, None, nt, check)
+
+
+def make_stream(layer, batch, params, n_threads):
+    """A :class:`fastrnn.Stream` of ``layer`` (see ``layer.stream()``): the same native step,
+    its state kept inside."""
+    return Stream(layer, batch, params, n_threads)

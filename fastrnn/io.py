@@ -6,7 +6,9 @@ the tests check that). fastrnn writes it itself so the core needs no extra depen
 reads it itself so that every byte is checked before it is trusted:
 
 * header length bounded (1 MiB) and inside the file; JSON only, no names resolved, no paths;
-* ``__metadata__``: ``fastrnn_format`` (this module reads version 1), ``architecture``
+* ``__metadata__``: ``fastrnn_format`` (this module writes version 2 and reads 1 and 2),
+  ``gate_order`` (version 2: how the weight matrices stack the gate blocks, e.g. ``"ifgo"``;
+  version 1 files hold PyTorch's order, the one fastrnn has always used), ``architecture``
   (a JSON object whose keys and values come from closed sets; ``"kind"`` says what the file
   holds: a :class:`SequenceModel` (no key, or ``"model"``), a bare recurrent stack
   (``"layer"``: ``fastrnn.RNN``/``LSTM``/``GRU``, tensors under their PyTorch names) or a
@@ -55,7 +57,10 @@ import time
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from ._spec import GATE_ORDER, OPTIMIZERS, gate_count
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")    # 1: before gate_order was recorded
 MAX_HEADER = 1 << 20
 _DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 _NAMES = {v: k for k, v in _DTYPES.items()}
@@ -96,7 +101,6 @@ _KINDS = {
               _CELL_KEYS + ("num_layers", "batch_first", "dropout", "bidirectional")),
     "cell": (_CELL_KEYS + tuple(_VARIANT_KEYS), _CELL_KEYS),
 }
-_OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop")
 TEXT_LEVELS = ("char", "word")      # SequenceModel.text_level, when not None
 MAX_TOKEN_CHARS = 1023              # the longest vocabulary entry a file may hold
 
@@ -107,7 +111,6 @@ def is_vocabulary(vocabulary, size):
     MAX_TOKEN_CHARS characters each."""
     return isinstance(vocabulary, list) and size is not None and len(vocabulary) == size \
         and all(isinstance(t, str) and len(t) <= MAX_TOKEN_CHARS for t in vocabulary)
-_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 # temporaries of save(): the pattern that stale-file cleaning matches, and their age limit
 _TMP_PATTERN = re.compile(r"\.fastrnn-[0-9]{1,10}-[0-9a-f]{12}\.tmp")
@@ -120,12 +123,21 @@ def _small_int(v, limit=1 << 24):
 
 
 class ModelFileError(ValueError):
-    """A model file that fastrnn will not load, with the reason."""
+    """A model file that fastrnn will not load, with the reason (a ValueError); the
+    message names the file, or ``model bytes`` for :func:`load_bytes`.
+
+        >>> import fastrnn
+        >>> try:
+        ...     fastrnn.io.load_bytes(b"not a model")
+        ... except fastrnn.ModelFileError as exc:
+        ...     print(exc)
+        model bytes: not a fastrnn or safetensors file: it looks like a text file
+    """
 
 
-def _foreign(head):
+def foreign_format(head):
     """What a file that is not fastrnn's looks like, from its first bytes (up to
-    :data:`_HEAD_BYTES`), and which function reads it; None when unknown."""
+    :data:`HEAD_BYTES`), and which function reads it; None when unknown."""
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
         return "a Python pickle (never loaded: it could run code)"
     if head[:4] == b"PK\x03\x04":
@@ -147,7 +159,7 @@ def _foreign(head):
     return None
 
 
-_HEAD_BYTES = 512            # what _foreign looks at
+HEAD_BYTES = 512            # what foreign_format looks at
 
 
 def _looks_like_text(head):
@@ -165,18 +177,18 @@ def _looks_like_text(head):
 
 def _describe(obj):
     """(architecture, {name: array}, dtype) of a SequenceModel, a layer stack or a cell."""
-    from .nn.layers import _Cell, _Recurrent
+    from .nn.layers import RecurrentCell, RecurrentLayer
     from .nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         return obj.config, obj.named_parameters(), obj.dtype
-    if not isinstance(obj, (_Recurrent, _Cell)):
+    if not isinstance(obj, (RecurrentLayer, RecurrentCell)):
         raise TypeError("fastrnn files hold a SequenceModel, an RNN/LSTM/GRU layer stack or "
                         f"a cell; got {type(obj).__name__}")
-    layer = obj._layer if isinstance(obj, _Cell) else obj
-    arch = dict(kind="cell" if isinstance(obj, _Cell) else "layer", cell=layer.cell,
+    layer = obj._layer if isinstance(obj, RecurrentCell) else obj
+    arch = dict(kind="cell" if isinstance(obj, RecurrentCell) else "layer", cell=layer.cell,
                 dtype=layer.dtype.name, input_size=layer.input_size,
                 hidden_size=layer.hidden_size, bias=layer.bias)
-    if not isinstance(obj, _Cell):
+    if not isinstance(obj, RecurrentCell):
         arch.update(num_layers=layer.num_layers, batch_first=layer.batch_first,
                     dropout=layer.dropout, bidirectional=layer.bidirectional)
     if layer.cell == "rnn":
@@ -195,7 +207,7 @@ def _parameter_bounds(arch):
     The tensors of a file must hold a count in between: what :func:`_build` allocates is
     then a few times the file's size, and a file whose index declares gigabytes for a tiny
     architecture is refused before its tensors are read."""
-    G = 3 if arch["cell"] == "lstm" and arch.get("coupled") else _GATES[arch["cell"]]
+    G = gate_count(arch["cell"], arch.get("coupled", False))
     H, layers = arch["hidden_size"], arch.get("num_layers", 1)
     D = 2 if arch.get("bidirectional") else 1
     inp, n, extra = arch.get("input_size"), 0, D * layers * (2 * G * H + 3 * H)
@@ -212,7 +224,7 @@ def _parameter_bounds(arch):
 
 
 # an optimizer keeps at most this many buffers per parameter (RMSprop centered, with
-# momentum: v, g, m); tests/test_io.py checks every optimizer against it
+# momentum: v, g, m); tests/files/test_io.py checks every optimizer against it
 _OPTIMIZER_BUFFERS = 3
 
 
@@ -234,13 +246,21 @@ def _build(arch, where):
             from None
 
 
+def _gate_order(arch):
+    """How the weight matrices stack the gate blocks of ``arch``'s cell ("ifgo")."""
+    cell = arch.get("cell")
+    return "".join(GATE_ORDER["lstm_coupled" if cell == "lstm" and arch.get("coupled")
+                              else cell])
+
+
 def model_bytes(model, optimizer=None):
     """The file's bytes for ``model`` (a SequenceModel, a layer stack or a cell; and
     optionally its optimizer's state)."""
     config, params, dtype = _describe(model)
     tensors = {name: np.ascontiguousarray(a) for name, a in params.items()}
     meta = {"fastrnn_format": str(FORMAT_VERSION),
-            "architecture": json.dumps(config, sort_keys=True)}
+            "architecture": json.dumps(config, sort_keys=True),
+            "gate_order": _gate_order(config)}
     if getattr(model, "vocabulary", None) is not None:
         meta["vocabulary"] = json.dumps(list(model.vocabulary))
     text_level = getattr(model, "text_level", None)
@@ -289,14 +309,43 @@ def save(model, path, optimizer=None):
     file it points to is replaced and the link stays a link (a dangling link's target is
     created); a folder, FIFO, device or socket at ``path`` is refused
     (:class:`NotARegularFileError`), as is a missing folder (FileNotFoundError); every error
-    names ``path``."""
+    names ``path``.
+
+    Arguments: ``model`` (bound as ``model.save(path)``), ``path`` (a str or path-like),
+    ``optimizer=None`` (a fastrnn optimizer whose state is saved with the model;
+    ``fastrnn.load(path, with_optimizer=True)`` gives it back). :func:`load` reads the
+    file, checking its format version, names, shapes and values.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> model = fastrnn.SequenceModel("gru", input_size=3, hidden_size=4, output_size=2,
+        ...                               seed=0)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "model.safetensors")
+        ...     model.save(path)
+        ...     again = fastrnn.load(path)
+        >>> x = np.ones((1, 5, 3), np.float32)
+        >>> bool((again.predict(x) == model.predict(x)).all())
+        True
+    """
     atomic_write(path, model_bytes(model, optimizer), what="model file")
 
 
 class NotARegularFileError(OSError, ValueError):
     """A folder, FIFO, device or socket where a regular file was expected (to write or to
     load). Both an OSError (the path cannot be used as a file) and a ValueError (the
-    caller gave a wrong path), so either ``except`` clause catches it."""
+    caller gave a wrong path), so either ``except`` clause catches it.
+
+        >>> import fastrnn
+        >>> try:
+        ...     fastrnn.save(fastrnn.GRU(2, 3), ".")      # the current folder
+        ... except OSError as exc:
+        ...     print(type(exc).__name__, isinstance(exc, ValueError))
+        NotARegularFileError True
+    """
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -304,7 +353,7 @@ _FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"
                (stat.S_ISSOCK, "a socket"))
 
 
-def _kind_of(mode):
+def kind_of(mode):
     """What a non-regular file is, in words."""
     return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
 
@@ -333,7 +382,7 @@ def _write_target(path, what):
         raise _with_path(exc, path, what) from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise NotARegularFileError(f"cannot write {what} {path}{via}: it is "
-                                   f"{_kind_of(st.st_mode)}, not a file; refusing to "
+                                   f"{kind_of(st.st_mode)}, not a file; refusing to "
                                    "replace it")
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
@@ -558,16 +607,16 @@ def _layout(read, size, where):
     def bad(msg):
         return ModelFileError(f"{where}: {msg}")
     if size < 8:
-        foreign = _foreign(read(0, size))
+        foreign = foreign_format(read(0, size))
         raise bad(f"{size} bytes: not a fastrnn or safetensors file (too short)"
                   + (f"; it looks like {foreign}" if foreign else ""))
-    first = read(0, min(size, _HEAD_BYTES))
+    first = read(0, min(size, HEAD_BYTES))
     (n,) = struct.unpack("<Q", first[:8])
     if 2 <= n <= MAX_HEADER and n > size - 8 and first[8:9] == b"{":
         raise bad(f"truncated: the header alone needs {n} bytes, the file has "
                   f"{size - 8} after the length")
     if n > MAX_HEADER or n > size - 8 or n < 2:
-        foreign = _foreign(first)
+        foreign = foreign_format(first)
         raise bad("not a fastrnn or safetensors file" + (
             f": it looks like {foreign}" if foreign else
             f" (header length {n} does not fit a file of {size} bytes)"))
@@ -595,10 +644,15 @@ def _layout(read, size, where):
     version = meta.get("fastrnn_format")
     if version is None:
         raise bad(f"no fastrnn_format in the metadata: {not_ours}")
-    if version != str(FORMAT_VERSION):
-        raise bad(f"format version {version!r}; this fastrnn reads version {FORMAT_VERSION} "
-                  "(upgrade fastrnn to read newer files)")
+    if version not in READABLE_VERSIONS:
+        raise bad(f"format version {version[:16]!r}; this fastrnn reads versions "
+                  f"{', '.join(READABLE_VERSIONS)} (upgrade fastrnn to read newer files)")
     arch = _architecture(meta.get("architecture"), bad)
+    gate_order = meta.get("gate_order")
+    if version != "1" and gate_order != _gate_order(arch):
+        raise bad(f"gate_order {gate_order if gate_order is None else gate_order[:16]!r}: a "
+                  f"{arch['cell']} cell's weight blocks are stacked {_gate_order(arch)!r} here "
+                  "(a file written in another order would be read wrongly)")
     index = _index(header, size - 8 - n, bad)
     low, high = _parameter_bounds(arch)
     weights = sum(math.prod(shape) for name, _, shape, _, _ in index
@@ -625,9 +679,9 @@ def _layout(read, size, where):
     optimizer = None
     if "optimizer" in meta:
         optimizer = _json(meta["optimizer"], "optimizer metadata", bad)
-        if not isinstance(optimizer, dict) or optimizer.get("name") not in _OPTIMIZERS \
+        if not isinstance(optimizer, dict) or optimizer.get("name") not in OPTIMIZERS \
                 or not isinstance(optimizer.get("scalars"), dict):
-            raise bad("optimizer metadata must name one of " + ", ".join(_OPTIMIZERS))
+            raise bad("optimizer metadata must name one of " + ", ".join(OPTIMIZERS))
     return _Layout(meta, arch, optimizer, index, 8 + n, size)
 
 
@@ -694,6 +748,8 @@ def _checksum(meta, data):
     h = hashlib.sha256()
     for key in ("fastrnn_format", "architecture", "optimizer", "vocabulary"):
         h.update(key.encode() + b"=" + meta.get(key, "").encode() + b"\n")
+    if "gate_order" in meta:              # version 2 on; version 1 files keep their sums
+        h.update(b"gate_order=" + meta["gate_order"].encode() + b"\n")
     if "text_level" in meta:              # added later: files without it keep their sums
         h.update(b"text_level=" + meta["text_level"].encode() + b"\n")
     h.update(data)
@@ -834,14 +890,14 @@ def _open_regular(path, what="model file"):
     (O_NONBLOCK) and :func:`os.fstat` refuses what replaced the file in between."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise NotARegularFileError(f"cannot load {path}: it is {_kind_of(st.st_mode)}, "
+        raise NotARegularFileError(f"cannot load {path}: it is {kind_of(st.st_mode)}, "
                                    f"not a {what}")
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
                  | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotARegularFileError(f"cannot load {path}: it is {_kind_of(st.st_mode)}, "
+            raise NotARegularFileError(f"cannot load {path}: it is {kind_of(st.st_mode)}, "
                                        f"not a {what}")
     except BaseException:
         os.close(fd)

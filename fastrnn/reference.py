@@ -42,6 +42,24 @@ float32 or float64.  All floating-point inputs of a forward call must share
 one dtype, and everything is computed and returned in that dtype (no silent
 upcast).  Upstream gradients given to a backward call are converted to the
 dtype of its forward pass.  Backward returns freshly allocated arrays.
+
+Example: the oracle against the compiled kernels (:mod:`fastrnn.functional`, same
+arguments)::
+
+    >>> import numpy as np
+    >>> from fastrnn import functional, reference
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, I, H = 4, 2, 3, 5
+    >>> x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    >>> W_ih, W_hh = rng.standard_normal((3 * H, I)), rng.standard_normal((3 * H, H))
+    >>> b_ih, b_hh = rng.standard_normal(3 * H), rng.standard_normal(3 * H)
+    >>> hs, h_n, cache = reference.gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=[4, 2])
+    >>> hs_k, h_n_k, _ = functional.gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=[4, 2])
+    >>> bool(np.allclose(hs, hs_k) and np.allclose(h_n, h_n_k))
+    True
+    >>> dx, dh0, grads = reference.gru_backward(np.ones_like(hs), None, cache)
+    >>> dx.shape, dh0.shape, sorted(grads)
+    ((4, 2, 3), (2, 5), ['W_hh', 'W_ih', 'b_hh', 'b_ih'])
 """
 
 import numpy as np

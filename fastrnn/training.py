@@ -11,10 +11,10 @@ import time
 import numpy as np
 
 from . import io
+from ._spec import OPTIMIZERS
 from .nn import optim
 
-_OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
-               "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
+_OPTIMIZERS = {name.lower(): getattr(optim, name) for name in OPTIMIZERS}
 
 
 def _as_batch_data(model, x, y, lengths, what="training"):
@@ -377,72 +377,129 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
         validation_data=None, early_stopping=None, shuffle=True, seed=0, tbptt=None,
         progress=True, checkpoint=None, checkpoint_every=None, best_checkpoint=None,
         max_steps=None, allreduce=None, resume=None):
-    """Train ``model`` on ``x`` (N sequences) and ``y`` (targets) and return the history.
+    """Train ``model`` (a :class:`~fastrnn.SequenceModel`) on ``x`` and ``y``; return the
+    history. Bound as ``model.fit(x, y, ...)``, which is this function.
 
-    ``x``: padded array ``(N, T, I)`` (or ``(N, T)`` token ids) with ``lengths (N,)``, or a
-    list of ragged sequences (padded here). ``y``: per-step targets ``(N, T[, C])`` or
-    per-sequence ``(N[, C])`` as the task wants. The data (``validation_data`` too) follow
-    the model's input rule (see :class:`~fastrnn.SequenceModel`): everything, every target
-    included, is checked before the first update. ``optimizer``: a name ("adam", "adamw",
-    "sgd", "rmsprop", "adagrad") or an optimizer built on ``model.parameters()``.
-    ``clip_norm``: global-norm clipping (g <- g * clip_norm / ||g|| when ||g|| exceeds it);
-    ``clip_value``: element-wise. ``schedule``: a callable ``optimizer -> schedule`` (e.g.
-    ``lambda o: optim.CosineLR(o, total_steps)``); the schedule's ``step()`` is called after
-    each update. ``validation_data``: ``(x, y)`` or ``(x, y, lengths)``; ``early_stopping``:
-    patience in epochs on the validation loss (the best weights are restored).
-    ``tbptt``: chunk length k for truncated BPTT (per-step tasks): the state is carried
-    across chunks, the gradient cut between them, one update per chunk. ``max_steps``
-    stops after that many updates in all (a resumed run's included); an epoch it cuts
-    short is still reported and validated.
+    Each epoch shuffles the N sequences, cuts them into batches of ``batch_size`` and makes
+    one update per batch (per ``tbptt`` chunk): forward with dropout, the task's loss
+    (padding masked out), backward, clipping, then the optimizer's and the schedule's
+    step. The data (``validation_data`` too) follow the model's input rule (see
+    :class:`~fastrnn.SequenceModel`), and everything, every target and hyper-parameter
+    included, is checked before the first update. The model is left in eval mode.
 
-    ``checkpoint``: a path where the model and the optimizer's state are saved (atomically,
-    as :func:`fastrnn.io.save` writes them) at the first batch end at or after every
-    ``checkpoint_every`` updates and at the end of every epoch, and where the loop's own
-    state goes next to it (``<checkpoint>.fit-state.json``: epoch, batch position, shuffle
-    and dropout generators, schedule state, step count, history, early-stopping state).
-    ``resume``: such a checkpoint (usually the same path) to continue a run from, with the
-    same data and the same loop arguments (``batch_size``, ``shuffle``, ``tbptt`` and
-    whether there is validation data, checked; ``epochs``, ``max_steps`` and
-    ``checkpoint_every`` may change): the resumed run continues exactly where the
-    checkpoint was written, so it ends with the parameters, optimizer state and history of
-    a run never stopped, bit for bit. The checkpoint's model must have this model's
-    architecture, its optimizer this run's optimizer's class; its learning rate and
-    schedule state replace the ones given. ``best_checkpoint``: a path for the model of the
-    best validation loss so far; it must be another file than ``checkpoint`` (compared
-    once links are resolved). Paths are checked for writing before the first update.
+    Arguments:
 
-    A non-finite output, loss or gradient stops training with FloatingPointError before the
-    update, and an update that leaves a parameter non-finite is undone before the same
-    error. Each update is all or nothing: an exception raised inside it (a signal handler
-    calling ``sys.exit``, Ctrl-C, a MemoryError) leaves the model, a fastrnn optimizer and
-    the schedule as they were before it, and signals whose Python handlers would raise are
-    held until it is complete (fastrnn.kernels._guard). Ctrl-C (KeyboardInterrupt) stops training
-    within one kernel call (a training step's forward or backward through one layer;
-    ``tbptt`` shortens them for long sequences), so the model holds the parameters of its
-    last complete step. Each update is one step for threads that read the model meanwhile
-    (``predict`` never sees half an update). Hyper-parameters are checked before anything
-    runs.
+    * ``x``: a padded array ``(N, T, I)`` (``(N, T)`` token ids), or a list of N ragged
+      sequences ``(T_i, I)`` / ``(T_i,)``, padded here (their lengths taken from them).
+    * ``y``: targets for the model's task: per-step ``(N, T)`` class indices or ``(N, T,
+      C)`` values, per-sequence ``(N,)`` class indices or ``(N, C)`` values; a ragged list
+      for per-step tasks with ragged ``x``.
+    * ``lengths``: ``(N,)`` integers in [0, T] for a padded ``x``; steps at or past a row's
+      length are padding (no loss, no gradient). Batches are cut to their longest row.
+      Default ``None``.
+    * ``epochs``: passes over the data. Default ``10``.
+    * ``batch_size``: sequences per update (the last batch of an epoch may be smaller).
+      Default ``32``.
+    * ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"`` or ``"adagrad"`` (the
+      :mod:`fastrnn.nn.optim` class, built with ``lr`` and ``weight_decay``), or an
+      optimizer object built on ``model.parameters()`` (then ``lr`` and ``weight_decay`` are
+      not used). Default ``"adam"``.
+    * ``lr``: learning rate of a named optimizer. Default ``1e-3``.
+    * ``weight_decay``: weight decay of a named optimizer; 0 keeps the optimizer's own
+      default, which is 0 for all but ``"adamw"`` (0.01, as ``torch.optim.AdamW``). Default
+      ``0.0``.
+    * ``clip_norm``: global-norm clipping over all gradients, ``g <- g * clip_norm / ||g||``
+      when ``||g||`` exceeds it. Default ``None``.
+    * ``clip_value``: element-wise clipping to ``[-clip_value, clip_value]``; with both,
+      values are clipped first, then the norm. Default ``None``.
+    * ``schedule``: a callable ``optimizer -> schedule`` (e.g. ``lambda o: optim.CosineLR(o,
+      total_steps)``); the schedule's ``step()`` runs after each update. Default ``None``.
+    * ``validation_data``: ``(x, y)`` or ``(x, y, lengths)``, evaluated after each epoch
+      (``model.evaluate``): ``val_loss`` and ``val_accuracy`` in the history. Default
+      ``None``.
+    * ``early_stopping``: patience in epochs on the validation loss (needs
+      ``validation_data``); when training stops, the best weights are restored. Default
+      ``None``.
+    * ``shuffle``: a new order of the sequences every epoch (False: their order). Default
+      ``True``.
+    * ``seed``: seeds the shuffling (the model's own ``seed`` fixes its dropout). Default
+      ``0``.
+    * ``tbptt``: chunk length k for truncated BPTT (per-step tasks): the state is carried
+      across chunks, the gradient cut between them, one update per chunk. Default ``None``.
+    * ``progress``: a tqdm bar per epoch when tqdm is installed, else one printed line per
+      epoch; False prints nothing. Default ``True``.
+    * ``checkpoint``: a path where the model and the optimizer's state are saved
+      (atomically, as :func:`fastrnn.io.save` writes them) at the end of every epoch and,
+      with ``checkpoint_every``, at the first batch end at or after every
+      ``checkpoint_every`` updates; the loop's own state goes next to it
+      (``<checkpoint>.fit-state.json``: epoch, batch position, shuffle and dropout
+      generators, schedule state, step count, history, early-stopping state). Default
+      ``None``.
+    * ``checkpoint_every``: updates between checkpoints within an epoch (needs
+      ``checkpoint``). Default ``None``.
+    * ``best_checkpoint``: a path for the model of the best validation loss so far; another
+      file than ``checkpoint`` (compared once links are resolved). Default ``None``.
+    * ``max_steps``: stop after that many updates in all (a resumed run's included); an
+      epoch it cuts short is still reported and validated. Default ``None``.
+    * ``allreduce``: data-parallel training (below). Default ``None``.
+    * ``resume``: a checkpoint (usually the same path as ``checkpoint``) to continue a run
+      from, with the same data and the same loop arguments (``batch_size``, ``shuffle``,
+      ``tbptt`` and whether there is validation data, checked; ``epochs``, ``max_steps`` and
+      ``checkpoint_every`` may change): the resumed run continues exactly where the
+      checkpoint was written, so it ends with the parameters, optimizer state and history of
+      a run never stopped, bit for bit. The checkpoint's model must have this model's
+      architecture, its optimizer this run's optimizer's class; its learning rate and
+      schedule state replace the ones given. Paths are checked for writing before the first
+      update. Default ``None``.
 
-    ``allreduce``: data-parallel training over several processes, each running ``fit`` on
-    its own part of every batch (:func:`fastrnn.mpi.shard` picks the rows). A callable
-    ``allreduce(buffer)`` that sums a 1-D array in place across the processes (MPI's
-    ``Allreduce`` with ``SUM``; :class:`fastrnn.mpi.Allreduce` is one). It is called once
-    per update with the flat gradient buffer, each process's gradient weighted by its number
-    of loss terms, so the update equals one process training on the whole batch even when
-    the parts differ in size or length. When it has a ``broadcast(buffer)`` method (rank 0's
-    values in place), the parameters are broadcast at the start; its ``rank`` attribute
-    (0 when absent) limits checkpoints and the progress bar to rank 0. Every decision (NaN
-    stop, validation loss, early stopping) is taken on reduced values, so all processes
-    take it together; a failure on one process (its inputs, a target, a validation
-    batch, rank 0's checkpoint write) makes every process raise instead of waiting. Every
-    process must get the same model and the same loop arguments (epochs, max_steps, tbptt,
-    early stopping, the checkpoint arguments), checked at the start. To resume, every
-    process passes ``resume`` (rank 0's checkpoint, readable by all) and the same number of
-    rows as before.
+    Failures: a non-finite output, loss or gradient stops training with
+    FloatingPointError before the update, and an update that leaves a parameter
+    non-finite is undone before the same error. Each update is all or nothing: an
+    exception raised inside it (a signal handler calling ``sys.exit``, Ctrl-C, a
+    MemoryError) leaves the model, a fastrnn optimizer and the schedule as they were
+    before it, and signals whose Python handlers would raise are held until it is
+    complete (fastrnn.kernels._guard). Ctrl-C (KeyboardInterrupt) stops training within
+    one kernel call (a training step's forward or backward through one layer; ``tbptt``
+    shortens them for long sequences), so the model holds the parameters of its last
+    complete step. Each update is one step for threads that read the model meanwhile
+    (``predict`` never sees half an update).
+
+    Data-parallel training, ``allreduce``: several processes each run ``fit`` on their
+    own part of every batch (:func:`fastrnn.mpi.shard` picks the rows). ``allreduce`` is
+    a callable ``allreduce(buffer)`` that sums a 1-D array in place across the processes
+    (MPI's ``Allreduce`` with ``SUM``; :class:`fastrnn.mpi.Allreduce` is one). It is
+    called once per update with the flat gradient buffer, each process's gradient
+    weighted by its number of loss terms, so the update equals one process training on
+    the whole batch even when the parts differ in size or length. When it has a
+    ``broadcast(buffer)`` method (rank 0's values in place), the parameters are
+    broadcast at the start; its ``rank`` attribute (0 when absent) limits checkpoints and
+    the progress bar to rank 0. Every decision (NaN stop, validation loss, early
+    stopping) is taken on reduced values, so all processes take it together; a failure
+    on one process (its inputs, a target, a validation batch, rank 0's checkpoint write)
+    makes every process raise instead of waiting. Every process must get the same model
+    and the same loop arguments (epochs, max_steps, tbptt, early stopping, the checkpoint
+    arguments), checked at the start. To resume, every process passes ``resume`` (rank
+    0's checkpoint, readable by all) and the same number of rows as before.
 
     Returns ``{"loss": [...], "val_loss": [...], "val_accuracy": [...], "steps": n,
-    "seconds": s, "sequences_per_second": r}`` (per-epoch lists, of the whole run when
-    resumed; the time and rate are this call's).
+    "seconds": s, "sequences_per_second": r}``: per-epoch lists (of the whole run when
+    resumed; ``val_accuracy`` entries are None for regression tasks), the number of
+    updates, and this call's time and rate.
+
+    Example::
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> model = fastrnn.SequenceModel("lstm", input_size=2, hidden_size=8,
+        ...                               output_size=1, task="regression", seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((16, 6, 2)).astype(np.float32)
+        >>> y = np.cumsum(x[..., :1], axis=1)                 # (N, T, C) per-step targets
+        >>> history = model.fit(x, y, epochs=3, batch_size=8, lr=1e-2, clip_norm=1.0,
+        ...                     validation_data=(x[:4], y[:4]), progress=False)
+        >>> len(history["loss"]), len(history["val_loss"]), history["steps"]
+        (3, 3, 6)
+        >>> history["val_accuracy"]
+        [None, None, None]
     """
     if allreduce is not None and not callable(allreduce):
         raise TypeError("allreduce must be a callable that sums a buffer in place across "

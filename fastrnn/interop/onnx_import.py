@@ -66,6 +66,7 @@ import os
 import numpy as np
 
 from .. import functional as F, io
+from .._spec import TASKS, lengths_array
 from .onnx_layout import from_onnx_slices, onnx_gate_count
 from .parity import check_parity
 
@@ -79,7 +80,13 @@ class OnnxImportError(ValueError):
 
     The message starts with the file (its path, ``ONNX bytes (N bytes)`` or ``ONNX model
     'graph name'``), held in ``source``, and names the node at fault where there is one
-    (``LSTM node 'rnn'``, or ``node #k`` when unnamed)."""
+    (``LSTM node 'rnn'``, or ``node #k`` when unnamed). A ValueError, so callers that
+    catch bad input catch it:
+
+        >>> import fastrnn
+        >>> issubclass(fastrnn.OnnxImportError, ValueError)
+        True
+    """
     source = None
 
 
@@ -234,7 +241,7 @@ def _tensor_array(t, what):
     if t.HasField("segment"):
         raise OnnxImportError(f"{what} is a segment of a tensor, which is not supported")
     if t.data_type not in _TENSOR_TYPES:
-        raise OnnxImportError(f"{what} has data type {_type_name(t.data_type)}; the import reads "
+        raise OnnxImportError(f"{what} has data type {type_name(t.data_type)}; the import reads "
                               "float32, float64, int32 and int64 tensors")
     dtype, field = _TENSOR_TYPES[t.data_type]
     dims = [int(d) for d in t.dims]
@@ -258,7 +265,7 @@ def _tensor_array(t, what):
     return values.reshape(dims)
 
 
-def _type_name(elem_type):
+def type_name(elem_type):
     """An ONNX element type in words: the numpy name where there is one (float16), else the
     ONNX name (BFLOAT16), else the number."""
     try:
@@ -280,7 +287,7 @@ def _declared_type(value_info):
         raise OnnxImportError(f"{what} is not a tensor")
     t = value_info.type.tensor_type
     if t.elem_type not in _TENSOR_TYPES:
-        raise OnnxImportError(f"{what} has element type {_type_name(t.elem_type)}; the import "
+        raise OnnxImportError(f"{what} has element type {type_name(t.elem_type)}; the import "
                               "takes float32, float64, int32 and int64 inputs")
     if not t.HasField("shape"):
         return np.dtype(_TENSOR_TYPES[t.elem_type][0]), None
@@ -939,7 +946,7 @@ class OnnxRecurrentModel:
         H, dtype = weights[0][1].shape[1], X.dtype
         lengths = None
         if spec["lens"]:
-            lengths = F._lengths(np.asarray(self._value(vals, spec["lens"])), T, B)
+            lengths = lengths_array(np.asarray(self._value(vals, spec["lens"])), T, B)
         states = []
         for name in (spec["h0"], spec["c0"]):
             s = None if name is None else self._value(vals, name)
@@ -1364,7 +1371,7 @@ def _refuse(why):
     raise OnnxImportError(f"to_fastrnn: {why}")
 
 
-def _peephole_gates(m, specs):
+def peephole_gates(m, specs):
     """The gates with a peephole: those whose P block is non-zero somewhere, plus those the
     exporter's metadata names (ONNX's P always has all three; zeros mean none)."""
     gates = "io" if specs[0]["kind"] == "lstm_coupled" else "ifo"
@@ -1459,9 +1466,8 @@ def _text_metadata(m):
 def _exported_task(m, per_step):
     """The task fastrnn's exporter recorded, when it fits the graph (the graph's logits do
     not say which loss they were trained with)."""
-    from ..nn.models import _TASKS
     task = _exported_config(m).get("task")
-    return task if task in _TASKS and (_TASKS[task][0] == "per_step") == per_step else None
+    return task if task in TASKS and (TASKS[task][0] == "per_step") == per_step else None
 
 
 def _check_stack(specs):
@@ -1502,10 +1508,9 @@ def _check_outputs(m, head, last):
 def _head_task(m, head, act, task, vocab_size):
     """The SequenceModel task: given, recorded by fastrnn's exporter, or from the output
     activation (Softmax: classification, Sigmoid: multilabel, none: regression)."""
-    from ..nn.models import _TASKS
     per_step = head["base"] == "seq"
     if task is not None:
-        if task not in _TASKS or (_TASKS[task][0] == "per_step") != per_step:
+        if task not in TASKS or (TASKS[task][0] == "per_step") != per_step:
             _refuse(f"task {task!r} does not match the graph's "
                     f"{'per-step' if per_step else 'last-state'} output")
         return task
@@ -1559,7 +1564,7 @@ def _build_fastrnn(m, task):
     H, dtype = W_hh0.shape[1], W_hh0.dtype
     batch_first = m._input_order[src]
     sources = [[_initial_state_source(m, s, k) for s in specs] for k in (0, 1)]
-    peephole = _peephole_gates(m, specs) if op == "LSTM" else ""
+    peephole = peephole_gates(m, specs) if op == "LSTM" else ""
     sd, bias = _stack_weights(specs, W_hh0.shape[0] // H, H, peephole)
     rnn_args = dict(cell=op.lower(), input_size=W_ih0.shape[1], hidden_size=H,
                     num_layers=len(specs), D=D, dtype=dtype,

@@ -4,7 +4,18 @@ import numpy as np
 
 
 class ParityError(AssertionError):
-    """Two sides of a conversion disagree by more than the tolerance."""
+    """Two sides of a conversion disagree by more than the tolerance (an AssertionError):
+    raised by ``to_onnx``, ``to_torch``, ``from_torch``, ``from_onnx`` and ``from_keras``
+    when their parity check fails, with the largest absolute difference in the message.
+
+        >>> import numpy as np
+        >>> from fastrnn.interop.parity import check_parity
+        >>> try:
+        ...     check_parity("demo", np.zeros(3), np.full(3, 0.5), tol=1e-6)
+        ... except AssertionError as exc:
+        ...     print(type(exc).__name__, exc)
+        ParityError demo: largest absolute difference 0.5 exceeds 1e-06
+    """
 
 
 def default_tolerance(dtype):

@@ -13,6 +13,33 @@
 #       n = tanh(x W_in.T + b_in + (r * h_{t-1}) W_hn.T + b_hn)     rh (T, B, H) cached
 #   h_t = (1 - z) * n + z * h_{t-1}
 #
+# Backward (BPTT), t = T-1 .. 0; dh (B, H) is carried in dh0's buffer, which holds dh_n on
+# entry; r, z, n post-activation from the forward cache; dgx (T, B, GH) holds the gradients
+# w.r.t. the input-side pre-activations [da_r, da_z, da_n]:
+#   dh   = dhs[t] + dh_carry                          grad w.r.t. h_t (dh_n at t = T-1), (B, H)
+#   da_n = dh * (1 - z) * (1 - n * n)                 grad w.r.t. the candidate pre-activation
+#   da_z = dh * (h_{t-1} - n) * z * (1 - z)           grad w.r.t. the update-gate pre-activation
+#   reset_after:
+#       dghn = da_n * r                               grad w.r.t. hn = h_{t-1} W_hn.T + b_hn
+#       da_r = da_n * hn * r * (1 - r)                grad w.r.t. the reset-gate pre-activation
+#       dh_carry = dh * z + da_r @ W_hr + da_z @ W_hz + dghn @ W_hn      grad w.r.t. h_{t-1}
+#   reset before:
+#       drh  = da_n @ W_hn                            grad w.r.t. rh = r * h_{t-1}, (B, H)
+#       da_r = drh * h_{t-1} * r * (1 - r)            grad w.r.t. the reset-gate pre-activation
+#       dh_carry = dh * z + drh * r + da_r @ W_hr + da_z @ W_hz          grad w.r.t. h_{t-1}
+#   dh0         = dh_carry after step 0               grad w.r.t. h0, (B, H)
+#   dW_ih      += dgx.T @ x                           (GH, I), one GEMM over all T*B rows
+#   db_ih      += dgx.sum(axis=(0, 1))                (GH,)
+#   dW_h{r,z}  += dgx[..., r,z].T @ h_prev            (2H, H), h_prev = hbuf[:T] (T*B, H)
+#   db_h{r,z}  += dgx[..., r,z].sum(axis=(0, 1))      (2H,)
+#   dW_hn      += dghn.T @ h_prev;  db_hn += dghn.sum(axis=(0, 1))       reset_after; dghn (T, B, H)
+#   dW_hn      += da_n.T @ rh;      db_hn += da_n.sum(axis=(0, 1))       reset before
+#   dx          = dgx @ W_ih                          (T, B, I), only when need_dx
+# The @ W_h terms of dh_carry are added at the start of the step before (one GEMM per step
+# over all units a thread owns), and for step 0 after the loop. A padding step
+# (t >= lengths[b]) has zero gradients at (t, b), ignores dhs[t, b], and passes row b's dh
+# through unchanged. Parameter grads accumulate.
+#
 # bias_x (GH,) is added to the input projection inside the step: b_ih + b_hh for every block
 # except, with reset_after, the n block, where b_hn sits inside r * (...).
 #

@@ -14,6 +14,29 @@
 #   o = sigmoid(a_o + p_o * c_t)          h_t = o * tanh(c_t)
 #   a = x_t @ W_ih.T + h_{t-1} @ W_hh.T + bias
 #
+# Backward (BPTT), t = T-1 .. 0; dh, dc (B, H) are carried in dh0's and dc0's buffers, which
+# hold dh_n and dc_n on entry; gates (i, f, g, o) post-activation from the forward cache:
+#   dh   = dhs[t] + dgates[t+1] @ W_hh                grad w.r.t. h_t (dh_n at t = T-1), (B, H)
+#   da_o = dh * tanh(c_t) * o * (1 - o)               grad w.r.t. the output-gate pre-activation
+#   dc   = dc + dh * o * (1 - tanh(c_t)^2) + da_o * p_o    grad w.r.t. c_t (dc_n at t = T-1)
+#   da_g = dc * i * (1 - g * g)                       grad w.r.t. the candidate pre-activation
+#   da_i = dc * g * i * (1 - i)                       grad w.r.t. the input-gate pre-activation
+#   da_i = dc * (g - c_{t-1}) * i * (1 - i)           ... coupled (c_t = (1 - i) c_{t-1} + i g)
+#   da_f = dc * c_{t-1} * f * (1 - f)                 grad w.r.t. the forget-gate pre-activation
+#   dc   = dc * f + da_i * p_i + da_f * p_f           grad w.r.t. c_{t-1} (coupled: f = 1 - i)
+#   dgates[t] = [da_i, da_f, da_g, da_o]              (T, B, GH) workspace (coupled: no da_f)
+#   dh0     = dgates[0] @ W_hh;  dc0 = dc             grads w.r.t. h0, c0, (B, H)
+#   dW_ih  += dgates.T @ x                            (GH, I), one GEMM over all T*B rows
+#   dW_hh  += dgates.T @ h_prev                       (GH, H), h_prev = hbuf[:T] (T*B, H)
+#   db     += dgates.sum(axis=(0, 1))                 (GH,), the gradient of b_ih and of b_hh
+#   dp_i   += (da_i * c_{t-1}).sum(axis=(0, 1))       (H,); dp_f likewise with da_f
+#   dp_o   += (da_o * c_t).sum(axis=(0, 1))           (H,), c_t = cbuf[1:]
+#   dx      = dgates @ W_ih                           (T, B, I), only when need_dx
+# Peephole terms are there only for the peepholes given. A padding step (t >= lengths[b])
+# has dgates[t, b] = 0, ignores dhs[t, b], and passes row b's dh and dc through unchanged.
+# dgates may be the forward's gates buffer itself (fastrnn.functional without
+# retain_cache): each element is read before it is overwritten. Parameter grads accumulate.
+#
 # Parallelism: OpenMP over hidden units inside a step (a thread owns units [j0, j1) of
 # every gate block and every row, so the GEMM and the gate math of a step need no barrier
 # between them; one region per sequence, a barrier per step); over rows or columns in the

@@ -6,6 +6,18 @@
 #   W_ih (H, I), W_hh (H, H), bias (H,) = b_ih + b_hh.
 #   h_t = act(x_t @ W_ih.T + h_{t-1} @ W_hh.T + bias),  act = tanh or relu.
 #
+# Backward (BPTT), t = T-1 .. 0; dh (B, H) is carried in dh0's buffer, which holds dh_n on entry:
+#   dh_t    = dhs[t] + dpre[t+1] @ W_hh               grad w.r.t. h_t (dh_n at t = T-1), (B, H)
+#   dpre[t] = dh_t * (1 - h_t * h_t)                  grad w.r.t. the pre-activation, tanh
+#   dpre[t] = dh_t * (h_t > 0)                        ... relu; dpre (T, B, H) workspace
+#   dh0     = dpre[0] @ W_hh                          grad w.r.t. h0, (B, H)
+#   dW_ih  += dpre.T @ x                              (H, I), one GEMM over all T*B rows
+#   dW_hh  += dpre.T @ h_prev                         (H, H), h_prev = hbuf[:T] (T*B, H)
+#   db     += dpre.sum(axis=(0, 1))                   (H,), the gradient of b_ih and of b_hh
+#   dx      = dpre @ W_ih                             (T, B, I), only when need_dx
+# A padding step (t >= lengths[b]) has dpre[t, b] = 0, ignores dhs[t, b], and passes row b's
+# dh through unchanged, so dh_n reaches the row's last valid step. Parameter grads accumulate.
+#
 # Parallelism: OpenMP over hidden units inside a step (each thread owns units [j0, j1)
 # of every batch row and computes them with a single-threaded BLAS call; one region per
 # sequence, a barrier per step), and over rows

@@ -19,6 +19,11 @@
 # for the reset-before GRU, between r and n. Small steps run on one thread (step_threads).
 # A lock serialises calls on one Stream; separate Streams run concurrently.
 #
+# StepPlan: the same run_step for one layer whose state the caller holds (cells, layer.step,
+# SequenceModel.step, through fastrnn.functional.<cell>_step): the state is copied into
+# per-call scratch (h, c (2, B, H) with [0] the state in), the batch is the call's, and
+# the result is copied out to new arrays, so one plan serves any number of threads at once.
+#
 # Weights replaced while streams run (layer.load_state_dict, a step of fit): the writer
 # makes the layer's version count (fastrnn.kernels._guard, gen_array) odd, copies in place, makes
 # it even. A step reads the count before and after its arithmetic, which writes only the
@@ -52,8 +57,9 @@ import os
 
 import numpy as np
 
-from ._blas cimport step_threads
-from ._openmp cimport omp_get_num_threads
+from ._threads import serial_blas
+
+include "_common.pxi"      # fr_omp_barrier, fr_team_size, kernel_threads: the kernels' own
 from ._lstm cimport LSTMShape, make_shape, lstm_step_units
 from ._gru cimport GRUShape, gru_after_step_units, gru_before_rz_units, gru_before_n_units
 from ._rnn cimport rnn_step_units
@@ -67,13 +73,6 @@ cdef extern from *:
     #ifdef I
     #undef I
     #endif
-    /* a barrier of the enclosing parallel region (orphaned: legal inside a function
-       called from the region); nothing without OpenMP, where there is one thread */
-    static inline void fr_omp_barrier(void) {
-    #ifdef _OPENMP
-        _Pragma("omp barrier")
-    #endif
-    }
     /* the version a step starts from (even); while a write is under way (odd), give the
        CPU to the writer. Acquire: the weights are read after the count */
     #if defined(_MSC_VER)
@@ -120,7 +119,6 @@ cdef extern from *:
         return fr_load_acquire(gen) != g;
     }
     """
-    void fr_omp_barrier() noexcept nogil
     long long fr_seq_begin(const long long *gen, int max_yields) noexcept nogil
     void fr_store_flag(int *p, int v) noexcept nogil
     int fr_seq_moved(const long long *gen, long long g) noexcept nogil
@@ -250,7 +248,7 @@ cdef void run_step(Plan *p, const floating *x, floating *y, const floating *zero
         with parallel(num_threads=nt):
             tid = threadid()
             # the team may be smaller than asked for: chunk by its real size
-            thread_step(p, x, zero_hn, tid, omp_get_num_threads())
+            thread_step(p, x, zero_hn, tid, fr_team_size())
     # y = the top layer's h[1] (the step's result; not yet carried to h[0])
     memcpy(y, <floating *>p.layers[p.L - 1].h + <Py_ssize_t>p.B * p.H,
            <Py_ssize_t>p.B * p.H * sizeof(floating))
@@ -261,6 +259,31 @@ cdef enum:
     # yields to a write under way each attempt may spend before that
     _NATIVE_TRIES = 4
     _MAX_YIELDS = 256
+
+
+cdef bint guarded_step(Plan *p, const long long *gen, bint is_f32, const void *xp, void *yp,
+                       const void *zero_hn, int tries) noexcept nogil:
+    """run_step computed from one version of the weights: True once a step ran with the
+    version count ``gen`` (1,) even and unmoved across it. ``tries`` optimistic attempts
+    (False if none succeeded); 0, or gen NULL: once, unchecked (the caller holds the
+    writer's lock, or the weights have no guard). The carried state h[0] (c[0]) is only
+    read, so an attempt can be repeated; the caller carries or copies out the result."""
+    cdef long long g = 0
+    cdef int k
+    if tries <= 0:
+        gen = NULL
+    for k in range(max(tries, 1)):
+        if gen != NULL:
+            g = fr_seq_begin(gen, _MAX_YIELDS)
+            if g < 0:
+                return False
+        if is_f32:
+            run_step(p, <const float *>xp, <float *>yp, <const float *>zero_hn)
+        else:
+            run_step(p, <const double *>xp, <double *>yp, <const double *>zero_hn)
+        if gen == NULL or not fr_seq_moved(gen, g):
+            return True
+    return False
 
 # forks seen by this process (a child counts one more than its parent): a stream made
 # under another count was made in another process
@@ -284,7 +307,22 @@ cdef class Stream:
 
     A stream is built once (calling ``__init__`` again raises RuntimeError). Used in a
     process forked after it was made, it steps on the calling thread alone, with the same
-    results."""
+    results. ``reset()`` returns to the zero state; ``get_state()``/``set_state()`` read and
+    write the carried state, as :meth:`fastrnn.LSTM.step` takes it.
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> lstm = fastrnn.LSTM(4, 8, num_layers=2, seed=0)
+        >>> stream = lstm.stream(batch=3)
+        >>> x = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+        >>> for x_t in x:                           # x_t (B, I), one call per step
+        ...     y_t = stream.step(x_t)
+        >>> y_t.shape
+        (3, 8)
+        >>> out, _ = lstm(x)                        # the whole sequence at once
+        >>> bool(np.allclose(y_t, out[-1], atol=1e-5))
+        True
+    """
     cdef Plan plan
     cdef LayerPlan *layer_plans
     cdef PyThread_type_lock lock
@@ -509,26 +547,13 @@ cdef class Stream:
         """Step under the stream's lock: True once a step computed from one version of the
         weights is carried. ``tries`` optimistic attempts (False if none succeeded, the
         state untouched); 0: once, unchecked (the caller holds the writer's lock)."""
-        cdef long long g = 0
-        cdef const long long *gen = self.gen if tries > 0 else NULL
-        cdef int k
-        for k in range(max(tries, 1)):
-            if gen != NULL:
-                g = fr_seq_begin(gen, _MAX_YIELDS)
-                if g < 0:
-                    return False
-            if self.is_f32:
-                run_step(&self.plan, <const float *>xp, <float *>yp, <const float *>zero_hn)
-            else:
-                run_step(&self.plan, <const double *>xp, <double *>yp,
-                         <const double *>zero_hn)
-            if gen == NULL or not fr_seq_moved(gen, g):
-                # the step is good: its result becomes the carried state
-                fr_store_flag(&self.writing_state, 1)
-                carry_units(&self.plan, 4 if self.is_f32 else 8, 0, self.plan.H)
-                fr_store_flag(&self.writing_state, 0)
-                return True
-        return False
+        if not guarded_step(&self.plan, self.gen, self.is_f32, xp, yp, zero_hn, tries):
+            return False
+        # the step is good: its result becomes the carried state
+        fr_store_flag(&self.writing_state, 1)
+        carry_units(&self.plan, 4 if self.is_f32 else 8, 0, self.plan.H)
+        fr_store_flag(&self.writing_state, 0)
+        return True
 
     def _takes_fast_path(self, x_t):
         """Test hook: whether step() would read x_t in place, without the checked copy."""
@@ -610,6 +635,218 @@ cdef class Stream:
 
     def __repr__(self):
         return f"<fastrnn.Stream of {self.layer!r}, batch={self.batch}>"
+
+
+cdef inline bint _exact(object a, int typenum, int ndim, cnp.npy_intp d0,
+                        cnp.npy_intp d1) noexcept:
+    """a is a plain ndarray of typenum in native byte order, C-contiguous, aligned, of shape
+    (d0,) (ndim 1) or (d0, d1) (ndim 2): what the native step reads through a raw pointer."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim \
+            or not cnp.PyArray_ISCARRAY_RO(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
+        return False
+    if cnp.PyArray_DIM(arr, 0) != d0:
+        return False
+    return ndim == 1 or cnp.PyArray_DIM(arr, 1) == d1
+
+
+cdef class StepPlan:
+    """One layer's native step for any batch, the state passed in and returned new: what
+    cells, ``layer.step`` and ``SequenceModel.step`` run, through
+    ``fastrnn.functional.<cell>_step`` (make one with ``functional.step_plan``). It runs
+    the Stream's own step (run_step over a one-layer plan, the same *_step_units as the
+    whole-sequence kernels), on state copied into per-call scratch, so calls from several
+    threads run concurrently. Built once and immutable (a step reads it without the GIL);
+    the weights are read in place on every call, each step from one version of them when
+    the layer has a weight guard (the version count, as Stream's steps)."""
+    cdef Plan base              # cell, H, G, GH, coupled, reset_after; B, n_threads per call
+    cdef LayerPlan lp0          # the weights; h, c, bias point into each call's scratch
+    cdef object arrays          # everything the pointers point into, kept alive
+    cdef object guard           # the layer's WeightGuard, or None
+    cdef const long long *gen   # its version count (1,), or NULL
+    cdef char *zero_hn          # (H,) zeros: b_hn of a bias-free GRU
+    cdef int typenum, itemsize
+    cdef bint is_f32, built
+    cdef readonly bint lstm
+    cdef readonly str cell
+    cdef readonly int input_size, hidden_size
+    cdef readonly object dtype
+
+    def __init__(self, cell, params, nonlinearity="tanh", coupled=False, reset_after=False,
+                 guard=None):
+        """Use ``fastrnn.functional.step_plan``. ``params``: a dict of W_ih, W_hh and
+        optionally b_ih, b_hh, p_i, p_f, p_o (aligned C-contiguous arrays of one float
+        dtype, checked against the kernels' sizes for the cell); ``guard``: a WeightGuard
+        the weights are written under, or None."""
+        if self.built:
+            raise RuntimeError("a StepPlan cannot be rebuilt: make a new one")
+        self.built = True
+        s = _plan_spec(cell, params, nonlinearity, coupled, reset_after, guard)
+        d = s.arrays[0]
+        cdef Plan *p = &self.base
+        p.cell = {"lstm": CELL_LSTM, "gru": CELL_GRU}.get(
+            s.cell, CELL_RNN_RELU if s.nonlinearity == "relu" else CELL_RNN_TANH)
+        p.L, p.B, p.H, p.G = 1, 0, s.hidden_size, s.gates
+        p.GH = p.G * p.H
+        p.coupled, p.reset_after, p.n_threads = s.coupled, s.reset_after, 1
+        self.cell, self.lstm, self.dtype = s.cell, s.cell == "lstm", s.dtype
+        self.input_size, self.hidden_size = s.input_size, s.hidden_size
+        self.is_f32 = s.dtype == np.float32
+        self.typenum = cnp.NPY_FLOAT32 if self.is_f32 else cnp.NPY_FLOAT64
+        self.itemsize = s.dtype.itemsize
+        zeros = np.zeros(p.H, s.dtype)
+        self.arrays = [d, zeros]
+        self.zero_hn = cnp.PyArray_BYTES(zeros)
+        lp = &self.lp0
+        lp.I = s.input_size
+        lp.W_ih = _ptr(d["W_ih"])
+        lp.W_hh = _ptr(d["W_hh"])
+        lp.b_ih = _ptr(d["b_ih"])
+        lp.b_hh = _ptr(d["b_hh"])
+        lp.p_i = _ptr(d["p_i"])
+        lp.p_f = _ptr(d["p_f"])
+        lp.p_o = _ptr(d["p_o"])
+        self.guard, self.gen = s.guard, NULL
+        if s.gen_array is not None:
+            self.arrays.append(s.gen_array)
+            self.gen = <const long long *>cnp.PyArray_DATA(s.gen_array)
+
+    @property
+    def guarded(self):
+        """True when each step follows the weights' version count (fastrnn.kernels._guard)."""
+        return self.gen != NULL
+
+    def step(self, x, h, c, int n_threads):
+        """x (B, I), or (I,) for one unbatched row; h, c the state in x's batch shape,
+        (B, H) or (H,), or None for zeros (c None for RNN and GRU); n_threads: a resolved
+        positive count. Returns h' (RNN, GRU) or (h', c') (LSTM), new arrays of x's batch
+        shape, the inputs untouched. None, computing nothing, when an input is not exactly
+        what the step reads in place (a plain ndarray of the dtype, native byte order,
+        C-contiguous, aligned, of these shapes) or the batch exceeds the kernels' 32-bit
+        sizes: the caller checks it with its own messages, converts, and calls again."""
+        if not self.built or self.lp0.W_ih == NULL:
+            raise RuntimeError("this StepPlan was not built: use fastrnn.functional.step_plan")
+        cdef int ndim, B, H = self.base.H, GH = self.base.GH, I = self.input_size
+        cdef cnp.npy_intp dims[2]
+        cdef Py_ssize_t B_
+        if not cnp.PyArray_CheckExact(x):
+            return None
+        ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
+        if ndim == 2:
+            B_ = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+        elif ndim == 1:
+            B_ = 1
+        else:
+            return None
+        if B_ * max(GH, I, 2 * H) > _INT32_MAX:
+            return None
+        B = B_
+        if ndim == 2:
+            if not _exact(x, self.typenum, 2, B, I):
+                return None
+            dims[0], dims[1] = B, H
+        else:
+            if not _exact(x, self.typenum, 1, I, 0):
+                return None
+            dims[0] = H
+        if h is not None and not _exact(h, self.typenum, ndim, dims[0], H):
+            return None
+        if self.lstm:
+            if c is not None and not _exact(c, self.typenum, ndim, dims[0], H):
+                return None
+        elif c is not None:
+            return None
+        y = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0)
+        cy = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0) if self.lstm else None
+        if B == 0:
+            return (y, cy) if self.lstm else y
+        if B > 1 or not self.is_f32:        # batch-1 float32 products are gemv.h, not BLAS
+            with serial_blas:
+                self._run(x, h, c, y, cy, B, n_threads)
+        else:
+            self._run(x, h, c, y, cy, B, n_threads)
+        return (y, cy) if self.lstm else y
+
+    cdef int _run(self, x, h, c, y, cy, int B, int n_threads) except -1:
+        cdef Plan p = self.base
+        cdef LayerPlan lp = self.lp0
+        cdef Py_ssize_t isz = self.itemsize, BH = <Py_ssize_t>B * p.H
+        cdef Py_ssize_t n = 4 * BH + <Py_ssize_t>B * p.GH + 2 * BH + p.GH
+        cdef char *buf = <char *>malloc(n * isz)
+        cdef const void *xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void *yp = cnp.PyArray_DATA(<cnp.ndarray>y)
+        cdef bint done
+        if buf == NULL:
+            raise MemoryError("could not allocate a step's scratch")
+        try:
+            # scratch: h (2, B, H), c (2, B, H), gates (B, GH), side (B, H), tc (B, H),
+            # fused bias (GH,); [0] of h and c = the state in, [1] = the step's result
+            lp.h = buf
+            lp.c = buf + 2 * BH * isz if self.lstm else NULL
+            p.gates = buf + 4 * BH * isz
+            p.side = <char *>p.gates + <Py_ssize_t>B * p.GH * isz
+            p.tc = <char *>p.side + BH * isz
+            lp.bias = <char *>p.tc + BH * isz
+            p.B = B
+            p.layers = &lp
+            p.n_threads = kernel_threads(n_threads, 1, B, lp.I, p.H, p.GH)
+            _state_in(<char *>lp.h, h, BH * isz)
+            if self.lstm:
+                _state_in(<char *>lp.c, c, BH * isz)
+            with nogil:
+                done = guarded_step(&p, self.gen, self.is_f32, xp, yp, self.zero_hn,
+                                    _NATIVE_TRIES)
+            if not done:
+                # a long write, or writes keep coming: step holding the writer's lock (a wait
+                # Ctrl-C can interrupt; a count left odd with no writer raises)
+                with self.guard.stable():
+                    with nogil:
+                        guarded_step(&p, NULL, self.is_f32, xp, yp, self.zero_hn, 0)
+            if self.lstm:
+                memcpy(cnp.PyArray_DATA(<cnp.ndarray>cy), <char *>lp.c + BH * isz, BH * isz)
+        finally:
+            free(buf)
+        return 0
+
+    def __reduce__(self):
+        raise TypeError("a StepPlan points into its layer's weights and cannot be pickled or "
+                        "copied: make one for the copy with fastrnn.functional.step_plan")
+
+    def __repr__(self):
+        return (f"<fastrnn StepPlan: {self.cell}, input_size={self.input_size}, "
+                f"hidden_size={self.hidden_size}, {self.dtype}>")
+
+
+cdef inline void _state_in(char *dst, s, Py_ssize_t nbytes):
+    # dst[0:nbytes] = the state s (a checked array), or zeros for None
+    if s is None:
+        memset(dst, 0, nbytes)
+    else:
+        memcpy(dst, cnp.PyArray_DATA(<cnp.ndarray>s), nbytes)
+
+
+def _plan_spec(cell, params, nonlinearity, coupled, reset_after, guard):
+    """What a StepPlan takes, checked as a Stream's layer is (_layer_spec), for one layer."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    W_hh = params.get("W_hh")
+    W_ih = params.get("W_ih")
+    if not isinstance(W_hh, np.ndarray) or W_hh.ndim != 2 or not isinstance(W_ih, np.ndarray) \
+            or W_ih.ndim != 2:
+        raise ValueError("params W_ih and W_hh must be 2-D numpy arrays")
+
+    class _Cell:
+        pass
+    layer = _Cell()
+    layer.cell, layer.num_layers, layer.hidden_size = cell, 1, W_hh.shape[1]
+    layer.input_size, layer.dtype = W_ih.shape[1], W_ih.dtype
+    layer.coupled, layer.reset_after, layer.nonlinearity = coupled, reset_after, nonlinearity
+    layer.peephole = "".join(g for g in "ifo" if params.get("p_" + g) is not None)
+    layer._guard = guard
+    return _layer_spec(layer, 1, [params], 1)
 
 
 class _Spec:

@@ -1,28 +1,22 @@
-"""Recurrent layers with PyTorch's arguments, parameter names and shapes, over the kernels.
+"""Recurrent layers and cells with PyTorch's arguments, parameter names and shapes.
 
-``fastrnn.RNN``, ``fastrnn.LSTM`` and ``fastrnn.GRU`` stack ``num_layers`` layers, each
-optionally bidirectional. Shapes (D = 2 if bidirectional else 1, L = num_layers)::
+:class:`RNN`, :class:`LSTM` and :class:`GRU` run whole sequences through stacks of
+``num_layers`` layers, each optionally bidirectional, on the compiled kernels (through
+:mod:`fastrnn.functional`); :class:`RNNCell`, :class:`LSTMCell` and :class:`GRUCell` are
+one time step, as PyTorch's cells. Each class's docstring holds its equations, arguments
+and defaults, input and output shapes in every layout, parameter names, gate order and
+initialisation, and an example. What they share:
 
-    x        (T, B, I)  or (B, T, I) with batch_first, or (T, I) unbatched
-    out      (T, B, D*H) or (B, T, D*H), or (T, D*H)
-    h0, h_n  (L*D, B, H), or (L*D, H) unbatched; LSTM states are pairs (h, c)
-    lengths  (B,) ints in [0, T]: steps past a row's length hold its state and output zero;
-             the reverse direction reads each row's valid steps backwards, as PyTorch does
-             with packed sequences
-
-Parameters live in one flat buffer ``layer.flat`` with named views
-(``weight_ih_l0 (G*H, I)``, ``weight_hh_l0 (G*H, H)``, ``bias_ih_l0``, ``bias_hh_l0``,
-``_reverse`` for the second direction; LSTM peepholes ``peephole_i_l0`` etc. ``(H,)``);
-``layer.grad`` mirrors it, so an optimizer is one loop over two arrays. Gate order is
-PyTorch's: LSTM (i, f, g, o), coupled LSTM (i, g, o), GRU (r, z, n), so a PyTorch
-``state_dict`` loads by copy.
-
-Initialisation, as the reference essay recommends: recurrent weights orthogonal, one
-orthogonal (H, H) block per gate; input weights Xavier/Glorot uniform per gate block,
-limit sqrt(6 / (fan_in + H)); biases zero, except the LSTM forget gate, whose ``bias_ih``
-block is 1.0 so the cell remembers by default (for the coupled LSTM, where f = 1 - i, the
-input-gate bias is -1.0, giving the same f = 0.73 at the start). ``seed`` fixes every random
-choice (initialisation and dropout masks); the same seed gives bit-identical models.
+* parameters live in one flat, 64-byte aligned buffer ``layer.flat`` with named views
+  ``layer.params``; ``layer.grad``/``layer.grads`` mirror it, so an optimizer is one loop
+  over two arrays, and :meth:`~RecurrentLayer.load_state_dict` keeps the buffer (optimizers
+  and streams made earlier follow new weights);
+* calling a layer is inference (no dropout, buffers kept per thread); training is
+  :meth:`~RecurrentLayer.forward`, which returns a tape, then :meth:`~RecurrentLayer.backward`,
+  which accumulates into ``layer.grad``;
+* the initialisation follows the reference essay's advice (orthogonal recurrent weights,
+  Glorot input weights, a remembering LSTM forget gate), and ``seed`` fixes every random
+  choice.
 """
 import difflib
 import inspect
@@ -30,35 +24,11 @@ import threading
 
 import numpy as np
 
-from ..kernels import _gru, _lstm, _openmp, _rnn
 from .. import functional as F
+from .._spec import INT32_MAX, flag, float_dtype, gate_count, lengths_array, positive_int
 from ..kernels._guard import WeightGuard
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
-
-_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-
-
-def _dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
-
-
-def _flag(name, v):
-    """A bool argument: True/False (numpy's too) or 0/1; a string such as "False" is
-    refused rather than read as True."""
-    if isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
-        return bool(v)
-    raise TypeError(f"{name} must be True or False, got {v!r}")
-
 
 def _aligned_zeros(n, dtype, align=64):
     """n zeros of dtype starting on an ``align``-byte boundary (a cache line): the batch-1
@@ -85,7 +55,7 @@ def _float_array(name, a, dtype):
     return a.astype(dtype, copy=False)
 
 
-def _checked_state(state, layout, params):
+def checked_state(state, layout, params):
     """{name: float array} from a state dict, every name, shape and value checked against
     ``layout`` ((name, shape, offset) triples) before anything is copied."""
     from collections.abc import Mapping
@@ -140,27 +110,30 @@ def _orthogonal(rng, n):
     return q * np.sign(np.diag(r))
 
 
-class _Recurrent:
+class RecurrentLayer:
+    """The machinery :class:`RNN`, :class:`LSTM` and :class:`GRU` share (parameters, calls,
+    training, stepping, streaming); each subclass's docstring documents its arguments,
+    equations, shapes and parameters. Not built directly."""
     cell = None
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, n_threads=None):
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_layers = _positive_int("num_layers", num_layers)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
         if isinstance(dropout, (bool, np.bool_)) or not isinstance(
                 dropout, (int, float, np.integer, np.floating)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        self.bias, self.batch_first = _flag("bias", bias), _flag("batch_first", batch_first)
-        self.dropout, self.bidirectional = float(dropout), _flag("bidirectional", bidirectional)
-        self.dtype = _dtype(dtype)
-        _openmp.effective_n_threads(n_threads)  # refuses a bad count now, not at the first call
+        self.bias, self.batch_first = flag("bias", bias), flag("batch_first", batch_first)
+        self.dropout, self.bidirectional = float(dropout), flag("bidirectional", bidirectional)
+        self.dtype = float_dtype(dtype)
+        F.check_n_threads(n_threads)            # refuses a bad count now, not at the first call
         self.n_threads = n_threads
         self.training = True
         self._guard = WeightGuard()             # load_state_dict is atomic for readers
         H, G = self.hidden_size, self.gates
         widest = G * H * max(self.input_size, H * self.num_directions, H)
-        if widest > F._INT32_MAX:
+        if widest > INT32_MAX:
             raise ValueError(f"a weight matrix of {widest} values (gates * hidden_size * "
                              "max(input_size, hidden_size)) exceeds the kernels' 32-bit index "
                              "range")
@@ -180,7 +153,7 @@ class _Recurrent:
 
     @property
     def gates(self):
-        return _GATES[self.cell]
+        return gate_count(self.cell)
 
     def _cell_params(self):
         """Extra per-direction parameters of the cell, (suffix-less name, shape)."""
@@ -238,7 +211,7 @@ class _Recurrent:
         meanwhile (``__call__``, ``step``, a stream's step) computes entirely from the old
         weights or entirely from the new ones (fastrnn.kernels._guard). The parameter buffer stays
         the same object, so optimizers and streams made earlier follow the new weights."""
-        self._write_params(_checked_state(state, self._layout, self.params))
+        self._write_params(checked_state(state, self._layout, self.params))
 
     def _write_params(self, checked):
         """Copy checked arrays (every parameter, by name) in, as one version for readers."""
@@ -271,6 +244,34 @@ class _Recurrent:
     def _run(self, sfx, x, h0, c0, lengths, nt, workspace=None):
         """One direction of one layer: (hs, h_n, c_n or None, cache); with a
         ``workspace`` (inference), hs and the cache live in its buffers."""
+        raise NotImplementedError
+
+    def _step_plan(self, sfx):
+        """The native step of one direction of one layer (fastrnn.functional.step_plan),
+        made at its first use and kept: it reads the parameters in place, so it follows
+        load_state_dict and optimizers; each step computes from one version of them."""
+        plans = self.__dict__.get("_plans")
+        if plans is None:
+            plans = self.__dict__.setdefault("_plans", _StepPlans())
+        plan = plans.get(sfx)
+        if plan is None:
+            p = self.params
+            guard = self.__dict__.get("_guard")
+            plan = plans[sfx] = F.step_plan(
+                self.cell, p["weight_ih" + sfx], p["weight_hh" + sfx], p.get("bias_ih" + sfx),
+                p.get("bias_hh" + sfx), **self._peepholes(sfx), **self._step_variant(),
+                guard=guard if isinstance(guard, WeightGuard) else None)
+        return plan
+
+    def _peepholes(self, sfx):
+        return {}
+
+    def _step_variant(self):
+        """The cell variant's arguments of fastrnn.functional.step_plan."""
+        return {}
+
+    def _step_layer(self, sfx, x, h, c, nt):
+        """One step of one layer: (h', c' or None), new (B, H) arrays."""
         raise NotImplementedError
 
     def release_buffers(self):
@@ -332,7 +333,7 @@ class _Recurrent:
         if lengths is not None:
             if unbatched:
                 lengths = np.asarray(lengths).reshape(-1)
-            lengths = F._lengths(lengths, T, B)
+            lengths = lengths_array(lengths, T, B)
         return x, states, lengths, unbatched
 
     def _split_state(self, state, LD, B, H, unbatched):
@@ -488,7 +489,7 @@ class _Recurrent:
                 or x_t.shape[1] != self.input_size:
             x_t = self._step_input(x_t)
         B, H, L = x_t.shape[0], self.hidden_size, self.num_layers
-        if B * max(self.gates * H, x_t.shape[1]) > F._INT32_MAX:
+        if B * max(self.gates * H, x_t.shape[1]) > INT32_MAX:
             raise ValueError(f"batch {B} is too large for the kernels' 32-bit index range; "
                              "split it")
         lstm = self.cell == "lstm"
@@ -517,17 +518,19 @@ class _Recurrent:
         return guard.read(self._step_all, inp, hs, cs, B)
 
     def _step_all(self, inp, hs, cs, B):
-        H, L, lstm = self.hidden_size, self.num_layers, self.cell == "lstm"
+        # every layer through the cell's one native step (fastrnn.functional.<cell>_step)
+        L, lstm = self.num_layers, self.cell == "lstm"
         nt = F.effective_n_threads(self.n_threads)
-        h_new = np.empty((L, B, H), self.dtype)
-        c_new = np.empty((L, B, H), self.dtype) if lstm else None
-        with F.serial_blas:
-            for layer in range(L):
-                self._step_layer(f"_l{layer}", inp, hs[layer], None if cs is None else cs[layer],
-                                 h_new, c_new, layer, nt)
-                inp = h_new[layer]
-        y = h_new[L - 1].copy()
-        return y, ((h_new, c_new) if lstm else h_new)
+        hn, cn = [], []
+        for layer in range(L):
+            h, c = self._step_layer(f"_l{layer}", inp, hs[layer],
+                                    None if cs is None else cs[layer], nt)
+            hn.append(h)
+            cn.append(c)
+            inp = h
+        h_new = np.stack(hn)            # (L, B, H), new: y below stays a separate array
+        y = hn[-1]
+        return y, ((h_new, np.stack(cn)) if lstm else h_new)
 
     def stream(self, batch=1, state=None):
         """A :class:`fastrnn.Stream`: this network running over ``batch`` streams, one call
@@ -544,11 +547,10 @@ class _Recurrent:
         (``reset()`` the stream to start over). The parameter buffer is written in place,
         so the stream's pointers into it stay valid. A stream made before ``os.fork`` steps
         on one thread in the child, with the same results."""
-        from ..kernels._stream import Stream
         if self.bidirectional:
             raise ValueError("a bidirectional layer needs the whole sequence; it cannot stream")
-        batch = _positive_int("batch", batch)
-        if batch * max(self.gates * self.hidden_size, self.input_size) > F._INT32_MAX:
+        batch = positive_int("batch", batch)
+        if batch * max(self.gates * self.hidden_size, self.input_size) > INT32_MAX:
             raise ValueError(f"batch={batch} is too large for the kernels' 32-bit index range")
         params = []
         for layer in range(self.num_layers):
@@ -559,7 +561,7 @@ class _Recurrent:
             for g in getattr(self, "peephole", ""):
                 d["p_" + g] = p[f"peephole_{g}" + sfx]
             params.append(d)
-        s = Stream(self, batch, params, F.effective_n_threads(self.n_threads))
+        s = F.make_stream(self, batch, params, F.effective_n_threads(self.n_threads))
         if state is not None:
             s.set_state(state)
         return s
@@ -574,24 +576,19 @@ class _Recurrent:
             raise ValueError(f"x_t has {x_t.shape[1]} features, expected {self.input_size}")
         return x_t
 
-    def _step_bias(self, b_ih, b_hh):
-        """The kernel's fused bias, recomputed per call: parameters may change between
-        steps (an optimizer updates them in place)."""
-        return b_ih + b_hh
-
     # ---- construction arguments ------------------------------------------------------
-    # the arguments of RNN/LSTM/GRU's own __init__ beyond _Recurrent's (nonlinearity, ...)
+    # the arguments of RNN/LSTM/GRU's own __init__ beyond RecurrentLayer's (nonlinearity, ...)
     _variant_arguments = ()
 
     @classmethod
     def _refuse_unknown(cls, owner, given):
         _refuse_unknown_keywords(owner, given,
-                                 _keyword_names(cls.__init__, _Recurrent.__init__))
+                                 _keyword_names(cls.__init__, RecurrentLayer.__init__))
 
     def _arguments(self, names):
         """``name=value`` for each of ``names`` whose value differs from its default."""
         defaults = {}
-        for f in (type(self).__init__, _Recurrent.__init__):
+        for f in (type(self).__init__, RecurrentLayer.__init__):
             for p in inspect.signature(f).parameters.values():
                 defaults.setdefault(p.name, p.default)
         defaults["peephole"] = ""               # peephole=False is stored as no gates
@@ -611,10 +608,6 @@ class _Recurrent:
         return f"{type(self).__name__}({', '.join(args)})"
 
 
-def _rnn_act(nonlinearity):
-    return F._ACTS[nonlinearity]
-
-
 def _reverse_index(T, B, lengths):
     """idx (T, B): time index that the reverse direction reads at step t for row b (each
     row's valid steps backwards; padding steps stay where they are)."""
@@ -628,9 +621,80 @@ def _gather_time(a, idx):
     return np.take_along_axis(a, idx[:, :, None], axis=0)
 
 
-class RNN(_Recurrent):
-    """Elman RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, act tanh or relu.
-    Arguments and shapes as ``torch.nn.RNN``; see the module docstring."""
+class RNN(RecurrentLayer):
+    """A multi-layer Elman RNN over whole sequences, ``torch.nn.RNN``'s arguments, names
+    and shapes. For each layer and direction, at every time step t::
+
+        h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)      act = tanh or relu
+
+    ``x_t`` is the input at step t (layer 0) or the previous layer's output ``(D*H,)``
+    (layers 1 and up), ``h_{t-1}`` the layer's state before the step (``h0`` at t = 0).
+
+    Arguments (``bias`` and those after it by keyword only):
+
+    * ``input_size`` (I): features of ``x``. ``hidden_size`` (H): units per layer.
+    * ``num_layers=1`` (L): stacked layers; layer k+1 reads layer k's output.
+    * ``nonlinearity="tanh"``: ``"tanh"`` or ``"relu"``.
+    * ``bias=True``: False drops ``bias_ih``/``bias_hh`` (the sums above lose them).
+    * ``batch_first=False``: True takes and returns ``(B, T, ...)`` instead of
+      ``(T, B, ...)``; states stay ``(L*D, B, H)`` either way, as in PyTorch.
+    * ``dropout=0.0``: probability in [0, 1) of zeroing each output of every layer but
+      the last, in :meth:`forward` while ``training`` (inverted dropout, scaled by
+      ``1/(1-p)``); calling the layer (inference) never drops.
+    * ``bidirectional=False`` (D = 2 if True else 1): a second direction per layer reads
+      each row's valid steps backwards; outputs are concatenated ``[forward, reverse]``.
+    * ``dtype=np.float32``: float32 or float64; inputs and states must have it.
+    * ``seed=None``: seeds the initialisation and the dropout masks (same seed,
+      bit-identical layer). ``n_threads=None``: OpenMP threads of the kernels (None:
+      OpenMP's default, capped at the CPUs; -1 all CPUs, -2 all but one).
+
+    Inputs of ``layer(x, state=None, lengths=None)`` (D = num_directions, L = num_layers):
+
+    * ``x``: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, or ``(T, I)`` unbatched;
+      a numpy array of the layer's dtype (a nested list is taken in that dtype).
+    * ``state`` (h0): ``(L*D, B, H)`` (``(L*D, H)`` unbatched), zeros when None; row
+      ``k*D + d`` is layer k, direction d (0 forward, 1 reverse).
+    * ``lengths``: ``(B,)`` integers in [0, T]. Steps ``t >= lengths[b]`` are padding:
+      their output is zero and the state is held, so ``h_n`` is the state after each
+      row's last valid step (``h0`` for length 0), as with PyTorch's packed sequences.
+
+    Outputs ``out, h_n``:
+
+    * ``out``: ``(T, B, D*H)``, ``(B, T, D*H)`` with ``batch_first``, or ``(T, D*H)``
+      unbatched: the last layer's ``h_t`` at every step, a new array.
+    * ``h_n``: ``(L*D, B, H)`` (``(L*D, H)`` unbatched), ordered as ``h0``.
+
+    Parameters, PyTorch's names, in one flat buffer ``layer.flat`` (gradients in
+    ``layer.grad``, same layout; ``layer.params``/``layer.grads`` are the named views,
+    also attributes, e.g. ``layer.weight_ih_l0``), per layer k with suffix ``_l{k}``
+    and ``_l{k}_reverse`` for the second direction:
+
+    * ``weight_ih_l{k}``: ``(H, I)`` for k = 0, ``(H, D*H)`` above.
+    * ``weight_hh_l{k}``: ``(H, H)``. ``bias_ih_l{k}``, ``bias_hh_l{k}``: ``(H,)``.
+
+    Initialisation: ``weight_hh`` a random orthogonal ``(H, H)`` matrix; ``weight_ih``
+    Xavier/Glorot uniform in ``[-a, a]``, ``a = sqrt(6 / (fan_in + H))``; biases zero.
+
+    Training: :meth:`forward` returns a tape for :meth:`backward`, which accumulates
+    into ``layer.grad`` (zero it with :meth:`zero_grad`). One step at a time:
+    :meth:`step` or :meth:`stream` (unidirectional stacks).
+
+    Example::
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> rnn = fastrnn.RNN(10, 20, num_layers=2, nonlinearity="relu", seed=0)
+        >>> rnn
+        RNN(10, 20, num_layers=2, nonlinearity='relu')
+        >>> x = np.random.default_rng(0).standard_normal((5, 3, 10)).astype(np.float32)
+        >>> out, h_n = rnn(x)                       # x (T, B, I)
+        >>> out.shape, h_n.shape
+        ((5, 3, 20), (2, 3, 20))
+        >>> bool((out[-1] == h_n[-1]).all())        # the last step is the top layer's h_n
+        True
+        >>> rnn.weight_ih_l1.shape, rnn.weight_hh_l1.shape
+        ((20, 20), (20, 20))
+    """
     cell = "rnn"
     _variant_arguments = ("nonlinearity",)
 
@@ -647,14 +711,11 @@ class RNN(_Recurrent):
                                        workspace=workspace)
         return hs, h_n, None, cache
 
-    def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
-        B, H = x.shape[0], self.hidden_size
-        hbuf = np.empty((2, B, H), self.dtype)
-        hbuf[0] = h
-        W_ih, W_hh, b_ih, b_hh = self._kernel_params(sfx)
-        _rnn.rnn_forward(hbuf, x[None], W_ih, W_hh, self._step_bias(b_ih, b_hh), None,
-                         _rnn_act(self.nonlinearity), nt)
-        h_new[layer] = hbuf[1]
+    def _step_variant(self):
+        return {"nonlinearity": self.nonlinearity}
+
+    def _step_layer(self, sfx, x, h, c, nt):
+        return F.rnn_step(self._step_plan(sfx), x, h, n_threads=nt), None
 
     def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
         dx, dh0, _ = F.rnn_backward(dhs, dh_n, cache, n_threads=nt, need_dx=need_dx,
@@ -662,13 +723,110 @@ class RNN(_Recurrent):
         return dx, dh0, None
 
 
-class LSTM(_Recurrent):
-    """LSTM, gate order (i, f, g, o): ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``.
+class LSTM(RecurrentLayer):
+    """A multi-layer LSTM over whole sequences, ``torch.nn.LSTM``'s arguments, names and
+    shapes, with optional peepholes and coupled input-forget gates. For each layer and
+    direction, at every time step t (σ the logistic sigmoid, ``*`` elementwise)::
 
-    ``peephole``: False, True (all three) or a string of the gates that look at the cell
-    state, e.g. ``"io"``; i and f see ``c_{t-1}``, o sees ``c_t`` (Gers & Schmidhuber 2000,
-    the ONNX convention). ``coupled=True``: f = 1 - i, three gate blocks (i, g, o).
-    Arguments and shapes otherwise as ``torch.nn.LSTM``; see the module docstring."""
+        a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh       (G*H,), blocks a_i, a_f, a_g, a_o
+        i_t = σ(a_i + p_i * c_{t-1})                      input gate
+        f_t = σ(a_f + p_f * c_{t-1})                      forget gate (coupled: f_t = 1 - i_t)
+        g_t = tanh(a_g)                                   candidate cell
+        c_t = f_t * c_{t-1} + i_t * g_t                   cell state
+        o_t = σ(a_o + p_o * c_t)                          output gate (sees the new c_t)
+        h_t = o_t * tanh(c_t)                             hidden state, the output
+
+    A peephole term ``p * c`` is there only for the gates named in ``peephole`` (Gers &
+    Schmidhuber 2000; the ONNX convention). ``x_t`` is the input (layer 0) or the
+    previous layer's output ``(D*H,)``; ``(h_{t-1}, c_{t-1})`` is ``(h0, c0)`` at t = 0.
+
+    Arguments (``bias`` and those after it by keyword only):
+
+    * ``input_size`` (I): features of ``x``. ``hidden_size`` (H): units per layer.
+    * ``num_layers=1`` (L): stacked layers; layer k+1 reads layer k's output.
+    * ``peephole=False``: True (gates i, f and o) or a string of distinct gates from
+      ``"ifo"``, e.g. ``"io"``, that look at the cell state.
+    * ``coupled=False``: True couples the forget gate to the input gate, ``f = 1 - i``
+      (CIFG, Greff et al.): three gate blocks (i, g, o), G = 3, no peephole ``f``.
+    * ``bias=True``: False drops ``bias_ih``/``bias_hh`` (and the forget-gate bias).
+    * ``batch_first=False``: True takes and returns ``(B, T, ...)`` instead of
+      ``(T, B, ...)``; states stay ``(L*D, B, H)`` either way, as in PyTorch.
+    * ``dropout=0.0``: probability in [0, 1) of zeroing each output of every layer but
+      the last, in :meth:`forward` while ``training`` (inverted dropout, scaled by
+      ``1/(1-p)``); calling the layer (inference) never drops.
+    * ``bidirectional=False`` (D = 2 if True else 1): a second direction per layer reads
+      each row's valid steps backwards; outputs are concatenated ``[forward, reverse]``.
+    * ``dtype=np.float32``: float32 or float64; inputs and states must have it.
+    * ``seed=None``: seeds the initialisation and the dropout masks (same seed,
+      bit-identical layer). ``n_threads=None``: OpenMP threads of the kernels (None:
+      OpenMP's default, capped at the CPUs; -1 all CPUs, -2 all but one).
+
+    Inputs of ``layer(x, state=None, lengths=None)``:
+
+    * ``x``: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, or ``(T, I)`` unbatched;
+      a numpy array of the layer's dtype (a nested list is taken in that dtype).
+    * ``state``: a pair ``(h0, c0)``, each ``(L*D, B, H)`` (``(L*D, H)`` unbatched),
+      zeros when None; row ``k*D + d`` is layer k, direction d (0 forward, 1 reverse).
+    * ``lengths``: ``(B,)`` integers in [0, T]. Steps ``t >= lengths[b]`` are padding:
+      their output is zero and the state is held, so ``(h_n, c_n)`` is the state after
+      each row's last valid step (``(h0, c0)`` for length 0), as with PyTorch's packed
+      sequences.
+
+    Outputs ``out, (h_n, c_n)``:
+
+    * ``out``: ``(T, B, D*H)``, ``(B, T, D*H)`` with ``batch_first``, or ``(T, D*H)``
+      unbatched: the last layer's ``h_t`` at every step, a new array.
+    * ``h_n``, ``c_n``: ``(L*D, B, H)`` (``(L*D, H)`` unbatched), ordered as ``h0``.
+
+    Parameters, PyTorch's names, in one flat buffer ``layer.flat`` (gradients in
+    ``layer.grad``, same layout; ``layer.params``/``layer.grads`` are the named views,
+    also attributes, e.g. ``layer.weight_ih_l0``), per layer k with suffix ``_l{k}``
+    and ``_l{k}_reverse`` for the second direction; gate blocks stacked along the rows in
+    the order (i, f, g, o), coupled (i, g, o), so a ``torch.nn.LSTM`` ``state_dict``
+    loads by copy:
+
+    * ``weight_ih_l{k}``: ``(G*H, I)`` for k = 0, ``(G*H, D*H)`` above
+      (``W_ii|W_if|W_ig|W_io``).
+    * ``weight_hh_l{k}``: ``(G*H, H)``. ``bias_ih_l{k}``, ``bias_hh_l{k}``: ``(G*H,)``.
+    * ``peephole_i_l{k}``, ``peephole_f_l{k}``, ``peephole_o_l{k}``: ``(H,)``, for the
+      gates in ``peephole``.
+
+    Initialisation: ``weight_hh`` one random orthogonal ``(H, H)`` block per gate;
+    ``weight_ih`` Xavier/Glorot uniform in ``[-a, a]``, ``a = sqrt(6 / (fan_in + H))``;
+    biases and peepholes zero, except the forget block of ``bias_ih``, 1.0, so the cell
+    remembers from the start (coupled: the input block of ``bias_ih`` is -1.0, giving the
+    same ``f = 1 - σ(-1) = 0.73``).
+
+    Training: :meth:`forward` returns a tape for :meth:`backward`, which accumulates
+    into ``layer.grad`` (zero it with :meth:`zero_grad`). One step at a time:
+    :meth:`step` or :meth:`stream` (unidirectional stacks).
+
+    Example::
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> lstm = fastrnn.LSTM(10, 20, num_layers=2, seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((5, 3, 10)).astype(np.float32)
+        >>> out, (h_n, c_n) = lstm(x)               # x (T, B, I)
+        >>> out.shape, h_n.shape, c_n.shape
+        ((5, 3, 20), (2, 3, 20), (2, 3, 20))
+        >>> float(lstm.bias_ih_l0[20:40].min())     # the forget block (i, f, g, o)
+        1.0
+        >>> bi = fastrnn.LSTM(10, 20, batch_first=True, bidirectional=True, seed=0)
+        >>> out, (h_n, c_n) = bi(x.transpose(1, 0, 2), lengths=[5, 2, 0])   # (B, T, I)
+        >>> out.shape, h_n.shape
+        ((3, 5, 40), (2, 3, 20))
+        >>> float(abs(out[1, 2:]).max()), float(abs(h_n[:, 2]).max())   # padding, length 0
+        (0.0, 0.0)
+        >>> for name, p in fastrnn.LSTM(3, 4, peephole="io").params.items():
+        ...     print(name, p.shape)
+        weight_ih_l0 (16, 3)
+        weight_hh_l0 (16, 4)
+        bias_ih_l0 (16,)
+        bias_hh_l0 (16,)
+        peephole_i_l0 (4,)
+        peephole_o_l0 (4,)
+    """
     cell = "lstm"
     _variant_arguments = ("peephole", "coupled")
 
@@ -679,7 +837,7 @@ class LSTM(_Recurrent):
         if set(gates) - set("ifo") or len(set(gates)) != len(gates):
             raise ValueError(f"peephole must be a bool or a string of distinct gates from 'ifo', "
                              f"got {peephole!r}")
-        self.coupled = _flag("coupled", coupled)
+        self.coupled = flag("coupled", coupled)
         if self.coupled and "f" in gates:
             raise ValueError("a coupled LSTM has no forget gate of its own: peephole 'f' "
                              "is not available (use 'io')")
@@ -688,7 +846,7 @@ class LSTM(_Recurrent):
 
     @property
     def gates(self):
-        return 3 if self.coupled else 4
+        return gate_count("lstm", self.coupled)
 
     def _cell_params(self):
         return [(f"peephole_{g}", (self.hidden_size,)) for g in self.peephole]
@@ -710,19 +868,11 @@ class LSTM(_Recurrent):
                               lengths=lengths, n_threads=nt, workspace=workspace,
                               **self._peepholes(sfx))
 
-    def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
-        B, H = x.shape[0], self.hidden_size
-        hbuf = np.empty((2, B, H), self.dtype)
-        cbuf = np.empty((2, B, H), self.dtype)
-        hbuf[0], cbuf[0] = h, c
-        W_ih, W_hh, b_ih, b_hh = self._kernel_params(sfx)
-        p = self._peepholes(sfx)
-        _lstm.lstm_forward(np.empty((1, B, self.gates * H), self.dtype), hbuf, cbuf,
-                           np.empty((1, B, H), self.dtype), x[None], W_ih, W_hh,
-                           self._step_bias(b_ih, b_hh), p.get("p_i"), p.get("p_f"),
-                           p.get("p_o"),
-                           None, self.coupled, nt)
-        h_new[layer], c_new[layer] = hbuf[1], cbuf[1]
+    def _step_variant(self):
+        return {"coupled": self.coupled}
+
+    def _step_layer(self, sfx, x, h, c, nt):
+        return F.lstm_step(self._step_plan(sfx), x, h, c, n_threads=nt)
 
     def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
         keys = ("W_ih", "W_hh", "b_ih", "b_hh") + tuple(f"p_{g}" for g in self.peephole)
@@ -731,17 +881,101 @@ class LSTM(_Recurrent):
         return dx, dh0, dc0
 
 
-class GRU(_Recurrent):
-    """GRU, gate order (r, z, n), ``h_t = (1 - z) n + z h_{t-1}``. ``reset_after=True``
-    (default, PyTorch/cuDNN): ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``; False
-    (Cho et al. 2014, Keras ``reset_after=False``): ``n = tanh(W_in x + b_in + W_hn (r h)
-    + b_hn)``. Arguments and shapes otherwise as ``torch.nn.GRU``."""
+class GRU(RecurrentLayer):
+    """A multi-layer GRU over whole sequences, ``torch.nn.GRU``'s arguments, names and
+    shapes, in both published forms. For each layer and direction, at every time step t
+    (σ the logistic sigmoid, ``*`` elementwise)::
+
+        r_t = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)               reset gate
+        z_t = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)               update gate
+        n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))    reset_after=True
+        n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn)    reset_after=False
+        h_t = (1 - z_t) * n_t + z_t * h_{t-1}                        hidden state, the output
+
+    ``reset_after=True`` is PyTorch's, cuDNN's and Keras' default form (ONNX
+    ``linear_before_reset=1``); False is Cho et al. 2014's (ONNX's default, Keras
+    ``reset_after=False``). ``x_t`` is the input (layer 0) or the previous layer's output
+    ``(D*H,)``; ``h_{t-1}`` is ``h0`` at t = 0.
+
+    Arguments (``bias`` and those after it by keyword only):
+
+    * ``input_size`` (I): features of ``x``. ``hidden_size`` (H): units per layer.
+    * ``num_layers=1`` (L): stacked layers; layer k+1 reads layer k's output.
+    * ``reset_after=True``: which form of ``n_t`` above.
+    * ``bias=True``: False drops ``bias_ih``/``bias_hh`` (the sums above lose them).
+    * ``batch_first=False``: True takes and returns ``(B, T, ...)`` instead of
+      ``(T, B, ...)``; states stay ``(L*D, B, H)`` either way, as in PyTorch.
+    * ``dropout=0.0``: probability in [0, 1) of zeroing each output of every layer but
+      the last, in :meth:`forward` while ``training`` (inverted dropout, scaled by
+      ``1/(1-p)``); calling the layer (inference) never drops.
+    * ``bidirectional=False`` (D = 2 if True else 1): a second direction per layer reads
+      each row's valid steps backwards; outputs are concatenated ``[forward, reverse]``.
+    * ``dtype=np.float32``: float32 or float64; inputs and states must have it.
+    * ``seed=None``: seeds the initialisation and the dropout masks (same seed,
+      bit-identical layer). ``n_threads=None``: OpenMP threads of the kernels (None:
+      OpenMP's default, capped at the CPUs; -1 all CPUs, -2 all but one).
+
+    Inputs of ``layer(x, state=None, lengths=None)``:
+
+    * ``x``: ``(T, B, I)``, ``(B, T, I)`` with ``batch_first``, or ``(T, I)`` unbatched;
+      a numpy array of the layer's dtype (a nested list is taken in that dtype).
+    * ``state`` (h0): ``(L*D, B, H)`` (``(L*D, H)`` unbatched), zeros when None; row
+      ``k*D + d`` is layer k, direction d (0 forward, 1 reverse).
+    * ``lengths``: ``(B,)`` integers in [0, T]. Steps ``t >= lengths[b]`` are padding:
+      their output is zero and the state is held, so ``h_n`` is the state after each
+      row's last valid step (``h0`` for length 0), as with PyTorch's packed sequences.
+
+    Outputs ``out, h_n``:
+
+    * ``out``: ``(T, B, D*H)``, ``(B, T, D*H)`` with ``batch_first``, or ``(T, D*H)``
+      unbatched: the last layer's ``h_t`` at every step, a new array.
+    * ``h_n``: ``(L*D, B, H)`` (``(L*D, H)`` unbatched), ordered as ``h0``.
+
+    Parameters, PyTorch's names, in one flat buffer ``layer.flat`` (gradients in
+    ``layer.grad``, same layout; ``layer.params``/``layer.grads`` are the named views,
+    also attributes, e.g. ``layer.weight_ih_l0``), per layer k with suffix ``_l{k}``
+    and ``_l{k}_reverse`` for the second direction; gate blocks stacked along the rows in
+    the order (r, z, n), so a ``torch.nn.GRU`` ``state_dict`` loads by copy:
+
+    * ``weight_ih_l{k}``: ``(3*H, I)`` for k = 0, ``(3*H, D*H)`` above
+      (``W_ir|W_iz|W_in``).
+    * ``weight_hh_l{k}``: ``(3*H, H)`` (``W_hr|W_hz|W_hn``).
+    * ``bias_ih_l{k}``, ``bias_hh_l{k}``: ``(3*H,)``; both forms keep ``b_in`` and
+      ``b_hn`` apart.
+
+    Initialisation: ``weight_hh`` one random orthogonal ``(H, H)`` block per gate;
+    ``weight_ih`` Xavier/Glorot uniform in ``[-a, a]``, ``a = sqrt(6 / (fan_in + H))``;
+    biases zero.
+
+    Training: :meth:`forward` returns a tape for :meth:`backward`, which accumulates
+    into ``layer.grad`` (zero it with :meth:`zero_grad`). One step at a time:
+    :meth:`step` or :meth:`stream` (unidirectional stacks).
+
+    Example::
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> gru = fastrnn.GRU(10, 20, batch_first=True, bidirectional=True, seed=0)
+        >>> gru
+        GRU(10, 20, batch_first=True, bidirectional=True)
+        >>> x = np.random.default_rng(0).standard_normal((3, 5, 10)).astype(np.float32)
+        >>> out, h_n = gru(x)                       # x (B, T, I)
+        >>> out.shape, h_n.shape
+        ((3, 5, 40), (2, 3, 20))
+        >>> bool(np.allclose(out[:, -1, :20], h_n[0]) and np.allclose(out[:, 0, 20:], h_n[1]))
+        True
+        >>> gru.weight_hh_l0_reverse.shape
+        (60, 20)
+        >>> out, h_n = fastrnn.GRU(10, 20, reset_after=False, seed=0)(x[0])   # unbatched (T, I)
+        >>> out.shape, h_n.shape
+        ((5, 20), (1, 20))
+    """
     cell = "gru"
     _variant_arguments = ("reset_after",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, reset_after=True, **kw):
         GRU._refuse_unknown(type(self).__name__, kw)
-        self.reset_after = _flag("reset_after", reset_after)
+        self.reset_after = flag("reset_after", reset_after)
         super().__init__(input_size, hidden_size, num_layers, **kw)
 
     def _run(self, sfx, x, h0, c0, lengths, nt, workspace=None):
@@ -750,18 +984,11 @@ class GRU(_Recurrent):
                                        n_threads=nt, workspace=workspace)
         return hs, h_n, None, cache
 
-    def _step_bias(self, b_ih, b_hh):
-        return F.gru_input_bias(b_ih, b_hh, self.reset_after)
+    def _step_variant(self):
+        return {"reset_after": self.reset_after}
 
-    def _step_layer(self, sfx, x, h, c, h_new, c_new, layer, nt):
-        B, H = x.shape[0], self.hidden_size
-        hbuf = np.empty((2, B, H), self.dtype)
-        hbuf[0] = h
-        W_ih, W_hh, b_ih, b_hh = self._kernel_params(sfx)
-        _gru.gru_forward(np.empty((1, B, 3 * H), self.dtype), hbuf,
-                         np.empty((1, B, H), self.dtype), x[None], W_ih, W_hh,
-                         self._step_bias(b_ih, b_hh), b_hh, None, self.reset_after, nt)
-        h_new[layer] = hbuf[1]
+    def _step_layer(self, sfx, x, h, c, nt):
+        return F.gru_step(self._step_plan(sfx), x, h, n_threads=nt), None
 
     def _back(self, sfx, dhs, dh_n, dc_n, cache, nt, need_dx=True):
         dx, dh0, _ = F.gru_backward(dhs, dh_n, cache, n_threads=nt, need_dx=need_dx,
@@ -769,7 +996,28 @@ class GRU(_Recurrent):
         return dx, dh0, None
 
 
-class _Cell:
+class _StepPlans(dict):
+    """A layer's native step plans by direction suffix. A copy of the layer (deepcopy,
+    pickle) makes its own, on its own parameters: these point into the original's."""
+
+    def __deepcopy__(self, memo):
+        return _StepPlans()
+
+    def __reduce__(self):
+        return _StepPlans, ()
+
+
+_NONE_PART = np.asarray(None)       # a state part given as None: refused by the check
+_NO_PLANS = {}
+
+
+def _in_place(a):
+    """``a`` as a C-contiguous aligned array (a copy only when it is not one)."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.aligned else a.copy()
+
+
+class RecurrentCell:
     """One time step, PyTorch's cell API: ``cell(x (B, I), state) -> new state``; parameters
     ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (same gate order and init as the
     layers), PyTorch's names for its cells, so ``load_state_dict`` takes a torch cell's
@@ -782,7 +1030,7 @@ class _Cell:
                  n_threads=None, **variant):
         allowed = self.layer_class._variant_arguments
         _refuse_unknown_keywords(type(self).__name__, variant,
-                                 _keyword_names(_Cell.__init__) + list(allowed))
+                                 _keyword_names(RecurrentCell.__init__) + list(allowed))
         self._layer = self.layer_class(input_size, hidden_size, 1, bias=bias, dtype=dtype,
                                        seed=seed, n_threads=n_threads, **variant)
         self.input_size, self.hidden_size = input_size, hidden_size
@@ -801,7 +1049,7 @@ class _Cell:
         written, and calls running meanwhile see the old weights or the new, never a mix."""
         layer = self._layer
         layout = [(name[:-3], shape, offset) for name, shape, offset in layer._layout]
-        checked = _checked_state(state, layout, self.params)
+        checked = checked_state(state, layout, self.params)
         layer._write_params({name + "_l0": a for name, a in checked.items()})
 
     def __repr__(self):
@@ -818,43 +1066,214 @@ class _Cell:
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __call__(self, x, state=None):
+        # the cell's one native step (fastrnn.functional.<cell>_step): x and the state are
+        # read in place when they are C-contiguous arrays of the cell's dtype and shapes;
+        # anything else goes through _checked_step, which says what does not fit
         layer = self._layer
+        plan = layer.__dict__.get("_plans", _NO_PLANS).get("_l0") or layer._step_plan("_l0")
+        if plan.lstm:
+            h = c = None
+            if state is not None:
+                if not isinstance(state, tuple) or len(state) != 2:
+                    self._checked_x(x)          # x's errors first, as before
+                    raise TypeError(f"{type(self).__name__} state must be a pair (h, c)")
+                h, c = state
+                # a part given as None is refused by the check (shape ()), not read as zeros
+                if h is None or c is None:
+                    h, c = (_NONE_PART if h is None else h), (_NONE_PART if c is None else c)
+            return F.lstm_step(plan, x, h, c, layer.n_threads, self._checked_step)
+        if isinstance(state, tuple):
+            self._checked_x(x)
+            raise TypeError(f"{type(self).__name__} state must be one array h, not a tuple")
+        step = F.gru_step if plan.cell == "gru" else F.rnn_step
+        return step(plan, x, state, layer.n_threads, self._checked_step)
+
+    def _checked_x(self, x):
         if isinstance(x, (list, tuple)):
-            x = _float_array("x", x, layer.dtype)          # a list is data in the cell's dtype
+            x = _float_array("x", x, self._layer.dtype)    # a list is data in the cell's dtype
         if not isinstance(x, np.ndarray) or x.ndim not in (1, 2):
             raise ValueError(f"x must be (batch, input_size) or (input_size,), "
                              f"got {getattr(x, 'shape', x)}")
+        return x
+
+    def _checked_step(self, plan, x, h, c):
+        """The cell's checks of inputs the native step cannot read in place, in the order
+        and with the messages of ``layer(x[None], state)`` (the cell's former path), and the
+        inputs converted: C-contiguous aligned arrays of the cell's dtype."""
+        layer = self._layer
+        dtype, H, lstm = layer.dtype, self.hidden_size, layer.cell == "lstm"
+        x = self._checked_x(x)
         unbatched = x.ndim == 1
-        xb = x[None] if unbatched else x
-        if state is not None:
-            lstm, B, H = layer.cell == "lstm", xb.shape[0], self.hidden_size
-            if lstm != isinstance(state, tuple) or (lstm and len(state) != 2):
-                raise TypeError(f"{type(self).__name__} state must be "
-                                + ("a pair (h, c)" if lstm else "one array h, not a tuple"))
+        B = 1 if unbatched else x.shape[0]
+        parts = []
+        if h is not None:
             want = (H,) if unbatched else (B, H)
-            parts = []
-            for s in (state if lstm else (state,)):
-                s = _float_array("state", s, layer.dtype) if isinstance(s, list) else np.asarray(s)
+            for s in ((h, c) if lstm else (h,)):
+                s = _float_array("state", s, dtype) if isinstance(s, list) else np.asarray(s)
                 if s.shape != want:
                     raise ValueError(f"state has shape {s.shape}, expected {want}")
-                parts.append(s.reshape(1, B, H))
-            state = tuple(parts) if lstm else parts[0]
-        _, st = layer(xb[None], state)
-        st = st if isinstance(st, tuple) else (st,)
-        st = tuple(s[0, 0] if unbatched else s[0] for s in st)
-        return st if self._layer.cell == "lstm" else st[0]
+                parts.append(s)
+        if x.dtype != dtype:
+            raise TypeError(f"x has dtype {x.dtype}, expected {dtype} (the layer's dtype)")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x has {x.shape[-1]} features, expected "
+                             f"input_size={self.input_size}")
+        for s in parts:
+            if s.dtype != dtype:
+                raise TypeError(f"initial state has dtype {s.dtype}, expected {dtype}")
+        widest = max(layer.gates * H, self.input_size, 2 * H)
+        if B * widest > INT32_MAX:
+            raise ValueError(f"{layer.cell}: T*B*{widest} = {B * widest} exceeds the kernels' "
+                             "32-bit index range; split the batch or the sequence")
+        x, *parts = (_in_place(a) for a in [x] + parts)
+        if not parts:
+            return x, None, None
+        return (x, parts[0], parts[1]) if lstm else (x, parts[0], None)
 
 
-class RNNCell(_Cell):
-    """One step of :class:`RNN`: ``h' = cell(x, h)``."""
+class RNNCell(RecurrentCell):
+    """One step of an Elman RNN, ``torch.nn.RNNCell``'s API, names and shapes::
+
+        h' = act(W_ih x + b_ih + W_hh h + b_hh)      act = tanh or relu
+
+    Arguments: ``input_size`` (I), ``hidden_size`` (H), ``bias=True`` (False: no
+    ``bias_ih``/``bias_hh``), ``dtype=np.float32`` (or float64; ``x`` and the state must
+    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (OpenMP
+    threads; None: OpenMP's default, -1 all CPUs), and by keyword only ``nonlinearity="tanh"``
+    (or ``"relu"``).
+
+    ``cell(x, state=None)``: ``x (B, I)`` or ``(I,)`` unbatched, ``state`` the hidden
+    state ``h (B, H)`` or ``(H,)`` (zeros when None) -> ``h' (B, H)`` or ``(H,)``, a new
+    array.
+
+    Parameters, PyTorch's cell names (no ``_l0`` suffix); ``cell.params`` holds them by
+    name (also attributes, e.g. ``cell.weight_ih``), ``state_dict()``/``load_state_dict()``
+    copy them, and a
+    ``torch.nn.RNNCell``'s ``state_dict()`` loads as it is:
+
+    * ``weight_ih (H, I)``, ``weight_hh (H, H)``, ``bias_ih (H,)``, ``bias_hh (H,)``.
+
+    Initialisation as :class:`RNN`: ``weight_hh`` orthogonal, ``weight_ih`` Xavier/Glorot
+    uniform (``a = sqrt(6 / (I + H))``), biases zero. To run a whole sequence, use
+    :class:`RNN` (one kernel call instead of one per step).
+
+    Example::
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> cell = fastrnn.RNNCell(10, 20, nonlinearity="relu", seed=0)
+        >>> cell
+        RNNCell(10, 20, nonlinearity='relu')
+        >>> x = np.random.default_rng(0).standard_normal((6, 3, 10)).astype(np.float32)
+        >>> h = None
+        >>> for x_t in x:                           # x_t (B, I)
+        ...     h = cell(x_t, h)
+        >>> h.shape
+        (3, 20)
+    """
     layer_class = RNN
 
 
-class LSTMCell(_Cell):
-    """One step of :class:`LSTM`: ``(h', c') = cell(x, (h, c))``."""
+class LSTMCell(RecurrentCell):
+    """One step of an LSTM, ``torch.nn.LSTMCell``'s API, names and shapes, with the
+    peephole and coupled variants of :class:`LSTM` (σ the logistic sigmoid, ``*``
+    elementwise)::
+
+        a  = W_ih x + b_ih + W_hh h + b_hh           (G*H,), blocks a_i, a_f, a_g, a_o
+        i  = σ(a_i + p_i * c)                        input gate
+        f  = σ(a_f + p_f * c)                        forget gate (coupled: f = 1 - i)
+        g  = tanh(a_g)                               candidate cell
+        c' = f * c + i * g                           new cell state
+        o  = σ(a_o + p_o * c')                       output gate (sees the new c')
+        h' = o * tanh(c')                            new hidden state
+
+    Peephole terms only for the gates named in ``peephole``.
+
+    Arguments: ``input_size`` (I), ``hidden_size`` (H), ``bias=True`` (False: no
+    ``bias_ih``/``bias_hh``), ``dtype=np.float32`` (or float64; ``x`` and the state must
+    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (OpenMP
+    threads; None: OpenMP's default, -1 all CPUs), and by keyword only ``peephole=False``
+    (True, or a string of gates from ``"ifo"``) and ``coupled=False`` (f = 1 - i, three
+    gate blocks).
+
+    ``cell(x, state=None)``: ``x (B, I)`` or ``(I,)`` unbatched, ``state`` a pair
+    ``(h, c)`` of ``(B, H)`` (or ``(H,)``) arrays, zeros when None -> ``(h', c')``, new
+    arrays of the same shapes.
+
+    Parameters, PyTorch's cell names (no ``_l0`` suffix), gate blocks stacked along the
+    rows in the order (i, f, g, o), coupled (i, g, o); ``cell.params`` holds them by name
+    (also attributes, e.g. ``cell.weight_ih``), ``state_dict()``/``load_state_dict()``
+    copy them, and a
+    ``torch.nn.LSTMCell``'s ``state_dict()`` loads as it is:
+
+    * ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih (G*H,)``,
+      ``bias_hh (G*H,)``, G = 4 (coupled: 3).
+    * ``peephole_i``, ``peephole_f``, ``peephole_o``: ``(H,)``, for the gates in
+      ``peephole``.
+
+    Initialisation as :class:`LSTM`: ``weight_hh`` one orthogonal ``(H, H)`` block per
+    gate, ``weight_ih`` Xavier/Glorot uniform (``a = sqrt(6 / (I + H))``), biases and
+    peepholes zero except the forget block of ``bias_ih``, 1.0 (coupled: the input block
+    is -1.0). To run a whole sequence, use :class:`LSTM` (one kernel call instead of one
+    per step).
+
+    Example::
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> cell = fastrnn.LSTMCell(10, 20, seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((6, 3, 10)).astype(np.float32)
+        >>> state = None
+        >>> for x_t in x:                           # x_t (B, I)
+        ...     state = cell(x_t, state)
+        >>> h, c = state
+        >>> h.shape, c.shape
+        ((3, 20), (3, 20))
+        >>> sorted(fastrnn.LSTMCell(10, 20, peephole="io").state_dict())
+        ['bias_hh', 'bias_ih', 'peephole_i', 'peephole_o', 'weight_hh', 'weight_ih']
+    """
     layer_class = LSTM
 
 
-class GRUCell(_Cell):
-    """One step of :class:`GRU`: ``h' = cell(x, h)``."""
+class GRUCell(RecurrentCell):
+    """One step of a GRU, ``torch.nn.GRUCell``'s API, names and shapes, in both forms of
+    :class:`GRU` (σ the logistic sigmoid, ``*`` elementwise)::
+
+        r  = σ(W_ir x + b_ir + W_hr h + b_hr)                reset gate
+        z  = σ(W_iz x + b_iz + W_hz h + b_hz)                update gate
+        n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))       reset_after=True (PyTorch)
+        n  = tanh(W_in x + b_in + W_hn (r * h) + b_hn)       reset_after=False (Cho et al.)
+        h' = (1 - z) * n + z * h                             new hidden state
+
+    Arguments: ``input_size`` (I), ``hidden_size`` (H), ``bias=True`` (False: no
+    ``bias_ih``/``bias_hh``), ``dtype=np.float32`` (or float64; ``x`` and the state must
+    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (OpenMP
+    threads; None: OpenMP's default, -1 all CPUs), and by keyword only ``reset_after=True``.
+
+    ``cell(x, state=None)``: ``x (B, I)`` or ``(I,)`` unbatched, ``state`` the hidden
+    state ``h (B, H)`` or ``(H,)`` (zeros when None) -> ``h' (B, H)`` or ``(H,)``, a new
+    array.
+
+    Parameters, PyTorch's cell names (no ``_l0`` suffix), gate blocks stacked along the
+    rows in the order (r, z, n); ``cell.params`` holds them by name
+    (also attributes, e.g. ``cell.weight_ih``), ``state_dict()``/``load_state_dict()``
+    copy them, and a
+    ``torch.nn.GRUCell``'s ``state_dict()`` loads as it is:
+
+    * ``weight_ih (3*H, I)``, ``weight_hh (3*H, H)``, ``bias_ih (3*H,)``,
+      ``bias_hh (3*H,)``.
+
+    Initialisation as :class:`GRU`: ``weight_hh`` one orthogonal ``(H, H)`` block per
+    gate, ``weight_ih`` Xavier/Glorot uniform (``a = sqrt(6 / (I + H))``), biases zero.
+    To run a whole sequence, use :class:`GRU` (one kernel call instead of one per step).
+
+    Example::
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> cell = fastrnn.GRUCell(10, 20, seed=0)
+        >>> h = cell(np.ones(10, np.float32))       # unbatched: x (I,), h (H,)
+        >>> h.shape, cell.weight_hh.shape
+        ((20,), (60, 20))
+    """
     layer_class = GRU

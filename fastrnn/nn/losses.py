@@ -26,7 +26,7 @@ Reductions::
 """
 import numpy as np
 
-from ..functional import _lengths
+from .._spec import lengths_array
 
 __all__ = ["mask_from_lengths", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
            "mean_squared_error"]
@@ -39,12 +39,20 @@ def mask_from_lengths(lengths, T):
 
     lengths  (B,) integers in [0, T], of any integer type
     returns  (T, B) bool
+
+    Example::
+
+        >>> from fastrnn.nn import losses
+        >>> losses.mask_from_lengths([3, 1], T=3).astype(int)     # (T, B)
+        array([[1, 1],
+               [1, 0],
+               [1, 0]])
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
         raise ValueError(f"T must be a non-negative int, got {T!r}")
     if lengths is None:
         raise TypeError("lengths must be integers, got None")
-    lengths = _lengths(lengths, T)
+    lengths = lengths_array(lengths, T)
     return np.arange(T)[:, None] < lengths[None, :]
 
 
@@ -100,7 +108,7 @@ def _probability_targets(name, y, valid, unit):
         raise ValueError(f"{name} must lie in [0, 1], got values from {yv.min()} to {yv.max()}")
 
 
-def _check_targets(loss, targets, shape, dtype, mask=None, name="targets"):
+def check_targets(loss, targets, shape, dtype, mask=None, name="targets"):
     """The targets ``loss`` would accept for outputs of ``shape`` (..., C), checked without
     computing it, e.g. over a whole data set before training: ``targets`` as the loss
     reads them (class indices; real values cast to ``dtype``). Raises the loss's own
@@ -163,6 +171,19 @@ def softmax_cross_entropy(logits, targets, mask=None, reduction="mean"):
     mask     (...) bool or None; False positions are skipped (their targets unread)
     reduction "mean" (over valid positions, like F.cross_entropy with ignore_index) or "sum"
     returns  loss (float), dlogits (..., C) in logits' dtype
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import losses
+        >>> logits = np.zeros((2, 3, 4))                          # (T, B, C)
+        >>> targets = np.array([[0, 1, 2], [3, 0, -1]])           # (T, B); -1 is padding
+        >>> mask = targets >= 0
+        >>> loss, dlogits = losses.softmax_cross_entropy(logits, targets, mask)
+        >>> round(loss, 6) == round(float(np.log(4)), 6), dlogits.shape
+        (True, (2, 3, 4))
+        >>> float(abs(dlogits[1, 2]).max())                       # masked: exact zero
+        0.0
     """
     x = _float_input("logits", logits)
     C = x.shape[-1]
@@ -236,6 +257,16 @@ def sigmoid_binary_cross_entropy(logits, targets, mask=None, reduction="mean"):
              "sum", or "sum_over_labels" (sum over C, mean over valid positions; with a
              per-element mask a position counts if any of its labels is valid)
     returns  loss (float), dlogits (..., C) in logits' dtype
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import losses
+        >>> logits = np.array([[0.0, 1e4], [-1e4, 0.0]])          # (B, C); no overflow
+        >>> loss, dlogits = losses.sigmoid_binary_cross_entropy(
+        ...     logits, np.array([[1.0, 1.0], [0.0, 0.5]]), reduction="sum_over_labels")
+        >>> round(loss, 6) == round(float(np.log(2)), 6), dlogits.tolist()
+        (True, [[-0.25, 0.0], [0.0, 0.0]])
     """
     x, y, valid, count = _elementwise_setup("logits", logits, "targets", targets, mask,
                                             reduction, unit=True)
@@ -265,6 +296,14 @@ def mean_squared_error(pred, target, mask=None, reduction="mean"):
     reduction "mean" (over valid elements, F.mse_loss' 'mean'), "sum", or "sum_over_labels"
              (sum over C, mean over valid positions)
     returns  loss (float), dpred (..., C) in pred's dtype
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import losses
+        >>> loss, dpred = losses.mean_squared_error(np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]]))
+        >>> loss, dpred.tolist()
+        (2.5, [[1.0, 2.0]])
     """
     x, y, valid, count = _elementwise_setup("pred", pred, "target", target, mask, reduction)
     diff = x - y                                        # residual (..., C)

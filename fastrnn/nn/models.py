@@ -1,39 +1,24 @@
-"""A sequence model: optional embedding, stacked recurrent layers, linear output layer.
+"""A sequence model (:class:`SequenceModel`): optional embedding, stacked recurrent layers,
+linear output layer; and its parts :class:`Embedding` and :class:`Linear`, with helpers
+:func:`pad_sequences` and :func:`cosine_similarity`::
 
     ids (B, T) ints --Embedding--> (B, T, E) --+
     x   (B, T, I) floats ----------------------+--> RNN/LSTM/GRU stack --> h (B, T, D*H)
-        output="per_step":  y_t = W_hy h_t + b_y           -> (B, T, C)
-        output="last":      y = W_hy h_last + b_y          -> (B, C), h_last the state after
-                            each row's last valid step (both directions when bidirectional)
+                                                    --Linear--> (B, T, C) or (B, C)
 
-Batch-first throughout, as Keras users expect; ``lengths (B,)`` marks ragged rows (padding
-steps hold the state, give zero output and are masked out of the loss).
-
-Tasks (``task=``) pick the output and the loss:
-    "next_token" / "per_step_classification": per step, softmax cross-entropy
-    "sequence_classification": last state, softmax cross-entropy
-    "multilabel": per step, sigmoid binary cross-entropy (summed over labels, mean over steps)
-    "regression": per step, mean squared error ("sequence_regression": last state)
+:class:`SequenceModel`'s docstring holds the equations, the tasks and their losses, every
+argument, the parameter names and an example.
 """
 import difflib
 import functools
 
 import numpy as np
 
-from ..kernels import _blas
 from .. import functional as F
+from .._spec import INT32_MAX, TASKS, lengths_array, positive_int
 from . import layers as L
 from . import losses
-from ..kernels._threads import serial_blas
 
-_TASKS = {
-    "next_token": ("per_step", "cross_entropy"),
-    "per_step_classification": ("per_step", "cross_entropy"),
-    "sequence_classification": ("last", "cross_entropy"),
-    "multilabel": ("per_step", "binary_cross_entropy"),
-    "regression": ("per_step", "mse"),
-    "sequence_regression": ("last", "mse"),
-}
 _CELLS = {"rnn": L.RNN, "lstm": L.LSTM, "gru": L.GRU}
 # the arguments each cell adds to SequenceModel's own (what a model file can record)
 _CELL_ARGUMENTS = {name: layer._variant_arguments for name, layer in _CELLS.items()}
@@ -96,8 +81,7 @@ class Linear:
         y = np.empty((x2.shape[0], C), self.weight.dtype)
         y[...] = self.bias
         if x2.shape[0]:
-            with serial_blas:
-                _blas._gemm_memview(_blas.NoTrans, _blas.Trans, 1.0, x2, self.weight, 1.0, y)
+            F.gemm_nt_accumulate(x2, self.weight, y)
         return y.reshape(*x.shape[:-1], C)
 
     def __repr__(self):
@@ -131,14 +115,70 @@ def _refuse_unknown_arguments(cell, kwargs):
 
 
 class SequenceModel:
-    """Embedding (optional) + recurrent stack + linear output; see the module docstring.
+    """A whole sequence model: an optional embedding, a stack of recurrent layers and a
+    linear output layer, with training (:meth:`fit`), inference, streaming and model
+    files. Batch-first throughout, as Keras users expect. For a batch row::
 
-    Arguments: ``cell`` ("rnn", "lstm", "gru"), ``input_size`` (feature inputs) or
-    ``vocab_size`` (token-id inputs, with ``embedding_dim``, default ``hidden_size``),
-    ``hidden_size``, ``output_size``, ``task``, and the layer arguments ``num_layers``,
-    ``bidirectional``, ``dropout``, ``nonlinearity`` (rnn), ``peephole``/``coupled`` (lstm),
-    ``reset_after`` (gru); ``dtype`` float32 (default) or float64; ``seed`` fixes every
-    random choice. An unknown argument raises TypeError naming the closest one.
+        e_t = E[ids_t]                     token-id models (vocab_size); features: e_t = x_t
+        h_t = stack(e)_t                   the RNN/LSTM/GRU layers' output at step t, (D*H,)
+        y_t = W_hy h_t + b_y               per-step tasks: every step,         y (B, T, C)
+        y   = W_hy h_last + b_y            per-sequence tasks: once per row,    y (B, C)
+
+    ``h_last`` is the top layer's final state, both directions concatenated when
+    bidirectional (``[forward after the row's last valid step, reverse after reading the
+    row backwards]``), D = 2 if bidirectional else 1, C = ``output_size``.
+
+    Arguments (all may be given by keyword; the cell's own only by keyword):
+
+    * ``cell="lstm"``: ``"rnn"``, ``"lstm"`` or ``"gru"``.
+    * ``input_size=None``: features per step of float inputs ``(B, T, I)``; or
+    * ``vocab_size=None``: token-id inputs ``(B, T)`` in [0, vocab_size), embedded by
+      ``embedding.weight (V, E)``; ``embedding_dim=None`` (E) defaults to
+      ``hidden_size``. Exactly one of ``input_size`` and ``vocab_size`` is given.
+    * ``hidden_size=128`` (H): units per recurrent layer.
+    * ``output_size=None`` (C): outputs per step or sequence; defaults to ``vocab_size``
+      (a language model), required with ``input_size``.
+    * ``task="next_token"``: the output and the loss, one of
+
+      - ``"next_token"``, ``"per_step_classification"``: per step, softmax cross-entropy
+        over C classes, targets ``(B, T)`` class indices;
+      - ``"sequence_classification"``: per sequence, softmax cross-entropy, targets
+        ``(B,)``;
+      - ``"multilabel"``: per step, sigmoid binary cross-entropy summed over the C labels
+        and averaged over steps, targets ``(B, T, C)`` in [0, 1];
+      - ``"regression"``: per step, mean squared error, targets ``(B, T, C)``;
+      - ``"sequence_regression"``: per sequence, mean squared error, targets ``(B, C)``.
+
+      Padding steps (``lengths``) are masked out of every per-step loss.
+    * ``num_layers=1``, ``bidirectional=False``, ``dropout=0.0`` (between recurrent
+      layers, while training): as :class:`fastrnn.LSTM`.
+    * ``dtype=np.float32``: float32 or float64, for every parameter and computation.
+    * ``seed=None``: fixes every random choice of the model (initialisation, dropout
+      masks); :meth:`fit`'s shuffling has its own ``seed``.
+    * ``n_threads=None``: OpenMP threads of the kernels (None: OpenMP's default, capped
+      at the CPUs; -1 all CPUs).
+    * the cell's variant, by keyword: ``nonlinearity="tanh"`` (rnn), ``peephole=False``
+      and ``coupled=False`` (lstm), ``reset_after=True`` (gru); see the layer classes.
+
+    An unknown argument raises TypeError naming the closest one (or the cell that takes
+    it).
+
+    Parameters (:meth:`named_parameters`, the names of :meth:`state_dict` and of model
+    files): ``embedding.weight (V, E)`` (token-id models), ``rnn.<name>`` for every
+    parameter of the layer stack (``rnn.weight_ih_l0 (G*H, I)`` etc., PyTorch's names
+    and gate order, see :class:`fastrnn.LSTM`), ``head.weight (C, D*H)``,
+    ``head.bias (C,)``. Each part keeps one flat buffer; :meth:`parameters` gives the
+    ``(flat, grad)`` pairs the optimizers take. Initialisation: the embedding N(0, 1) as
+    PyTorch's, the layers as :class:`fastrnn.LSTM` describes, ``head.weight``
+    Xavier/Glorot uniform ``[-a, a]``, ``a = sqrt(6 / (D*H + C))``, ``head.bias`` zero.
+
+    Calls: :meth:`fit` (training; ``help(model.fit)`` has every argument),
+    :meth:`predict` (raw outputs: logits or values), :meth:`predict_proba`,
+    :meth:`evaluate` (mean loss, accuracy), :meth:`encode` (sequence features),
+    :meth:`step` with :meth:`initial_state` (one step for many streams, per-step tasks),
+    :meth:`forward`/:meth:`loss`/:meth:`backward` (one training step by hand),
+    ``save(path)`` (:func:`fastrnn.save`), ``to_onnx``, ``to_torch``; :func:`fastrnn.load`
+    reads a saved model back.
 
     Inputs follow one rule at every entry point (``fit`` and its ``validation_data``,
     ``evaluate``, ``predict``, ``predict_proba``, ``encode``, ``step``), checked before
@@ -159,6 +199,35 @@ class SequenceModel:
       classification tasks, finite real numbers for the others (in [0, 1] for
       "multilabel"), shaped ``(B, T)`` (classes) or ``(B, T, C)`` per step and ``(B,)``
       (classes) or ``(B, C)`` per sequence; padding positions are never read.
+
+    Example::
+
+        >>> import numpy as np
+        >>> import fastrnn
+        >>> model = fastrnn.SequenceModel("gru", input_size=3, hidden_size=16, output_size=2,
+        ...                               task="sequence_classification", seed=0)
+        >>> model
+        SequenceModel(
+          (rnn): GRU(3, 16, batch_first=True)
+          (head): Linear(in_features=16, out_features=2)
+          task='sequence_classification', dtype=float32, parameters=1,042
+        )
+        >>> x = np.random.default_rng(0).standard_normal((8, 5, 3)).astype(np.float32)
+        >>> y = (x.sum(axis=(1, 2)) > 0).astype(int)          # (B,) class indices
+        >>> history = model.fit(x, y, epochs=2, batch_size=4, progress=False)
+        >>> len(history["loss"]), history["steps"]
+        (2, 4)
+        >>> model.predict(x).shape
+        (8, 2)
+        >>> p = model.predict_proba(x, lengths=[5, 4, 3, 2, 1, 5, 5, 5])   # ragged rows
+        >>> p.shape, bool(np.allclose(p.sum(axis=1), 1))
+        ((8, 2), True)
+        >>> lm = fastrnn.SequenceModel("lstm", vocab_size=10, hidden_size=8, seed=0)
+        >>> lm.predict(np.array([[1, 2, 3]])).shape           # ids (B, T) -> (B, T, V)
+        (1, 3, 10)
+        >>> y_t, state = lm.step(np.array([1, 2]), lm.initial_state(2))   # two streams
+        >>> y_t.shape, state[0].shape
+        ((2, 10), (1, 2, 8))
     """
 
     def __init__(self, cell="lstm", input_size=None, hidden_size=128, output_size=None,
@@ -168,8 +237,8 @@ class SequenceModel:
         if not isinstance(cell, str) or cell not in _CELLS:
             raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
         _refuse_unknown_arguments(cell, cell_kwargs)
-        if not isinstance(task, str) or task not in _TASKS:
-            raise ValueError(f"task must be one of {sorted(_TASKS)}, got {task!r}")
+        if not isinstance(task, str) or task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
         if (input_size is None) == (vocab_size is None):
             raise ValueError("give exactly one of input_size (feature inputs) and vocab_size "
                              "(token-id inputs)")
@@ -179,18 +248,18 @@ class SequenceModel:
             output_size = vocab_size
         # sizes as Python ints (the config is written to model files as JSON)
         input_size, vocab_size, embedding_dim = (
-            None if v is None else L._positive_int(name, v) for name, v in
+            None if v is None else positive_int(name, v) for name, v in
             (("input_size", input_size), ("vocab_size", vocab_size),
              ("embedding_dim", embedding_dim)))
-        hidden_size = L._positive_int("hidden_size", hidden_size)
-        output_size = L._positive_int("output_size", output_size)
-        num_layers = L._positive_int("num_layers", num_layers)
+        hidden_size = positive_int("hidden_size", hidden_size)
+        output_size = positive_int("output_size", output_size)
+        num_layers = positive_int("num_layers", num_layers)
         self.config = dict(cell=cell, input_size=input_size, hidden_size=hidden_size,
                            output_size=output_size, task=task, vocab_size=vocab_size,
                            embedding_dim=embedding_dim, num_layers=num_layers,
                            bidirectional=bidirectional, dropout=dropout,
                            dtype=np.dtype(dtype).name, **cell_kwargs)
-        self.output, self.loss_name = _TASKS[task]
+        self.output, self.loss_name = TASKS[task]
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
         self.embedding = None
@@ -295,7 +364,7 @@ class SequenceModel:
         sequences of different lengths padded, lengths as int64 (or None)."""
         x, lengths = _padded(x, lengths)
         x = self._checked_inputs(x)
-        return x, F._lengths(lengths, x.shape[1], x.shape[0])
+        return x, lengths_array(lengths, x.shape[1], x.shape[0])
 
     def _data(self, x, y, lengths=None):
         """``fit``'s and ``evaluate``'s data ``(x, y, lengths)``: :meth:`_batch`, and the
@@ -318,7 +387,7 @@ class SequenceModel:
             shape = (N, T, C)
             if lengths is not None:
                 mask = np.arange(T)[None, :] < lengths[:, None]        # (N, T)
-        y = losses._check_targets(self.loss_name, y, shape, self.dtype, mask)
+        y = losses.check_targets(self.loss_name, y, shape, self.dtype, mask)
         return x, y, lengths
 
     def _check_row_size(self, shape):
@@ -328,7 +397,7 @@ class SequenceModel:
             T = shape[1]
             width = max(self.rnn.gates * self.rnn.hidden_size * self.rnn.num_directions,
                         self.rnn.input_size)
-            if T * width > L.F._INT32_MAX:
+            if T * width > INT32_MAX:
                 raise ValueError(f"a sequence of T={T} steps is too long for the kernels' "
                                  "32-bit index range; split it (stateful chunks)")
 
@@ -383,7 +452,7 @@ class SequenceModel:
             return rnn(xin, state, lengths) if need_out else \
                 (None, rnn._final_state(xin, state, lengths))
         if lengths is not None:
-            lengths = L.F._lengths(lengths, T, B)   # checked against the whole T first
+            lengths = lengths_array(lengths, T, B)   # checked against the whole T first
         outs = []
         for t0 in range(0, T, k):
             lc = None if lengths is None else np.clip(lengths - t0, 0, min(k, T - t0))
@@ -433,7 +502,7 @@ class SequenceModel:
         per-step tasks, ``(B, C)`` otherwise, ``B`` = 0 included. The whole call computes
         from one version of the weights, even while another thread replaces them."""
         x, lengths = self._batch(x, lengths)
-        batch_size = L._positive_int("batch_size", batch_size)
+        batch_size = positive_int("batch_size", batch_size)
         return self._guard.read(self._predict, x, lengths, batch_size)
 
     def _predict(self, x, lengths, batch_size):
@@ -467,7 +536,7 @@ class SequenceModel:
         """:meth:`evaluate`'s sums (see :meth:`_evaluate_sums`) of checked inputs; data-parallel
         validation adds them across processes before :meth:`_evaluation`."""
         x, y, lengths = self._data(x, y, lengths)
-        batch_size = L._positive_int("batch_size", batch_size)
+        batch_size = positive_int("batch_size", batch_size)
         return self._guard.read(self._evaluate_sums, x, y, lengths, batch_size)
 
     def _evaluation(self, total, correct, count):
@@ -561,7 +630,7 @@ class SequenceModel:
         old weights or entirely from the new ones, never from a mix (fastrnn.kernels._guard). The
         buffers stay the same objects, so optimizers and streams keep following them."""
         named = self.named_parameters()
-        state = L._checked_state(state, [(k, v.shape, None) for k, v in named.items()], named)
+        state = L.checked_state(state, [(k, v.shape, None) for k, v in named.items()], named)
         with self._guard.writing():
             for k, a in named.items():
                 a[...] = state[k]

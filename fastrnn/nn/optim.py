@@ -234,6 +234,21 @@ class SGD(Optimizer):
         p = p - lr * d
 
     Buffers: ``m`` (only when momentum > 0). nesterov needs momentum > 0 and dampening 0.
+
+    Arguments: ``params``: a list of ``(param, grad)`` array pairs of one shape each (e.g.
+    ``model.parameters()``, ``[(layer.flat, layer.grad)]``); params are updated in place.
+    ``lr`` (required, >= 0), ``momentum=0.0``, ``dampening=0.0`` (in [0, 1]),
+    ``nesterov=False``, ``weight_decay=0.0``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> p, g = np.ones(3), np.full(3, 0.5)
+        >>> opt = optim.SGD([(p, g)], lr=0.1, momentum=0.9)
+        >>> opt.step(); opt.step()
+        >>> p.round(6).tolist()                 # 1 - 0.1 * (0.5 + 0.95)
+        [0.855, 0.855, 0.855]
     """
     _hypers = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
     _flags = ("nesterov",)
@@ -287,6 +302,21 @@ class Adam(Optimizer):
         p = p - lr / (1 - beta1**t) * m / denom         # bias-corrected step
 
     Buffers: ``m``, ``v``.
+
+    Arguments: ``params``: a list of ``(param, grad)`` array pairs of one shape each (e.g.
+    ``model.parameters()``, ``[(layer.flat, layer.grad)]``); params are updated in place.
+    ``lr=1e-3``, ``betas=(0.9, 0.999)`` (beta1, beta2), ``eps=1e-8``,
+    ``weight_decay=0.0``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> p, g = np.ones(2), np.array([1.0, -1.0])
+        >>> opt = optim.Adam([(p, g)], lr=0.01)
+        >>> opt.step()
+        >>> p.round(4).tolist(), opt.steps, sorted(opt.state_dict())[:3]
+        ([0.99, 1.01], 1, ['beta1', 'beta2', 'eps'])
     """
     _hypers = ("lr", "beta1", "beta2", "eps", "weight_decay")
     _decoupled = False
@@ -344,6 +374,20 @@ class AdamW(Adam):
         p = p - lr / (1 - beta1**t) * m / denom         # bias-corrected step
 
     Buffers: ``m``, ``v``.
+
+    Arguments: ``params``: a list of ``(param, grad)`` array pairs of one shape each (e.g.
+    ``model.parameters()``, ``[(layer.flat, layer.grad)]``); params are updated in place.
+    ``lr=1e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-8``, ``weight_decay=1e-2`` (torch's
+    default; applied as ``p *= 1 - lr * weight_decay`` before the Adam step).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> p, g = np.ones(2), np.zeros(2)      # no gradient: only the decay acts
+        >>> optim.AdamW([(p, g)], lr=0.1, weight_decay=0.5).step()
+        >>> p.tolist()
+        [0.95, 0.95]
     """
     _decoupled = True
 
@@ -362,6 +406,20 @@ class Adagrad(Optimizer):
         p = p - clr * g / (sqrt(v) + eps)               # per-coordinate step
 
     Buffers: ``v``, starting at ``initial_accumulator_value``.
+
+    Arguments: ``params``: a list of ``(param, grad)`` array pairs of one shape each (e.g.
+    ``model.parameters()``, ``[(layer.flat, layer.grad)]``); params are updated in place.
+    ``lr=1e-2``, ``lr_decay=0.0``, ``weight_decay=0.0``,
+    ``initial_accumulator_value=0.0`` (the sum of squares starts there), ``eps=1e-10``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> p, g = np.zeros(2), np.array([2.0, -0.5])
+        >>> optim.Adagrad([(p, g)], lr=0.1).step()
+        >>> p.round(6).tolist()                 # -lr * g / sqrt(g * g)
+        [-0.1, 0.1]
     """
     _hypers = ("lr", "lr_decay", "weight_decay", "eps")
 
@@ -410,6 +468,21 @@ class RMSprop(Optimizer):
         p = p - lr * g / denom          otherwise
 
     Buffers: ``v``; ``g`` (the running mean ``a``) when centered; ``m`` when momentum > 0.
+
+    Arguments: ``params``: a list of ``(param, grad)`` array pairs of one shape each (e.g.
+    ``model.parameters()``, ``[(layer.flat, layer.grad)]``); params are updated in place.
+    ``lr=1e-2``, ``alpha=0.99``, ``eps=1e-8``, ``weight_decay=0.0``, ``momentum=0.0``,
+    ``centered=False``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> p, g = np.zeros(1), np.ones(1)
+        >>> opt = optim.RMSprop([(p, g)], lr=0.01)
+        >>> opt.step()
+        >>> round(float(p[0]), 4)               # -lr * g / sqrt(0.01 * g * g)
+        -0.1
     """
     _hypers = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
     _flags = ("centered",)
@@ -480,6 +553,14 @@ def clip_grad_norm(grads, max_norm):
     grads    a list of arrays (e.g. ``optimizer.grads``) or one array
     returns  the norm before clipping (float). A NaN or inf norm is returned without
              touching the gradients: the caller decides (skip the step, lower the lr).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> grads = [np.array([3.0]), np.array([4.0])]
+        >>> optim.clip_grad_norm(grads, 1.0), [g.round(6).tolist() for g in grads]
+        (5.0, [[0.6], [0.8]])
     """
     grads = _grad_list(grads)
     max_norm = _positive("max_norm", max_norm)
@@ -501,6 +582,15 @@ def clip_grad_value(grads, clip_value):
     """Clamp every gradient element into [-clip_value, clip_value], in place (NaN stays NaN).
 
     grads    a list of arrays (e.g. ``optimizer.grads``) or one array
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> g = np.array([-3.0, 0.5, 2.0])
+        >>> optim.clip_grad_value(g, 1.0)
+        >>> g.tolist()
+        [-1.0, 0.5, 1.0]
     """
     grads = _grad_list(grads)
     c = _positive("clip_value", clip_value)
@@ -561,6 +651,21 @@ class StepLR(_Schedule):
     """Decay by ``gamma`` every ``step_size`` steps (torch.optim.lr_scheduler.StepLR)::
 
         lr_at(k) = base_lr * gamma ** (k // step_size)
+
+    Arguments: ``optimizer`` (its ``lr`` is ``base_lr``), ``step_size`` (>= 1),
+    ``gamma=0.1``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> opt = optim.SGD([(np.zeros(1), np.zeros(1))], lr=1.0)
+        >>> sched = optim.StepLR(opt, step_size=2, gamma=0.5)
+        >>> lrs = []
+        >>> for _ in range(5):
+        ...     lrs.append(opt.lr); opt.step(); sched.step()
+        >>> lrs
+        [1.0, 1.0, 0.5, 0.5, 0.25]
     """
 
     def __init__(self, optimizer, step_size, gamma=0.1):
@@ -580,6 +685,18 @@ class CosineLR(_Schedule):
 
         lr_at(k) = min_lr + (base_lr - min_lr) * (1 + cos(pi * k / N)) / 2    k < N = total_steps
         lr_at(k) = min_lr                                                     k >= N
+
+    Arguments: ``optimizer`` (its ``lr`` is ``base_lr``), ``total_steps`` (N >= 1),
+    ``min_lr=0.0``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> opt = optim.Adam([(np.zeros(1), np.zeros(1))], lr=1.0)
+        >>> sched = optim.CosineLR(opt, total_steps=4)
+        >>> [round(sched.lr_at(k), 4) for k in range(6)]
+        [1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
     """
 
     def __init__(self, optimizer, total_steps, min_lr=0.0):
@@ -608,6 +725,18 @@ class WarmupLR(_Schedule):
     so e.g. ``WarmupLR(opt, 500, after=CosineLR(opt, 10_000))`` decays over 10 000 steps
     after the 500 warm-up steps. ``after`` must be built on the same optimizer; only the
     WarmupLR is stepped (it keeps ``after.steps`` in sync).
+
+    Arguments: ``optimizer`` (its ``lr`` is ``base_lr``), ``warmup_steps`` (W >= 1),
+    ``after=None`` (a schedule of the same optimizer, run after the warm-up).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from fastrnn.nn import optim
+        >>> opt = optim.SGD([(np.zeros(1), np.zeros(1))], lr=1.0)
+        >>> sched = optim.WarmupLR(opt, 2, after=optim.CosineLR(opt, total_steps=2))
+        >>> [round(sched.lr_at(k), 4) for k in range(5)], opt.lr
+        ([0.5, 1.0, 1.0, 0.5, 0.0], 0.5)
     """
 
     def __init__(self, optimizer, warmup_steps, after=None):
