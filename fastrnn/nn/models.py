@@ -25,7 +25,23 @@ _CELL_ARGUMENTS = {name: layer._variant_arguments for name, layer in _CELLS.item
 
 
 class Embedding:
-    """Token ids -> vectors. ``weight (V, E)`` in a flat buffer; init N(0, 1) as PyTorch."""
+    """Token ids -> vectors. ``weight (V, E)`` in a flat buffer; init N(0, 1) as PyTorch.
+
+    Arguments: ``num_embeddings`` (V), ``embedding_dim`` (E), ``dtype=np.float32``,
+    ``rng=None`` (a ``numpy.random.Generator``; None: a fresh one). ``forward(ids)``: ids
+    of any shape with values in [0, V) -> ``(*ids.shape, E)``; ``backward(dout, ids)``
+    accumulates into ``weight_grad`` (repeated ids add up).
+
+        >>> import numpy as np
+        >>> from fastrnn.nn.models import Embedding
+        >>> emb = Embedding(10, 4, rng=np.random.default_rng(0))
+        >>> ids = np.array([[1, 2, 2]])                       # (B, T)
+        >>> emb.forward(ids).shape
+        (1, 3, 4)
+        >>> emb.backward(np.ones((1, 3, 4), np.float32), ids)
+        >>> emb.weight_grad[2].tolist()                       # id 2 seen twice
+        [2.0, 2.0, 2.0, 2.0]
+    """
 
     def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, rng=None):
         rng = rng if rng is not None else np.random.default_rng()
@@ -51,7 +67,21 @@ class Embedding:
 
 class Linear:
     """``y = x @ W.T + b``, ``W (C, D)``, ``b (C,)`` in one flat buffer; Glorot-uniform W,
-    zero b."""
+    zero b.
+
+    Arguments: ``in_features`` (D), ``out_features`` (C), ``dtype=np.float32``,
+    ``rng=None``. Glorot bound ``a = sqrt(6 / (D + C))``. ``forward(x (..., D))`` ->
+    ``(..., C)``; ``backward(dy, x)`` accumulates ``weight_grad``/``bias_grad`` and
+    returns ``dx``.
+
+        >>> import numpy as np
+        >>> from fastrnn.nn.models import Linear
+        >>> head = Linear(3, 2, rng=np.random.default_rng(0))
+        >>> x = np.ones((4, 5, 3), np.float32)
+        >>> y = head.forward(x)
+        >>> y.shape, head.backward(np.ones_like(y), x).shape, head.bias_grad.tolist()
+        ((4, 5, 2), (4, 5, 3), [20.0, 20.0])
+    """
 
     def __init__(self, in_features, out_features, dtype=np.float32, rng=None):
         rng = rng if rng is not None else np.random.default_rng()
@@ -657,7 +687,12 @@ def _all_finite(x, chunk=1 << 20):
 
 def cosine_similarity(a, b):
     """Cosine similarity of feature vectors, row by row: (N, F), (N, F) -> (N,) (1-D in,
-    a float out). Zero vectors give 0."""
+    a float out). Zero vectors give 0.
+
+        >>> from fastrnn import cosine_similarity
+        >>> cosine_similarity([[1, 0], [1, 1]], [[2, 0], [0, 0]]).tolist()
+        [1.0, 0.0]
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
@@ -694,7 +729,13 @@ def _padded(x, lengths):
 def pad_sequences(seqs, dtype=None, value=0):
     """List of (T_i, ...) arrays -> padded (B, T_max, ...) array and lengths (B,). The
     array has ``dtype``, or the type that holds every sequence's values (numpy's type
-    promotion) when None."""
+    promotion) when None.
+
+        >>> from fastrnn import pad_sequences
+        >>> x, lengths = pad_sequences([[1, 2, 3], [4]])
+        >>> x.tolist(), lengths.tolist()
+        ([[1, 2, 3], [4, 0, 0]], [3, 1])
+    """
     seqs = [np.asarray(s) if dtype is None else np.asarray(s, dtype) for s in seqs]
     if not seqs:
         raise ValueError("pad_sequences needs at least one sequence")
