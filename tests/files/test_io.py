@@ -64,7 +64,7 @@ def test_safetensors_package_reads_our_files(tmp_path):
     for name, a in m.named_parameters().items():
         np.testing.assert_array_equal(arrays[name], a)
     with safe_open(str(path), "np") as f:
-        assert f.metadata()["fastrnn_format"] == "1"
+        assert f.metadata()["fastrnn_format"] == str(fastrnn.io.FORMAT_VERSION)
     # and files the package writes (with our metadata) load here
     blob = model_bytes(m)
     n = struct.unpack("<Q", blob[:8])[0]
@@ -120,7 +120,7 @@ def test_crafted_files_are_rejected(case):
     meta = header.pop("__metadata__")
     names = sorted(header, key=lambda k: header[k]["data_offsets"][0])
     if case == "version":
-        meta["fastrnn_format"] = "2"
+        meta["fastrnn_format"] = "3"
         match = "version"
     elif case == "huge_header":
         blob = struct.pack("<Q", 1 << 40) + b"{}"
@@ -411,3 +411,28 @@ def test_weights_more_than_the_architecture_makes_are_refused_before_they_are_re
     header["__metadata__"]["sha256"] = _checksum(header["__metadata__"], new)
     with pytest.raises(ModelFileError, match="at most .* parameters, the file holds"):
         load_bytes(_craft(header, new))
+
+
+def test_files_record_the_gate_order_and_a_different_one_is_refused(monkeypatch):
+    """Version 2 files say how their weight matrices stack the gate blocks; one written in
+    another order (here: a build whose LSTM stacked i, g, f, o) is refused instead of read
+    wrongly, and so is a version 2 file without the entry. Version 1 files (before the
+    order was recorded) load in PyTorch's order: tests/files/test_golden.py."""
+    from fastrnn import _spec
+    for layer, order in ((fastrnn.LSTM(3, 4), "ifgo"), (fastrnn.LSTM(3, 4, coupled=True), "igo"),
+                         (fastrnn.GRU(3, 4), "rzn"), (fastrnn.RNN(3, 4), "h"),
+                         (fastrnn.LSTMCell(3, 4), "ifgo")):
+        blob = fastrnn.io.model_bytes(layer)
+        n = struct.unpack("<Q", blob[:8])[0]
+        assert json.loads(blob[8:8 + n])["__metadata__"]["gate_order"] == order
+        fastrnn.io.load_bytes(blob)
+    monkeypatch.setitem(_spec.GATE_ORDER, "lstm", ("i", "g", "f", "o"))
+    blob = fastrnn.io.model_bytes(fastrnn.LSTM(3, 4))
+    monkeypatch.setitem(_spec.GATE_ORDER, "lstm", ("i", "f", "g", "o"))
+    with pytest.raises(ModelFileError, match="gate_order 'igfo'.*'ifgo'"):
+        load_bytes(blob)
+    header, data = _good_parts()
+    meta = header.pop("__metadata__")
+    del meta["gate_order"]
+    with pytest.raises(ModelFileError, match="gate_order None"):
+        load_bytes(_craft(header, data, meta))
