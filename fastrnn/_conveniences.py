@@ -9,7 +9,7 @@ import importlib
 import types
 
 from . import io
-from .nn.layers import _Cell, _Recurrent
+from .nn.layers import RecurrentCell, RecurrentLayer
 from .nn.models import SequenceModel
 
 
@@ -39,10 +39,10 @@ def _reduce(self):
 
 
 def bind():
-    for cls in (_Recurrent, _Cell, SequenceModel):
+    for cls in (RecurrentLayer, RecurrentCell, SequenceModel):
         cls.__reduce__ = _reduce
         cls.to_torch = _Delegated("fastrnn.interop.torch_io", "to_torch")
-    for cls in (_Recurrent, SequenceModel):
+    for cls in (RecurrentLayer, SequenceModel):
         cls.to_onnx = _Delegated("fastrnn.interop.onnx_export", "to_onnx")
     SequenceModel.save = _Delegated("fastrnn.io", "save")
     SequenceModel.fit = _Delegated("fastrnn.training", "fit")

@@ -35,7 +35,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import io
-from .nn.layers import _positive_int
+from ._spec import positive_int
 
 __all__ = ["predict", "predict_frame", "predict_padded", "decode_count"]
 
@@ -156,7 +156,7 @@ def predict(model, x, lengths=None, *, client=None, n_threads=1, batch_size=256)
                ``False`` for Dask's local schedulers (no copies made)
     returns    (N, T, C) or (N, C) dask array in the model's dtype
     """
-    model, n_threads = _checked_model(model), _positive_int("n_threads", n_threads)
+    model, n_threads = _checked_model(model), positive_int("n_threads", n_threads)
     if not isinstance(x, da.Array):
         raise TypeError(f"x must be a dask.array.Array, got {type(x).__name__} (use "
                         "model.predict for numpy arrays)")
@@ -173,7 +173,7 @@ def predict(model, x, lengths=None, *, client=None, n_threads=1, batch_size=256)
     if model.embedding is None and x.shape[2] != model.config["input_size"]:
         raise ValueError(f"x has {x.shape[2]} features, expected "
                          f"input_size={model.config['input_size']}")
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     given = x.chunks[0]
     x = x.rechunk({i: -1 for i in range(1, x.ndim)})
     # blocks cut where model.predict cuts its batches, so every row is computed with the
@@ -265,7 +265,7 @@ def predict_frame(model, df, sequence, features, time=None, *, client=None, n_th
     the padded sequences up to float rounding (not bit for bit: see predict_padded).
     """
     import dask.dataframe as dd
-    model, n_threads = _checked_model(model), _positive_int("n_threads", n_threads)
+    model, n_threads = _checked_model(model), positive_int("n_threads", n_threads)
     if not isinstance(df, dd.DataFrame):
         raise TypeError(f"df must be a dask.dataframe.DataFrame, got {type(df).__name__}")
     features = [features] if isinstance(features, str) else list(features)

@@ -18,7 +18,7 @@ the transport.
 """
 import numpy as np
 
-from .nn.layers import _positive_int
+from ._spec import positive_int
 
 __all__ = ["Allreduce", "shard"]
 
@@ -95,7 +95,7 @@ def shard(n, batch_size, rank=None, size=None):
         comm = _mpi().COMM_WORLD
         rank = comm.Get_rank() if rank is None else rank
         size = comm.Get_size() if size is None else size
-    n, batch_size, size = (_positive_int(name, v) for name, v in
+    n, batch_size, size = (positive_int(name, v) for name, v in
                            (("n", n), ("batch_size", batch_size), ("size", size)))
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or \
             not 0 <= rank < size:

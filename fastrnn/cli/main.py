@@ -122,7 +122,7 @@ def _input_file(path, what):
     except OSError as exc:
         raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"{what} {path} is {io._kind_of(st.st_mode)}, not a file")
+        raise UserError(f"{what} {path} is {io.kind_of(st.st_mode)}, not a file")
     return path
 
 
@@ -328,11 +328,11 @@ def _interrupted(args, before):
 def _load_model(path, command):
     """The SequenceModel in the fastrnn file ``path``; UserError for anything else."""
     import fastrnn
-    from fastrnn.nn.layers import _Cell
+    from fastrnn.nn.layers import RecurrentCell
     from fastrnn.nn.models import SequenceModel
     obj = fastrnn.load(_input_file(path, "model file"))
     if not isinstance(obj, SequenceModel):
-        what = f"a cell, {_describe_obj(obj)}" if isinstance(obj, _Cell) else \
+        what = f"a cell, {_describe_obj(obj)}" if isinstance(obj, RecurrentCell) else \
             f"a layer stack, {_describe_obj(obj)}"
         raise UserError(f"{path} holds {what}: fastrnn {command} needs a SequenceModel file "
                         "(what fastrnn train and SequenceModel.save write)")
@@ -403,9 +403,9 @@ def _load_array(path, what):
     is unpickled)."""
     from fastrnn import io
     with open(_input_file(path, what), "rb") as f:
-        head = f.read(io._HEAD_BYTES)
+        head = f.read(io.HEAD_BYTES)
     if not head.startswith(b"\x93NUMPY"):
-        found = "it is empty" if not head else io._foreign(head)
+        found = "it is empty" if not head else io.foreign_format(head)
         raise UserError(f"{what} {path} is not a .npy array file"
                         + (f" ({found})" if found else "") + "; write arrays with numpy.save")
     try:
@@ -484,7 +484,7 @@ def _format_read(path):
     import zipfile
     from fastrnn import io
     with open(_input_file(path, "input file"), "rb") as f:
-        head = f.read(io._HEAD_BYTES)
+        head = f.read(io.HEAD_BYTES)
         size = os.fstat(f.fileno()).st_size
         if len(head) >= 9 and head[8:9] == b"{":
             n = struct.unpack("<Q", head[:8])[0]
@@ -518,7 +518,7 @@ def _format_read(path):
         return "torch"
     if head[:1] == b"\x08":
         return "onnx"
-    found = "the file is empty" if not head else io._foreign(head) or "content not recognised"
+    found = "the file is empty" if not head else io.foreign_format(head) or "content not recognised"
     raise UserError(f"{path}: refused: {found}; fastrnn convert reads torch.save files, "
                     "safetensors, ONNX and fastrnn files (by their content, whatever the name)")
 
@@ -605,7 +605,7 @@ def _convert_write(obj, path, check):
     # the file read back runs like the object written, on a random input and state
     from fastrnn.interop.compare import compare
     from fastrnn.interop.parity import ParityError, default_tolerance
-    x, state = torch_io._random_case(obj, np.random.default_rng(0))
+    x, state = torch_io.random_case(obj, np.random.default_rng(0))
     diff = compare(obj, fastrnn.load(path), x, state=state)
     dtype = getattr(obj, "dtype", None) or obj._layer.dtype          # cells: their layer's
     if diff > default_tolerance(dtype):
@@ -633,11 +633,11 @@ def _convert(args):
 
 
 def _describe_obj(obj):
-    from fastrnn.interop.torch_io import _describe
+    from fastrnn.interop.torch_io import describe
     from fastrnn.nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         return f"SequenceModel({obj.config['cell']}, task={obj.config['task']!r}) over {obj.rnn!r}"
-    return _describe(obj)
+    return describe(obj)
 
 
 # ---- the parser and the one place errors are reported ------------------------------------

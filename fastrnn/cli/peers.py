@@ -7,6 +7,8 @@ Groups, float32, input size = hidden size, T=100:
   training step             forward, backward, Adam; (B, H) = (32, 128) (32, 256) (64, 512)
   training memory           peak of the same steps, one fresh subprocess per measurement
   streaming                 LSTM, one Python call per step, state carried, B=1, H = 64 128 256
+  cell steps                LSTMCell(x, state) and GRUCell(x, h) against Stream.step and
+                            PyTorch's nn.LSTMCell / nn.GRUCell, B=1, H = 64 256, one thread
   import time               `import fastrnn` in a fresh interpreter, median of 5
 
 Everything runs in one process at each thread count. Before a case is timed, fastrnn is
@@ -24,7 +26,8 @@ import re
 import sys
 import time
 
-from fastrnn.cli.bench import (compare_peers, compare_stream, compare_train, import_seconds,
+from fastrnn.cli.bench import (compare_cell_step, compare_peers, compare_stream,
+                               compare_train, import_seconds,
                                machine_info, make_case, peer_versions, sgemm_peak,
                                train_peak_mib)
 
@@ -32,8 +35,9 @@ BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 T = 100
 FULL = {"seq": [(1, 128), (1, 256), (1, 512), (64, 256), (64, 512)],
         "train": [(32, 128), (32, 256), (64, 512)], "stream": [64, 128, 256],
+        "cell": [64, 256],
         "repeats": 5, "min_time": 0.2, "import_repeats": 5}
-QUICK = {"seq": [(1, 128)], "train": [(32, 128)], "stream": [64],
+QUICK = {"seq": [(1, 128)], "train": [(32, 128)], "stream": [64], "cell": [64],
          "repeats": 2, "min_time": 0.03, "import_repeats": 3}
 LABEL = {"fastrnn": "fastrnn", "numpy": "numpy", "torch": "PyTorch", "onnxruntime": "ORT"}
 
@@ -225,6 +229,35 @@ def stream_group(cfg, threads, peers, out):
                     errs(r["err"], cols[1:])))
 
 
+def cell_target(t):
+    """Issue 13: a cell step within 1.5x of Stream.step and at least 3x faster than
+    PyTorch's cell."""
+    near = t["stream"] / t["cell"]          # >= 1/1.5 when within 1.5x
+    line = goal("<=1.5x Stream", near * 1.5, 1.0)
+    return line + "; " + goal(">=3x PyTorch", t["torch"] / t["cell"] if "torch" in t else None, 3)
+
+
+def cell_group(cfg, peers, out):
+    """LSTMCell / GRUCell called step by step as PyTorch code calls a cell, one thread."""
+    torch_peers = [p for p in peers if p == "torch"]
+    out("", "### Cells stepped from Python, B=1, I=H, 1 thread (microseconds per step)", "")
+    out(*header("cell", "H", "fastrnn cell us", "Stream.step us", "PyTorch cell us",
+                "cell / Stream", "PyTorch / cell", "target", "max rel err (cell/Stream/PyTorch)"))
+    for cell in ("lstm", "gru"):
+        for H in cfg["cell"]:
+            r = compare_cell_step(cell, H, torch_peers, max(cfg["repeats"], 3),
+                                  cfg["min_time"])
+            t = r["time"]
+            name = {"lstm": "LSTMCell", "gru": "GRUCell"}[cell]
+            keep_ratios(f"{name} step H={H} 1t", {"fastrnn": t["cell"], **{
+                k: v for k, v in t.items() if k == "torch"}}, torch_peers)
+            out(row(name, H, fmt(t["cell"], 1e6), fmt(t["stream"], 1e6),
+                    fmt(t.get("torch"), 1e6), f"{t['cell'] / t['stream']:.2f}x",
+                    fx(t["torch"] / t["cell"] if "torch" in t else None), cell_target(t),
+                    " / ".join(f"{r['err'][s]:.0e}" for s in ("cell", "stream", "torch")
+                               if s in r["err"])))
+
+
 def import_group(cfg, peers, out):
     k = cfg["import_repeats"]
     out("", f"### Import time (fresh interpreter, median of {k})", "")
@@ -270,6 +303,14 @@ def write_results(lines, path):
     print(f"wrote {path}")
 
 
+def _checkout_results():
+    """bench/RESULTS.md of the source checkout this fastrnn is imported from, or None (an
+    installed package): never a path relative to the current directory."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "bench", "RESULTS.md")
+    return path if os.path.isfile(path) else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -277,11 +318,17 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     ap.add_argument("--note", default="", help="a line written under the machine line")
     ap.add_argument("--chart", help="also draw the speed-ups as a bar chart PNG here")
-    ap.add_argument("--results", default=os.path.join("bench", "RESULTS.md"),
-                    help="the results file --write updates (default bench/RESULTS.md)")
+    ap.add_argument("--results", default=None,
+                    help="the results file --write updates (default: bench/RESULTS.md of the "
+                         "checkout fastrnn runs from)")
     args = ap.parse_args(argv)
     if args.write and args.quick:
         ap.error("--quick numbers are a smoke test; --write needs the full run")
+    if args.write and args.results is None:
+        args.results = _checkout_results()
+        if args.results is None:
+            ap.error("--write: this fastrnn is not run from a checkout (no bench/RESULTS.md "
+                     "beside its package); name the file with --results PATH")
     cfg = QUICK if args.quick else FULL
     lines = []
 
@@ -317,6 +364,7 @@ def main(argv=None):
     train_group(cfg, args.threads, peers, peaks, out)
     memory_group(cfg, max(args.threads), peers, out)
     stream_group(cfg, args.threads, peers, out)
+    cell_group(cfg, peers, out)
     import_group(cfg, peers, out)
     warnings = peak_warnings(peaks, measure_peaks(args.threads))
     if warnings:

@@ -20,13 +20,13 @@ from .parity import ParityError, check_parity, default_tolerance
 __all__ = ["ParityError", "check_parity", "default_tolerance", "from_torch", "to_torch",
            "from_keras", "from_onnx", "OnnxImportError", "to_onnx", "compare"]
 
-_LAZY = {"from_torch": "torch_io", "to_torch": "torch_io", "from_onnx": "onnx_import",
+CONVERTERS = {"from_torch": "torch_io", "to_torch": "torch_io", "from_onnx": "onnx_import",
          "OnnxImportError": "onnx_import", "to_onnx": "onnx_export", "from_keras": "keras_io",
          "compare": "compare"}
 
 
 def __getattr__(name):
-    module = _LAZY.get(name)
+    module = CONVERTERS.get(name)
     if module is None:
         raise AttributeError(f"module 'fastrnn.interop' has no attribute {name!r}")
     import importlib

@@ -44,7 +44,7 @@ import os
 import numpy as np
 
 from ..nn import layers as L
-from .torch_io import _type_name, run_fastrnn, run_torch
+from .torch_io import type_name, run_fastrnn, run_torch
 
 __all__ = ["compare"]
 
@@ -120,8 +120,8 @@ def _architecture(obj):
             facts["vocab_size"] = obj.embedding.weight.shape[0]
             facts.pop("input_size", None)          # the embedding's width, not the data's
         return f"fastrnn SequenceModel({what})", facts
-    if isinstance(obj, (L._Recurrent, L._Cell)):
-        layer = obj._layer if isinstance(obj, L._Cell) else obj
+    if isinstance(obj, (L.RecurrentLayer, L.RecurrentCell)):
+        layer = obj._layer if isinstance(obj, L.RecurrentCell) else obj
         facts = dict(cell=layer.cell, input_size=layer.input_size,
                      hidden_size=layer.hidden_size, num_layers=layer.num_layers,
                      bidirectional=layer.bidirectional, proj_size=0)
@@ -137,7 +137,7 @@ def _architecture(obj):
         return _torch_architecture(obj)
     if isinstance(obj, (str, os.PathLike)) or type(obj).__name__ == "ModelProto":
         return _onnx_architecture(obj)
-    return _type_name(obj), {}
+    return type_name(obj), {}
 
 
 def _torch_architecture(m):
@@ -165,7 +165,7 @@ def _torch_architecture(m):
 def _onnx_architecture(obj):
     """The recurrent nodes of an ONNX graph fastrnn's import reads; {} for one it cannot
     (compare still runs it, on ONNX Runtime)."""
-    from .onnx_import import OnnxImportError, _peephole_gates, from_onnx
+    from .onnx_import import OnnxImportError, peephole_gates, from_onnx
     try:
         m = from_onnx(obj, check=False)
     except (OnnxImportError, OSError):
@@ -177,7 +177,7 @@ def _onnx_architecture(obj):
     cell = first["op"].lower()
     peephole = None
     if cell == "lstm" and all(s["weights"] is not None for s in m.layers):
-        peephole = "".join(sorted(_peephole_gates(m, m.layers)))
+        peephole = "".join(sorted(peephole_gates(m, m.layers)))
     facts = dict(cell=cell, input_size=m._input_size(first), hidden_size=first["H"],
                  num_layers=len(m.layers), bidirectional=first["D"] == 2)
     facts.update(_variant(cell, first["nonlinearity"], peephole,
@@ -193,9 +193,9 @@ def _onnx_architecture(obj):
 
 def _keras_architecture(layer):
     """A Keras SimpleRNN/LSTM/GRU, Bidirectional or Sequential of them; {} otherwise."""
-    from .keras_io import _parse, _read_keras_object
+    from .keras_io import parse_config, read_keras_object
     try:
-        stack, _ = _parse(*reversed(_read_keras_object(layer)))
+        stack, _ = parse_config(*reversed(read_keras_object(layer)))
     except (TypeError, ValueError):
         return f"Keras {type(layer).__name__}", {}
     first = stack[0]
@@ -212,7 +212,7 @@ def _validate_x(x):
     if isinstance(x, (list, tuple)):
         x = np.asarray(x)
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy array, got {_type_name(x)}")
+        raise TypeError(f"x must be a numpy array, got {type_name(x)}")
     if x.dtype.kind not in "fiu":
         raise TypeError(f"x must hold floats (features) or integers (token ids), got {x.dtype}")
     if x.ndim not in (1, 2, 3) or x.size == 0:
@@ -246,9 +246,9 @@ def _side(obj, name):
     if isinstance(obj, SequenceModel):
         return _Side(name, True, lambda x, lengths, state: run_fastrnn(
             obj, _cast(x, obj.dtype), _cast_state(state, obj.dtype), lengths))
-    if isinstance(obj, (L._Recurrent, L._Cell)):
-        layer = obj._layer if isinstance(obj, L._Cell) else obj
-        bf = None if isinstance(obj, L._Cell) else layer.batch_first
+    if isinstance(obj, (L.RecurrentLayer, L.RecurrentCell)):
+        layer = obj._layer if isinstance(obj, L.RecurrentCell) else obj
+        bf = None if isinstance(obj, L.RecurrentCell) else layer.batch_first
         return _Side(name, bf, lambda x, lengths, state: run_fastrnn(
             obj, _cast(x, layer.dtype), _cast_state(state, layer.dtype), lengths))
     module = type(obj).__module__
@@ -263,7 +263,7 @@ def _side(obj, name):
         return _Side(name, None, _OnnxSide(obj, name).run)
     raise TypeError(f"{name}: a fastrnn layer, cell or SequenceModel, a torch module, an ONNX "
                     f"model (path, ModelProto, InferenceSession) or a Keras layer; got "
-                    f"{_type_name(obj)}")
+                    f"{type_name(obj)}")
 
 
 def _is_torch_module(obj):
@@ -274,7 +274,7 @@ def _is_torch_module(obj):
 
 def _is_exported_model(obj):
     from . import torch_io
-    return torch_io._SEQUENCE_CLASS is not None and isinstance(obj, torch_io._SEQUENCE_CLASS)
+    return torch_io.SEQUENCE_CLASS is not None and isinstance(obj, torch_io.SEQUENCE_CLASS)
 
 
 def _cast(x, dtype):
@@ -323,7 +323,7 @@ class _OnnxSide:
             return obj
         if type(obj).__name__ == "InferenceSession":
             return None
-        raise TypeError(f"{self.name}: {_type_name(obj)} is not an ONNX model")
+        raise TypeError(f"{self.name}: {type_name(obj)} is not an ONNX model")
 
     def _ort(self, proto):
         try:

@@ -125,13 +125,13 @@ def from_keras(layer_or_weights, config=None, *, check=True, tol=None):
             raise TypeError("from_keras(weights, config): a list of weight arrays needs the "
                             "layer's config (the dict get_config() returns)")
         keras_layer = layer_or_weights
-        weights, config = _read_keras_object(keras_layer)
+        weights, config = read_keras_object(keras_layer)
     else:
         if not isinstance(layer_or_weights, (list, tuple)):
             raise TypeError("from_keras(weights, config): weights must be the list that "
                             f"get_weights() returns, got {type(layer_or_weights).__name__}")
         weights = list(layer_or_weights)
-    stack, input_shape = _parse(config, weights)
+    stack, input_shape = parse_config(config, weights)
     layer = _build(stack)
     layer.parity_max_abs_diff = None
     if check:
@@ -144,12 +144,12 @@ def keras_reference(weights, config, x):
     -> ``out (B, T, D*H)`` (every step of the last layer) and the final states of every layer
     and direction, ``h (L*D, B, H)`` (LSTM: ``(h, c)``). The parity oracle of
     ``from_keras(weights, config)``; it shares no code with the conversion."""
-    stack, _ = _parse(config, list(weights))
+    stack, _ = parse_config(config, list(weights))
     return _reference_forward(stack, np.asarray(x, np.float64))
 
 
 # ---- reading the config --------------------------------------------------------------------
-def _read_keras_object(obj):
+def read_keras_object(obj):
     if not (hasattr(obj, "get_config") and hasattr(obj, "get_weights")):
         raise TypeError(f"from_keras expects a Keras layer or (weights, config), got "
                         f"{type(obj).__name__}")
@@ -183,7 +183,7 @@ def _guess_class(cfg):
     return "LSTM" if "unit_forget_bias" in cfg else "SimpleRNN"
 
 
-def _parse(config, weights):
+def parse_config(config, weights):
     """[_Spec per Keras recurrent layer], (B, T) of a declared input shape or Nones."""
     class_name, cfg = _unwrap(config)
     class_name = class_name or _guess_class(cfg)

@@ -129,11 +129,11 @@ def to_onnx(obj, path=None, *, check=True, tol=None, opset=None, with_lengths=Fa
 
 def _split(obj):
     """(layer, model or None) of what to_onnx was given."""
-    from ..nn.layers import _Recurrent
+    from ..nn.layers import RecurrentLayer
     from ..nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         return obj.rnn, obj
-    if isinstance(obj, _Recurrent):
+    if isinstance(obj, RecurrentLayer):
         return obj, None
     raise TypeError("to_onnx exports a fastrnn RNN, LSTM or GRU layer or a SequenceModel, "
                     f"got {type(obj).__name__}")
@@ -191,8 +191,8 @@ def _text_metadata(model):
 
 
 def _fastrnn_version():
-    import fastrnn
-    return fastrnn.__version__
+    from .._spec import VERSION
+    return VERSION
 
 
 def _metadata(proto, entries):

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._spec import float_dtype
 from ..nn import layers as L
 from .parity import check_parity
 
@@ -106,7 +107,7 @@ def from_torch(source, *, check=True, tol=None, kind=None, nonlinearity=None, ba
         raise ValueError(f"kind must be 'rnn', 'lstm' or 'gru', got {kind!r}")
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str (a module's name, e.g. 'encoder.rnn'), got "
-                        f"{_type_name(prefix)}")
+                        f"{type_name(prefix)}")
     torch = sys.modules.get("torch")
     with_state = True
     if torch is not None and isinstance(source, torch.nn.Module):
@@ -123,7 +124,7 @@ def from_torch(source, *, check=True, tol=None, kind=None, nonlinearity=None, ba
         ours, reference = _from_state_dict(state, kind, nonlinearity, batch_first, dtype)
     else:
         raise TypeError("from_torch takes an nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell "
-                        f"or nn.GRUCell, or a state dict; got {_type_name(source)}")
+                        f"or nn.GRUCell, or a state dict; got {type_name(source)}")
     ours.parity_max_abs_diff = None
     if check:
         ours.parity_max_abs_diff = _parity("from_torch", ours, reference(), tol, with_state)
@@ -152,7 +153,7 @@ def _state_dict_of(source):
             return inner
     odd = next(k for k, v in source.items() if not _is_array(v))
     raise TypeError(f"{odd!r}: expected a torch tensor or a numpy array, got "
-                    f"{_type_name(source[odd])}; a checkpoint must keep its state dict in one "
+                    f"{type_name(source[odd])}; a checkpoint must keep its state dict in one "
                     f"of the entries {', '.join(repr(k) for k in _CHECKPOINT_KEYS)}")
 
 
@@ -237,7 +238,7 @@ def _submodule(torch, module, prefix):
         if _module_kind(torch, module)[0] is None and not _is_traced(torch, module):
             found = _recurrent_submodules(torch, module)
             if found:
-                raise TypeError(f"{_type_name(module)} is not a recurrent module: pass prefix= "
+                raise TypeError(f"{type_name(module)} is not a recurrent module: pass prefix= "
                                 f"naming the one to import; {_listing(found)}")
         return module
     name = prefix[:-1] if prefix.endswith(".") else prefix
@@ -246,8 +247,8 @@ def _submodule(torch, module, prefix):
     except AttributeError:
         inner = None
     if inner is None or _module_kind(torch, inner)[0] is None:
-        raise ValueError(f"prefix={prefix!r} names {'nothing' if inner is None else 'a ' + _type_name(inner)}"
-                         f" in the {_type_name(module)}, not a recurrent module; "
+        raise ValueError(f"prefix={prefix!r} names {'nothing' if inner is None else 'a ' + type_name(inner)}"
+                         f" in the {type_name(module)}, not a recurrent module; "
                          f"{_listing(_recurrent_submodules(torch, module))}")
     return inner
 
@@ -324,7 +325,7 @@ def _from_module(torch, m, kind, nonlinearity, batch_first, dtype):
     module_kind, is_cell = _module_kind(torch, m)
     if module_kind is None:
         what = f"TorchScript {getattr(m, 'original_name', '?')}" if \
-            isinstance(m, torch.jit.ScriptModule) else _type_name(m)
+            isinstance(m, torch.jit.ScriptModule) else type_name(m)
         raise TypeError("from_torch takes nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell or "
                         f"nn.GRUCell (or TorchScript of one); {what} is not supported")
     found, found_cell = (None, module_kind) if is_cell else (module_kind, None)
@@ -473,7 +474,7 @@ def _as_numpy(key, v, dtype):
         a = v
     else:
         raise TypeError(f"{key!r}: expected a torch tensor or a numpy array, got "
-                        f"{_type_name(v)}")
+                        f"{type_name(v)}")
     if a.dtype.kind != "f":
         raise TypeError(f"{key!r}: dtype {a.dtype} is not floating point")
     if dtype is None and a.dtype not in (np.float32, np.float64):
@@ -486,7 +487,7 @@ def _as_numpy(key, v, dtype):
 
 def _common_dtype(arrays, dtype):
     if dtype is not None:
-        return L._dtype(dtype)
+        return float_dtype(dtype)
     found = sorted({a.dtype.name for a in arrays.values()})
     if len(found) > 1:
         raise TypeError(f"the weights mix dtypes {found}: pass dtype= to choose one")
@@ -503,13 +504,13 @@ def _check_names_and_shapes(ours, arrays, keys):
     expected = {name: p.shape for name, p in ours.params.items()}
     missing = [n for n in expected if n not in arrays]
     if missing:
-        raise ValueError(f"missing {missing} for {_describe(ours)}")
+        raise ValueError(f"missing {missing} for {describe(ours)}")
     for name, a in arrays.items():
         if name not in expected:
-            raise ValueError(f"unexpected key {keys[name]!r} for {_describe(ours)}")
+            raise ValueError(f"unexpected key {keys[name]!r} for {describe(ours)}")
         if a.shape != expected[name]:
             raise ValueError(f"{keys[name]!r} has shape {tuple(a.shape)}, expected "
-                             f"{expected[name]} for {_describe(ours)}")
+                             f"{expected[name]} for {describe(ours)}")
 
 
 def _copy_into_fastrnn(ours, arrays):
@@ -542,11 +543,11 @@ def to_torch(obj, *, check=True, tol=None):
     torch = _torch()
     if isinstance(obj, SequenceModel):
         module = _model_to_torch(torch, obj)
-    elif isinstance(obj, (L._Recurrent, L._Cell)):
+    elif isinstance(obj, (L.RecurrentLayer, L.RecurrentCell)):
         module = _recurrent_to_torch(torch, obj)
     else:
         raise TypeError("to_torch takes a fastrnn RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell "
-                        f"or SequenceModel; got {_type_name(obj)}")
+                        f"or SequenceModel; got {type_name(obj)}")
     module.parity_max_abs_diff = None
     if check:
         module.parity_max_abs_diff = _parity("to_torch", obj, module, tol)
@@ -566,7 +567,7 @@ def _refuse_fastrnn_only(layer, what):
 
 
 def _recurrent_to_torch(torch, obj):
-    is_cell = isinstance(obj, L._Cell)
+    is_cell = isinstance(obj, L.RecurrentCell)
     layer = obj._layer if is_cell else obj
     _refuse_fastrnn_only(layer, "to_torch")
     cls = getattr(torch.nn, _TORCH_NAMES[layer.cell] + ("Cell" if is_cell else ""))
@@ -595,15 +596,15 @@ def _copy_into_torch(torch, module, arrays):
             p.copy_(torch.from_numpy(np.ascontiguousarray(arrays[name])))
 
 
-_SEQUENCE_CLASS = None
+SEQUENCE_CLASS = None
 
 
 def _sequence_module_class(torch):
     """The torch.nn.Module class of an exported SequenceModel, made once (torch is imported
     only when needed, so the class cannot live at module level)."""
-    global _SEQUENCE_CLASS
-    if _SEQUENCE_CLASS is not None:
-        return _SEQUENCE_CLASS
+    global SEQUENCE_CLASS
+    if SEQUENCE_CLASS is not None:
+        return SEQUENCE_CLASS
     nn = torch.nn
 
     class TorchSequenceModel(nn.Module):
@@ -627,7 +628,7 @@ def _sequence_module_class(torch):
             D = 2 if self.rnn.bidirectional else 1
             return self.head(torch.cat(list(h_n[-D:]), dim=1))         # (B, C)
 
-    _SEQUENCE_CLASS = TorchSequenceModel
+    SEQUENCE_CLASS = TorchSequenceModel
     return TorchSequenceModel
 
 
@@ -709,11 +710,11 @@ def run_torch(module, x, state=None, lengths=None):
         state = state if len(state) == 2 else state[0]
     kind, cell = _module_kind(torch, module)
     is_rnn, is_cell = kind is not None and not cell, kind is not None and cell
-    is_model = _SEQUENCE_CLASS is not None and isinstance(module, _SEQUENCE_CLASS)
+    is_model = SEQUENCE_CLASS is not None and isinstance(module, SEQUENCE_CLASS)
     if lengths is not None and not (is_rnn or is_model):
-        raise ValueError(f"lengths apply to sequence modules; {_type_name(module)} takes none")
+        raise ValueError(f"lengths apply to sequence modules; {type_name(module)} takes none")
     if state is not None and not (is_rnn or is_cell or is_model):
-        raise ValueError(f"{_type_name(module)} is called as module(x): no initial state")
+        raise ValueError(f"{type_name(module)} is called as module(x): no initial state")
     training = module.training
     module.eval()
     try:
@@ -747,7 +748,7 @@ def run_fastrnn(obj, x, state=None, lengths=None):
     from ..nn.models import SequenceModel
     if isinstance(obj, SequenceModel):
         return obj.forward(x, lengths, state)[0], None
-    if isinstance(obj, L._Cell):
+    if isinstance(obj, L.RecurrentCell):
         if lengths is not None:
             raise ValueError("lengths apply to sequence layers; a cell takes one step")
         st = obj(x, state)
@@ -757,7 +758,7 @@ def run_fastrnn(obj, x, state=None, lengths=None):
     return out, (st if isinstance(st, tuple) else (st,))
 
 
-def _random_case(obj, rng):
+def random_case(obj, rng):
     """A random input and initial state in ``obj``'s layout and dtype."""
     from ..nn.models import SequenceModel
     T, B = _PARITY_T, _PARITY_B
@@ -765,9 +766,9 @@ def _random_case(obj, rng):
         if obj.embedding is not None:
             return rng.integers(0, obj.embedding.weight.shape[0], (B, T)), None
         return rng.standard_normal((B, T, obj.rnn.input_size)).astype(obj.dtype), None
-    layer = obj._layer if isinstance(obj, L._Cell) else obj
+    layer = obj._layer if isinstance(obj, L.RecurrentCell) else obj
     H, dtype = layer.hidden_size, layer.dtype
-    if isinstance(obj, L._Cell):
+    if isinstance(obj, L.RecurrentCell):
         x = rng.standard_normal((B, layer.input_size))                       # (B, I)
         shape = (B, H)
     else:
@@ -783,13 +784,13 @@ def _parity(what, ours, module, tol, with_state=True):
     """Largest abs difference of outputs and final states on a random case (seeded, so a
     failure reproduces), from a random initial state unless ``with_state`` is False (a
     module traced without one); raises ParityError above ``tol``."""
-    x, state = _random_case(ours, np.random.default_rng(0))
+    x, state = random_case(ours, np.random.default_rng(0))
     state = state if with_state else None
     mine_out, mine_st = run_fastrnn(ours, x, state)
     theirs_out, theirs_st = run_torch(module, x, state)
     mine = (mine_out,) + (mine_st or ())
     theirs = (theirs_out,) + (theirs_st or ())
-    return check_parity(f"{what}: fastrnn {_describe(ours)} against PyTorch", mine, theirs, tol)
+    return check_parity(f"{what}: fastrnn {describe(ours)} against PyTorch", mine, theirs, tol)
 
 
 # ---- state dict files ----------------------------------------------------------------------
@@ -847,7 +848,7 @@ def read_state_dict(path, format=None):
         raise ValueError(f"{path}: refused: torch.load(weights_only=True) cannot read it "
                          f"({detail}); fastrnn never unpickles anything but tensors")
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: holds a {_type_name(state)}, not a state dict")
+        raise ValueError(f"{path}: holds a {type_name(state)}, not a state dict")
     try:
         state = _state_dict_of(state)
     except TypeError:
@@ -856,7 +857,7 @@ def read_state_dict(path, format=None):
                          f"{', '.join(repr(k) for k in _CHECKPOINT_KEYS)} entry") from None
     for k, v in state.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise ValueError(f"{path}: entry {k!r} is a {_type_name(v)}; expected a flat "
+            raise ValueError(f"{path}: entry {k!r} is a {type_name(v)}; expected a flat "
                              "dict of tensors (a module's state_dict())")
     return dict(state)
 
@@ -896,14 +897,14 @@ def _as_tensor(torch, v):
     return v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
 
 
-def _describe(obj):
-    if isinstance(obj, L._Cell):
+def describe(obj):
+    if isinstance(obj, L.RecurrentCell):
         return f"{type(obj).__name__}({obj.input_size}, {obj.hidden_size})"
-    if isinstance(obj, L._Recurrent):
+    if isinstance(obj, L.RecurrentLayer):
         return repr(obj)
     return type(obj).__name__
 
 
-def _type_name(obj):
+def type_name(obj):
     cls = type(obj)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"

@@ -40,12 +40,12 @@ def _randomized(make, seed=0):
 
 
 def _layer(obj):
-    return obj._layer if isinstance(obj, fastrnn.nn.layers._Cell) else obj
+    return obj._layer if isinstance(obj, fastrnn.nn.layers.RecurrentCell) else obj
 
 
 def _run(obj, rng):
     layer = _layer(obj)
-    if isinstance(obj, fastrnn.nn.layers._Cell):
+    if isinstance(obj, fastrnn.nn.layers.RecurrentCell):
         x = rng.standard_normal((3, layer.input_size)).astype(layer.dtype)
         out = obj(x)
         return out if isinstance(out, tuple) else (out,)
@@ -70,7 +70,7 @@ def test_layer_and_cell_files_round_trip_bit_exactly(name, tmp_path):
         assert back.params[k].dtype == a.dtype and back.params[k].tobytes() == a.tobytes(), k
     for a, b in zip(_run(obj, np.random.default_rng(1)), _run(back, np.random.default_rng(1))):
         assert a.tobytes() == b.tobytes()
-    if isinstance(back, fastrnn.nn.layers._Recurrent):
+    if isinstance(back, fastrnn.nn.layers.RecurrentLayer):
         assert not back.training                    # loaded for inference, as models are
 
 

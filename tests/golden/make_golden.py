@@ -91,7 +91,7 @@ def params_of(obj):
 
 def dtype_of(obj):
     return obj.dtype if isinstance(obj, fastrnn.SequenceModel) else (
-        obj._layer.dtype if isinstance(obj, fastrnn.nn.layers._Cell) else obj.dtype)
+        obj._layer.dtype if isinstance(obj, fastrnn.nn.layers.RecurrentCell) else obj.dtype)
 
 
 def inputs_for(cls, kwargs, obj, seed):

@@ -814,7 +814,7 @@ def test_torchscript_modules_import_and_match_the_original(tmp_path, name, how):
     assert layer.parity_max_abs_diff <= default_tolerance(np.float32)
     for k, v in reference.params.items():
         assert np.array_equal(layer.params[k], v), k
-    x, state = torch_io._random_case(reference, np.random.default_rng(3))
+    x, state = torch_io.random_case(reference, np.random.default_rng(3))
     assert compare(layer, original, x, state=state) <= default_tolerance(np.float32)
 
 

@@ -353,7 +353,7 @@ def test_a_cells_load_state_dict_checks_before_writing():
 def test_a_misspelt_keyword_names_the_public_class_and_the_closest_argument(make, message):
     with pytest.raises(TypeError) as info:
         make()
-    assert message in str(info.value) and "_Recurrent" not in str(info.value), str(info.value)
+    assert message in str(info.value) and "RecurrentLayer" not in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, batch_first=True, bidirectional=True),
