@@ -155,3 +155,62 @@ def test_every_option_with_a_default_shows_it_in_help():
             assert "default" in block, (name, action.option_strings, block)
             checked += 1
     assert checked >= 15
+
+
+def test_train_force_replaces_an_existing_model(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text(CORPUS)
+    (tmp_path / "m.fastrnn").write_bytes(b"an old model")
+    argv = ["train", tmp_path / "c.txt", "--hidden", "8", "--seq-len", "16", "--max-steps",
+            "2", "--quiet", "--out", tmp_path / "m.fastrnn"]
+    rc, _, err = run_main(argv, capsys)
+    assert rc == 1 and "--force" in err
+    assert (tmp_path / "m.fastrnn").read_bytes() == b"an old model"
+    rc, _, err = run_main(argv + ["--force"], capsys)
+    assert rc == 0, err
+    assert isinstance(fastrnn.load(tmp_path / "m.fastrnn"), fastrnn.SequenceModel)
+
+
+def test_convert_to_onnx_and_back_keeps_the_vocabulary_and_level(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    lm = fastrnn.SequenceModel("gru", vocab_size=6, hidden_size=5, task="next_token", seed=4)
+    lm.vocabulary, lm.text_level = ["the", " ", "cat", "sat", ".", "dog"], "word"
+    lm.save(tmp_path / "lm.fastrnn")
+    rc, _, err = run_main(["convert", tmp_path / "lm.fastrnn", tmp_path / "lm.onnx"], capsys)
+    assert rc == 0, err
+    rc, _, err = run_main(["convert", tmp_path / "lm.onnx", tmp_path / "back.fastrnn"], capsys)
+    assert rc == 0, err
+    back = fastrnn.load(tmp_path / "back.fastrnn")
+    assert back.vocabulary == lm.vocabulary and back.text_level == "word"
+    ids = np.array([[0, 1, 2, 1, 3]])
+    np.testing.assert_allclose(back.predict(ids), lm.predict(ids), atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGINT") or
+                    __import__("sys").platform == "win32", reason="POSIX signals")
+def test_a_real_ctrl_c_in_train_exits_130_naming_the_checkpoint(tmp_path):
+    """SIGINT sent to a running ``fastrnn train`` once its first checkpoint exists: one line
+    on stderr naming the checkpoint, exit 130, and the checkpoint loads."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    (tmp_path / "c.txt").write_text(CORPUS * 4)
+    ckpt, out = tmp_path / "last.fastrnn", tmp_path / "m.fastrnn"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastrnn", "train", str(tmp_path / "c.txt"), "--hidden", "16",
+         "--seq-len", "16", "--epochs", "100000", "--quiet", "--out", str(out),
+         "--checkpoint", str(ckpt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ckpt.exists(), "no checkpoint within 120 s"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and str(ckpt) in lines[0], err
+    assert isinstance(fastrnn.load(ckpt), fastrnn.SequenceModel)

@@ -198,3 +198,31 @@ def test_an_exception_inside_an_update_leaves_the_model_and_optimizer_as_before(
     assert _snapshot(opt) == want[1]                   # as after update 2, whole
     assert [p.tobytes() for p, _ in m.parameters()] == want[1][0]
     assert scheds[0].steps == 2
+
+
+def test_a_non_finite_gradient_at_a_later_update_leaves_adam_as_after_the_last_whole_one():
+    """Gradients turn infinite in update 3: fit raises FloatingPointError and the model and
+    Adam's moments and step count are those after update 2 of the same run (a run that
+    stops after two updates: max_steps=2)."""
+    x, y, lengths = _data()
+    kw = dict(epochs=1, batch_size=2, progress=False, shuffle=False)
+    reference = _model()
+    ref = optim.Adam(reference.parameters(), lr=0.01)
+    reference.fit(x, y, lengths, optimizer=ref, max_steps=2, **kw)
+    m = _model()
+    opt = optim.Adam(m.parameters(), lr=0.01)
+    real_backward, calls = m.backward, []
+
+    def backward(dy, tape):
+        out = real_backward(dy, tape)
+        calls.append(1)
+        if len(calls) == 3:
+            m.head.weight_grad[0, 0] = np.inf
+        return out
+    m.backward = backward
+    with pytest.raises(FloatingPointError, match="non-finite gradients"):
+        m.fit(x, y, lengths, optimizer=opt, **kw)
+    assert len(calls) == 3
+    assert _snapshot(opt) == _snapshot(ref)
+    assert [p.tobytes() for p, _ in m.parameters()] == [p.tobytes() for p, _ in
+                                                       reference.parameters()]
