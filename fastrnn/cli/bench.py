@@ -14,10 +14,10 @@ import time
 import numpy as np
 
 from .. import functional as F
+from .._spec import gate_count
 from .. import reference as R
 from ..kernels._openmp import cpu_count, openmp_enabled
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 def machine_info():
@@ -67,7 +67,7 @@ def _once(fn):
 def make_case(cell, T, B, H, I=None, dtype=np.float32, seed=0, variant=None):
     """Weights initialised like a trained model's scale (uniform +-1/sqrt(H)) and inputs."""
     I = H if I is None else I
-    G = GATES[cell]
+    G = gate_count(cell)
     rng = np.random.default_rng(seed)
     s = 1 / np.sqrt(H)
     p = {"W_ih": rng.uniform(-s, s, (G * H, I)), "W_hh": rng.uniform(-s, s, (G * H, H)),
@@ -101,7 +101,7 @@ def _train(mod, c, **kw):
 def flops(c, train, need_dx=True):
     """Multiply-adds x2 of the GEMMs: forward 2 T B GH (I + H); backward twice that, less
     the dx GEMM (2 T B GH I) when the input needs no gradient."""
-    TBG = c["T"] * c["B"] * GATES[c["cell"]] * c["H"]
+    TBG = c["T"] * c["B"] * gate_count(c["cell"]) * c["H"]
     fwd = 2 * TBG * (c["I"] + c["H"])
     if not train:
         return fwd
@@ -253,7 +253,7 @@ def torch_module(cell, p, step=False):
     import torch
     GH, I = p["W_ih"].shape
     name = {"lstm": "LSTM", "gru": "GRU"}[cell] + ("Cell" if step else "")
-    mod = getattr(torch.nn, name)(I, GH // GATES[cell])
+    mod = getattr(torch.nn, name)(I, GH // gate_count(cell))
     sfx = "" if step else "_l0"
     with torch.no_grad():
         for k, attr in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"),
@@ -283,10 +283,10 @@ def onnx_session(cell, p, n_threads, T, B):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
     GH, I = p["W_ih"].shape
-    H = GH // GATES[cell]
+    H = GH // gate_count(cell)
 
     def onnx_gates(a):
-        blocks = np.split(a, GATES[cell])
+        blocks = np.split(a, gate_count(cell))
         return np.concatenate([blocks[k] for k in _ONNX_ORDER[cell]])
     inits = {"W": onnx_gates(p["W_ih"])[None], "R": onnx_gates(p["W_hh"])[None],
              "B": np.concatenate([onnx_gates(p["b_ih"]), onnx_gates(p["b_hh"])])[None]}
@@ -553,4 +553,105 @@ def compare_stream(H, n_threads=1, peers=("torch", "onnxruntime"), repeats=5, mi
                                    max(rel_err(u, v) for u, v in zip(a, b)), c)
         fns = {name: (lambda step=step, x=to(xs[0]): step(x)) for name, (step, to) in sides.items()}
         t = time_alternating(fns, repeats, min_time)
+    return {"time": t, "err": err}
+
+
+def time_blocks(fns, repeats=7, min_time=0.3, settle=0.03):
+    """Median seconds per call of each ``fns[name]()``, each side timed as whole blocks:
+    a warm-up call each, then ``repeats`` rounds in which every side, after a pause of
+    ``settle`` seconds and one untimed call, runs ``k`` calls back to back under one
+    clock (about ``min_time / repeats`` seconds a block). For calls of a few microseconds,
+    where reading the clock around each call (:func:`time_alternating`) would add a
+    visible share to every side."""
+    for fn in fns.values():
+        fn()
+    k = {name: int(min(200000, max(10, min_time / max(_once(fn), 1e-7) / repeats)))
+         for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time.sleep(settle)
+            fn()
+            n = k[name]
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t) / n)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def cell_steppers(cell, p, n_threads=1, peers=("torch",)):
+    """name -> (step, to_input) for one cell at batch 1, each side carrying its own state
+    and returning h_t: "cell" (fastrnn's LSTMCell/GRUCell called as ``cell(x, state)``, the
+    state kept by the caller as PyTorch code keeps it), "stream" (the same cell's
+    ``layer.stream().step``), "numpy" (the reference at T=1), "torch" (nn.LSTMCell /
+    nn.GRUCell; call it with grad off)."""
+    from ..nn.layers import GRUCell, LSTMCell
+    GH, I = p["W_ih"].shape
+    H = GH // gate_count(cell)
+    lstm = cell == "lstm"
+    ours = (LSTMCell if lstm else GRUCell)(I, H, n_threads=n_threads)
+    ours.load_state_dict({"weight_ih": p["W_ih"], "weight_hh": p["W_hh"],
+                          "bias_ih": p["b_ih"], "bias_hh": p["b_hh"]})
+    zero = np.zeros((1, H), np.float32)
+    state = {"cell": (zero, zero) if lstm else zero, "numpy": (zero, zero)}
+
+    def cstep(x):
+        state["cell"] = ours(x, state["cell"])
+        return state["cell"][0] if lstm else state["cell"]
+    sides = {"cell": (cstep, lambda x: x), "stream": (ours._layer.stream(1).step, lambda x: x)}
+
+    def ref(x):
+        h0, c0 = state["numpy"]
+        if lstm:
+            _, h, c, _ = R.lstm_forward(x[None], h0, c0, p["W_ih"], p["W_hh"], p["b_ih"],
+                                        p["b_hh"])
+        else:
+            _, h, _ = R.gru_forward(x[None], h0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])
+            c = c0
+        state["numpy"] = (h, c)
+        return h
+    sides["numpy"] = (ref, lambda x: x)
+    if "torch" in peers:
+        import torch
+        torch.set_num_threads(n_threads)
+        tcell = torch_module(cell, p, step=True)
+        state["torch"] = (torch.zeros(1, H), torch.zeros(1, H)) if lstm else torch.zeros(1, H)
+
+        def tstep(x):
+            state["torch"] = tcell(x, state["torch"])
+            return state["torch"][0] if lstm else state["torch"]
+        sides["torch"] = (tstep, torch.from_numpy)
+    return sides
+
+
+def compare_cell_step(cell, H, peers=("torch",), repeats=7, min_time=0.3, check_steps=8):
+    """A cell stepped from Python at batch 1, I = H, one thread on every side: fastrnn's
+    ``LSTMCell(x, state)`` / ``GRUCell(x, h)`` against the same layer's ``Stream.step`` and
+    PyTorch's ``nn.LSTMCell`` / ``nn.GRUCell`` (``torch.set_num_threads(1)``, under
+    ``torch.no_grad()``). Every side first steps through the same ``check_steps`` inputs
+    and must match (fastrnn's cell and stream the numpy reference, PyTorch fastrnn's cell);
+    then one step of each is timed in blocks after a short pause (:func:`time_blocks`),
+    the state still carried. Returns {"time": seconds per step by side, "err": ...}."""
+    from threadpoolctl import threadpool_limits
+    c = make_case(cell, 1, 1, H)
+    sides = cell_steppers(cell, c["params"], 1, peers)
+    xs = np.random.default_rng(1).standard_normal((check_steps, 1, H)).astype(np.float32)
+    grad_off = contextlib.nullcontext()
+    if "torch" in sides:
+        import torch
+        grad_off = torch.no_grad()
+    err = {}
+    with threadpool_limits(1, user_api="blas"), grad_off:
+        outs = {name: [np.array(step(to(x))).reshape(1, H) for x in xs]
+                for name, (step, to) in sides.items()}
+        for name in sides:
+            if name != "numpy":
+                a, b = (outs[name], outs["numpy"]) if name != "torch" else \
+                    (outs[name], outs["cell"])
+                err[name] = _check(f"{name} ({cell} cell steps)",
+                                   max(rel_err(u, v) for u, v in zip(a, b)), c)
+        fns = {name: (lambda step=step, x=to(xs[0]): step(x)) for name, (step, to) in sides.items()
+               if name != "numpy"}
+        t = time_blocks(fns, repeats, min_time)
     return {"time": t, "err": err}

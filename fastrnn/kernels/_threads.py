@@ -38,6 +38,13 @@ def effective_n_threads(n_threads=None):
     return n
 
 
+def check_n_threads(n_threads):
+    """Refuse a bad ``n_threads`` now, with :func:`effective_n_threads`' TypeError or
+    ValueError (a layer checks its count when made, not at its first call), without
+    counting it as handed to a kernel."""
+    _resolve_n_threads(n_threads)
+
+
 def _after_fork_in_child():
     global _forked_after_threads
     if _threads_used:
