@@ -110,6 +110,22 @@ def _orthogonal(rng, n):
     return q * np.sign(np.diag(r))
 
 
+class Tape:
+    """What a layer's :meth:`~RecurrentLayer.forward` keeps for its backward: per layer of
+    the stack ``(caches per direction, dropout mask or None, the layer's input (T, B, ·))``,
+    the reverse direction's time index, the lengths, the thread count, whether the input was
+    unbatched, and the input's shape ``(T, B, I)``. ``owner`` is the layer that made it: a
+    tape is only valid for that layer's backward."""
+
+    __slots__ = ("owner", "layers", "reverse_index", "lengths", "n_threads", "unbatched",
+                 "shape")
+
+    def __init__(self, owner, layers, reverse_index, lengths, n_threads, unbatched, shape):
+        self.owner, self.layers, self.reverse_index = owner, layers, reverse_index
+        self.lengths, self.n_threads, self.unbatched, self.shape = \
+            lengths, n_threads, unbatched, shape
+
+
 class RecurrentLayer:
     """The machinery :class:`RNN`, :class:`LSTM` and :class:`GRU` share (parameters, calls,
     training, stepping, streaming); each subclass's docstring documents its arguments,
@@ -387,7 +403,7 @@ class RecurrentLayer:
                 out = out * mask
             tape.append((layer_tape, mask, inp))
             inp = out
-        return inp, finals, (tape, rev, lengths, nt) if need_cache else None
+        return inp, finals, (tape, rev, lengths, nt) if need_cache else None     # Tape's parts
 
     def _pack_state(self, finals, B, unbatched):
         LD, H = len(finals), self.hidden_size
@@ -419,8 +435,8 @@ class RecurrentLayer:
         """Training forward: ``out, state_n, tape``; pass the tape to :meth:`backward`.
         Dropout between layers is applied when ``self.training``."""
         x, states, lengths, unbatched = self._prepare(x, state, lengths)
-        out, finals, tape = self._forward(x, states, lengths, True, self.training)
-        tape = tape + (unbatched, x.shape)
+        out, finals, parts = self._forward(x, states, lengths, True, self.training)
+        tape = Tape(self, *parts, unbatched, x.shape)
         return (self._pack_out(out, unbatched).copy(),
                 self._pack_state(finals, x.shape[1], unbatched), tape)
 
@@ -430,9 +446,10 @@ class RecurrentLayer:
         ``dout`` and ``dstate_n`` may be None (zeros). ``need_dx=False`` skips the input
         gradient (dx is None), for inputs that are data. A float ``dout`` of another
         width is cast to the layer's dtype."""
-        if not (isinstance(tape, tuple) and len(tape) == 6):
+        if not isinstance(tape, Tape) or tape.owner is not self:
             raise TypeError("tape must be the third value returned by this layer's forward()")
-        stack, rev, lengths, nt, unbatched, (T, B, I) = tape
+        stack, rev, lengths, nt = tape.layers, tape.reverse_index, tape.lengths, tape.n_threads
+        unbatched, (T, B, I) = tape.unbatched, tape.shape
         LD, H, D = self.num_layers * self.num_directions, self.hidden_size, self.num_directions
         if dout is None:
             dout = np.zeros((T, B, D * H), self.dtype)

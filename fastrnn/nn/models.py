@@ -144,6 +144,18 @@ def _refuse_unknown_arguments(cell, kwargs):
         raise TypeError(f"SequenceModel() got an unexpected keyword argument {name!r}{hint}")
 
 
+class ModelTape:
+    """What :meth:`SequenceModel.forward` keeps for its backward: the token ids (None for
+    features), the recurrent stack's :class:`~fastrnn.nn.layers.Tape`, the features the
+    output layer read and the stack's output shape; ``owner`` is the model that made it."""
+
+    __slots__ = ("owner", "ids", "rnn", "features", "out_shape")
+
+    def __init__(self, owner, ids, rnn, features, out_shape):
+        self.owner, self.ids, self.rnn, self.features, self.out_shape = \
+            owner, ids, rnn, features, out_shape
+
+
 class SequenceModel:
     """A whole sequence model: an optional embedding, a stack of recurrent layers and a
     linear output layer, with training (:meth:`fit`), inference, streaming and model
@@ -456,7 +468,7 @@ class SequenceModel:
             rtape = None
         feats = out if self.output == "per_step" else self._last(out, state_n, lengths)
         y = self.head.forward(feats)
-        tape = (ids, rtape, feats, out.shape) if need_tape else None
+        tape = ModelTape(self, ids, rtape, feats, out.shape) if need_tape else None
         return y, state_n, tape
 
     # Most multiply-adds one inference kernel call does. Ctrl-C (SIGINT) raises
@@ -496,7 +508,10 @@ class SequenceModel:
     def backward(self, dy, tape):
         """Accumulate parameter gradients of a loss whose gradient w.r.t. the outputs is
         ``dy``. The gradient is cut at the initial state (truncated BPTT)."""
-        ids, rtape, feats, out_shape = tape
+        if not isinstance(tape, ModelTape) or tape.owner is not self:
+            raise TypeError("tape must be the third value returned by this model's "
+                            "forward(..., need_tape=True)")
+        ids, rtape, feats, out_shape = tape.ids, tape.rnn, tape.features, tape.out_shape
         dfeats = self.head.backward(dy, feats)
         if self.output == "per_step":
             dout, dstate = dfeats, None

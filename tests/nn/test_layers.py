@@ -247,7 +247,7 @@ def test_dropout_scaling_and_gradient():
         return float(np.sum(out * R)), tape
 
     _, tape = loss()
-    mask = tape[0][0][1]
+    mask = tape.layers[0][1]
     assert set(np.unique(mask)) == {0.0, 1 / 0.6}
     m.zero_grad()
     dx, _ = m.backward(R, None, tape)

@@ -374,6 +374,16 @@ def test_layer_backward_refuses():
     refuses(lambda: m.backward(None, None, (1, 2)), TypeError,
             r"tape must be the third value returned by this layer's forward\(\)")
     refuses(lambda: m.backward(None, None, None), TypeError, "tape must be")
+    other = GRU(I, H, seed=0)                 # same shapes: its tape would run silently
+    refuses(lambda: other.backward(None, None, tape), TypeError, "tape must be")
+    model = SequenceModel("gru", input_size=I, hidden_size=H, output_size=2,
+                          task="regression", seed=0)
+    _, _, mtape = model.forward(np.ones((B, T, I), f32), need_tape=True)
+    twin = SequenceModel("gru", input_size=I, hidden_size=H, output_size=2,
+                         task="regression", seed=0)
+    refuses(lambda: twin.backward(np.ones((B, T, 2), f32), mtape), TypeError,
+            "tape must be the third value returned by this model's forward")
+    refuses(lambda: model.backward(np.ones((B, T, 2), f32), tape), TypeError, "tape must be")
 
 
 def test_layer_constructors_refuse():
