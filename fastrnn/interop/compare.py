@@ -57,7 +57,16 @@ def compare(a, b, x, lengths=None, state=None):
     states where both give them), as a float; see the module docstring for the sides, the
     layouts and what is compared. Raises ValueError when the two sides' outputs cannot be
     compared (different shapes), naming both, and when they are not the same architecture
-    (see the module docstring), naming the difference."""
+    (see the module docstring), naming the difference.
+
+    Example (PyTorch installed)::
+
+        >>> import numpy as np, fastrnn
+        >>> lstm = fastrnn.LSTM(3, 5, seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((7, 2, 3)).astype(np.float32)
+        >>> fastrnn.compare(lstm, lstm.to_torch(), x) < 1e-5
+        True
+    """
     x = _validate_x(x)
     side_a, side_b = _side(a, "a"), _side(b, "b")
     _check_same_architecture(a, b)

@@ -85,6 +85,13 @@ def to_onnx(obj, path=None, *, check=True, tol=None, opset=None, with_lengths=Fa
     ``check`` runs the parity check (see the module docstring) and raises
     :class:`ParityError` when the largest absolute difference exceeds ``tol`` (default
     :func:`default_tolerance` of the dtype); ``opset`` defaults to :data:`DEFAULT_OPSET`.
+
+    Example (onnx and onnxruntime installed)::
+
+        >>> import fastrnn
+        >>> proto = fastrnn.LSTM(3, 5, seed=0).to_onnx("lstm.onnx", with_lengths=True)
+        >>> [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
+        (['x', 'lengths'], ['out', 'h_n', 'c_n'])
     """
     import onnx
     from onnx import helper

@@ -146,7 +146,19 @@ def from_onnx(path_or_model, *, check=True, tol=None):
     Raises :class:`OnnxImportError` (a ValueError) for anything wrong with the file, naming
     it and the node; OSError when a path cannot be read; TypeError for another argument.
     Only a regular file is opened (a FIFO or device is refused before opening), and
-    external-data tensors are refused, so nothing but the given file is read."""
+    external-data tensors are refused, so nothing but the given file is read.
+
+    Example (onnx and onnxruntime installed)::
+
+        >>> import numpy as np, fastrnn
+        >>> _ = fastrnn.GRU(3, 5, seed=0).to_onnx("gru.onnx")
+        >>> graph = fastrnn.from_onnx("gru.onnx")
+        >>> out, h_n = graph.run(None, {"x": np.zeros((7, 2, 3), np.float32)})
+        >>> out.shape, h_n.shape
+        ((7, 2, 5), (1, 2, 5))
+        >>> graph.to_fastrnn()
+        GRU(3, 5)
+    """
     model, source = _read_model(path_or_model)
     # no onnx.checker here: it demands output shapes that ONNX Runtime (and this import)
     # do without; the parse refuses what it cannot follow, by name

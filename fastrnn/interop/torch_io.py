@@ -98,6 +98,18 @@ def from_torch(source, *, check=True, tol=None, kind=None, nonlinearity=None, ba
     float32 or float64 converts (the parity check then runs PyTorch in that dtype too; a
     traced module, whose graph fixes its dtype, is refused).
 
+    Example (PyTorch installed)::
+
+        >>> import torch, numpy as np, fastrnn
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> lstm = fastrnn.from_torch(torch.nn.LSTM(3, 5, num_layers=2, batch_first=True))
+        >>> lstm, lstm.parity_max_abs_diff < 1e-4
+        (LSTM(3, 5, num_layers=2, batch_first=True), True)
+        >>> cell = fastrnn.from_torch(torch.nn.GRUCell(3, 5).state_dict())
+        >>> type(cell).__name__
+        'GRUCell'
+
     ``check``: run the module (for a state dict, a module PyTorch builds from it) and the
     result on a random input and initial state; raises ParityError when outputs or final
     states differ by more than ``tol`` (default :func:`default_tolerance`). The largest
@@ -538,6 +550,15 @@ def to_torch(obj, *, check=True, tol=None):
     ``check``: run both on a random input and initial state and raise ParityError when
     outputs or final states differ by more than ``tol``; the largest absolute difference is
     set as ``module.parity_max_abs_diff`` (None when not checked).
+
+    Example (PyTorch installed)::
+
+        >>> import fastrnn
+        >>> module = fastrnn.GRU(3, 5, bidirectional=True, seed=0).to_torch()
+        >>> module
+        GRU(3, 5, bidirectional=True)
+        >>> module.parity_max_abs_diff < 1e-4
+        True
     """
     from ..nn.models import SequenceModel
     torch = _torch()

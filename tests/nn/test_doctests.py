@@ -13,6 +13,10 @@ import fastrnn
 MODULES = ["fastrnn", "fastrnn.nn.layers", "fastrnn.nn.models", "fastrnn.functional",
            "fastrnn.reference", "fastrnn.nn.losses", "fastrnn.nn.optim", "fastrnn.io",
            "fastrnn.training"]
+# the converters' examples need the optional packages they convert with (the test extras)
+INTEROP = {"fastrnn.interop.torch_io": ("torch",), "fastrnn.interop.compare": ("torch",),
+           "fastrnn.interop.onnx_export": ("onnx", "onnxruntime"),
+           "fastrnn.interop.onnx_import": ("onnx", "onnxruntime")}
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
@@ -38,6 +42,15 @@ def test_module_examples_run(name, tmp_path, monkeypatch):
     tests = doctest.DocTestFinder(exclude_empty=True).find(module, name)
     attempted, failed, report = _run(tests)
     assert failed == 0, f"{failed} of {attempted} examples in {name} failed:\n{report}"
+
+
+@pytest.mark.parametrize("name", sorted(INTEROP))
+def test_converter_examples_run(name, tmp_path, monkeypatch):
+    for package in INTEROP[name]:
+        pytest.importorskip(package)
+    test_module_examples_run(name, tmp_path, monkeypatch)
+    tests = doctest.DocTestFinder(exclude_empty=True).find(importlib.import_module(name), name)
+    assert sum(len(t.examples) for t in tests) >= 3, f"{name} has no examples"
 
 
 def test_examples_of_public_classes_defined_elsewhere_run(tmp_path, monkeypatch):
