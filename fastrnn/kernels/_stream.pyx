@@ -399,14 +399,7 @@ cdef class Stream:
         for l in range(L):
             lp = &self.layer_plans[l]
             d = spec.arrays[l]
-            lp.I = spec.input_size if l == 0 else H
-            lp.W_ih = _ptr(d["W_ih"])
-            lp.W_hh = _ptr(d["W_hh"])
-            lp.b_ih = _ptr(d["b_ih"])
-            lp.b_hh = _ptr(d["b_hh"])
-            lp.p_i = _ptr(d["p_i"])
-            lp.p_f = _ptr(d["p_f"])
-            lp.p_o = _ptr(d["p_o"])
+            _point_at(lp, d, spec.input_size if l == 0 else H)
             lp.h = cnp.PyArray_DATA(state[l, 0])
             lp.c = cnp.PyArray_DATA(state[l, 1]) if self.lstm else NULL
             lp.bias = s0 + (B * p.GH + 2 * B * H + l * p.GH) * isz
@@ -701,14 +694,7 @@ cdef class StepPlan:
         self.arrays = [d, zeros]
         self.zero_hn = cnp.PyArray_BYTES(zeros)
         lp = &self.lp0
-        lp.I = s.input_size
-        lp.W_ih = _ptr(d["W_ih"])
-        lp.W_hh = _ptr(d["W_hh"])
-        lp.b_ih = _ptr(d["b_ih"])
-        lp.b_hh = _ptr(d["b_hh"])
-        lp.p_i = _ptr(d["p_i"])
-        lp.p_f = _ptr(d["p_f"])
-        lp.p_o = _ptr(d["p_o"])
+        _point_at(lp, d, s.input_size)
         self.guard, self.gen = s.guard, NULL
         if s.gen_array is not None:
             self.arrays.append(s.gen_array)
@@ -996,6 +982,19 @@ def _flag(name, v):
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     raise TypeError(f"{name} must be True or False, got {v!r}")
+
+
+cdef void _point_at(LayerPlan *lp, dict d, int I):
+    """Point ``lp`` at one layer's checked arrays ``d`` (W_ih, W_hh, b_ih, b_hh, p_i, p_f,
+    p_o; None for an absent one) and record its input size: Stream and StepPlan alike."""
+    lp.I = I
+    lp.W_ih = _ptr(d["W_ih"])
+    lp.W_hh = _ptr(d["W_hh"])
+    lp.b_ih = _ptr(d["b_ih"])
+    lp.b_hh = _ptr(d["b_hh"])
+    lp.p_i = _ptr(d["p_i"])
+    lp.p_f = _ptr(d["p_f"])
+    lp.p_o = _ptr(d["p_o"])
 
 
 cdef const void *_ptr(a):
