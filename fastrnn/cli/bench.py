@@ -221,16 +221,34 @@ def time_alternating(fns, repeats=5, min_time=0.2, settle=0.03):
     after another shares a core with the other's spinning threads. Measured here: fastrnn
     LSTM B=64 H=256 at 2 threads took 57 ms in blocks right after ONNX Runtime's, 43 ms
     alone. A user runs one library, so each side is timed on a quiet machine, warm."""
+    return _in_rounds(fns, repeats, min_time, settle, (3, 20000),
+                      lambda fn, n: [_once(fn) for _ in range(n)])
+
+
+def _block(fn, n):
+    """[seconds per call] of ``n`` calls of ``fn`` under one clock."""
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return [(time.perf_counter() - t) / n]
+
+
+def _in_rounds(fns, repeats, min_time, settle, k_bounds, measure):
+    """The median of what ``measure(fn, k)`` gives for each side over ``repeats`` rounds:
+    a warm-up call each first; per round and side a pause of ``settle`` seconds, one
+    untimed call, then ``k`` calls (about ``min_time / repeats`` seconds, within
+    ``k_bounds``) measured."""
     for fn in fns.values():
         fn()
-    k = {name: int(min(20000, max(3, min_time / max(_once(fn), 1e-7) / repeats)))
+    low, high = k_bounds
+    k = {name: int(min(high, max(low, min_time / max(_once(fn), 1e-7) / repeats)))
          for name, fn in fns.items()}
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             time.sleep(settle)
             fn()
-            times[name] += [_once(fn) for _ in range(k[name])]
+            times[name] += measure(fn, k[name])
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -563,21 +581,7 @@ def time_blocks(fns, repeats=7, min_time=0.3, settle=0.03):
     clock (about ``min_time / repeats`` seconds a block). For calls of a few microseconds,
     where reading the clock around each call (:func:`time_alternating`) would add a
     visible share to every side."""
-    for fn in fns.values():
-        fn()
-    k = {name: int(min(200000, max(10, min_time / max(_once(fn), 1e-7) / repeats)))
-         for name, fn in fns.items()}
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(settle)
-            fn()
-            n = k[name]
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - t) / n)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return _in_rounds(fns, repeats, min_time, settle, (10, 200000), _block)
 
 
 def cell_steppers(cell, p, n_threads=1, peers=("torch",)):
