@@ -253,3 +253,20 @@ def run_onnx(op, inputs, attrs, outputs):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {n: v for n, v in given})
+
+
+
+def bit_flips_that_load(blob, load, refused):
+    """[(byte, bit)] of every single-bit flip of ``blob`` that ``load`` accepts instead of
+    raising ``refused``: a model file's loader must refuse them all."""
+    blob, accepted = bytearray(blob), []
+    for i in range(len(blob)):
+        for bit in range(8):
+            blob[i] ^= 1 << bit
+            try:
+                load(bytes(blob))
+                accepted.append((i, bit))
+            except refused:
+                pass
+            blob[i] ^= 1 << bit
+    return accepted

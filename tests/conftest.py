@@ -16,6 +16,8 @@ import os
 import pathlib
 import sys
 
+import pytest
+
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
@@ -55,8 +57,20 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--long"):
         return
-    import pytest
     skip = pytest.mark.skip(reason="long run: pass --long to run it")
     for item in items:
         if item.get_closest_marker("long") is not None:
             item.add_marker(skip)
+
+
+
+# ---- fixtures shared by tests/files and tests/robustness --------------------------------
+
+@pytest.fixture(params=["anonymous", "named"])
+def temporaries(request, monkeypatch):
+    """Both ways a write makes its temporary (O_TMPFILE where it works, a named file)."""
+    from fastrnn import io         # here, not at the top: GOMP_SPINCOUNT is set first
+    if request.param == "anonymous" and not io._anonymous_temporaries:
+        pytest.skip("O_TMPFILE temporaries are not available here")
+    monkeypatch.setattr(io, "_anonymous_temporaries", request.param == "anonymous")
+    return request.param

@@ -15,15 +15,6 @@ from fastrnn import io
 from fastrnn.io import NotARegularFileError, atomic_write, check_writable
 
 
-@pytest.fixture(params=["anonymous", "named"])
-def temporaries(request, monkeypatch):
-    """Both ways a write makes its temporary (O_TMPFILE where it works, a named file)."""
-    if request.param == "anonymous" and not io._anonymous_temporaries:
-        pytest.skip("O_TMPFILE temporaries are not available here")
-    monkeypatch.setattr(io, "_anonymous_temporaries", request.param == "anonymous")
-    return request.param
-
-
 def _tiny():
     return fastrnn.SequenceModel("gru", input_size=2, hidden_size=2, output_size=1,
                                  task="regression", seed=0)

@@ -221,15 +221,6 @@ def _open_fds():
     return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
-@pytest.fixture(params=["anonymous", "named"])
-def temporaries(request, monkeypatch):
-    """Both ways save() makes its temporary (O_TMPFILE where it works, a named file)."""
-    if request.param == "anonymous" and not io._anonymous_temporaries:
-        pytest.skip("O_TMPFILE temporaries are not available here")
-    monkeypatch.setattr(io, "_anonymous_temporaries", request.param == "anonymous")
-    return request.param
-
-
 def _raise(exc):
     def boom(*a, **k):
         raise exc
