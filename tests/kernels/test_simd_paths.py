@@ -45,6 +45,17 @@ for cls in (LSTM, GRU):
         else:
             inp = R.gru_forward(inp, z, W_ih, W_hh, b_ih, b_hh)[0]
     assert np.abs(ys - inp).max() < 2e-5, (cls, np.abs(ys - inp).max())
+from fastrnn import LSTMCell, GRUCell                 # the one-step path cells share (StepPlan)
+for cls in (LSTMCell, GRUCell):
+    cell = cls(12, 20, seed=0)
+    x = rng.standard_normal((1, 12)).astype(np.float32)
+    got = cell(x)
+    got = got[0] if cls is LSTMCell else got
+    W_ih, W_hh, b_ih, b_hh = cell._layer._kernel_params("_l0")
+    z = np.zeros((1, 20), np.float32)
+    want = (R.lstm_forward(x[None], z, z, W_ih, W_hh, b_ih, b_hh) if cls is LSTMCell else
+            R.gru_forward(x[None], z, W_ih, W_hh, b_ih, b_hh))[0][0]
+    assert np.abs(got - want).max() < 2e-5, (cls, np.abs(got - want).max())
 print("ok")
 """
 
