@@ -22,13 +22,13 @@ import numpy as np
 
 from ._spec import INT32_MAX, NONLINEARITIES, lengths_array
 from .kernels import _blas, _gru, _lstm, _rnn
-from .kernels._stream import Stream, StepPlan
+from .kernels._stream import Stream, StepPlan, cell_step as _native_cell_step
 from .kernels._threads import effective_n_threads, serial_blas
 from .kernels._threads import check_n_threads  # noqa: F401  (the layers' check, re-exported)
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward", "step_plan", "rnn_step", "lstm_step", "gru_step",
-           "make_stream"]
+           "cell_step", "make_stream"]
 
 class Cache:
     """What backward needs from forward; opaque to callers."""
@@ -710,6 +710,12 @@ def gru_step(plan, x, h=None, n_threads=None, check=None):
     nt = 1 if n_threads == 1 and type(n_threads) is int else effective_n_threads(n_threads)
     out = plan.step(x, h, None, nt)          # None: not readable in place
     return out if out is not None else _step_checked(plan, x, h, None, nt, check)
+
+
+# one step with the state as a cell takes it (None, h, or the tuple (h, c)), or None when
+# an input is not readable in place: the cells' hot path, a native function called with no
+# Python frame of ours in between (its docstring says everything)
+cell_step = _native_cell_step
 
 
 def make_stream(layer, batch, params, n_threads):

@@ -57,7 +57,7 @@ import os
 
 import numpy as np
 
-from ._threads import serial_blas
+from ._threads import effective_n_threads, serial_blas
 
 include "_common.pxi"      # fr_omp_barrier, fr_team_size, kernel_threads: the kernels' own
 from ._lstm cimport LSTMShape, make_shape, lstm_step_units
@@ -646,6 +646,26 @@ cdef inline bint _exact(object a, int typenum, int ndim, cnp.npy_intp d0,
     return ndim == 1 or cnp.PyArray_DIM(arr, 1) == d1
 
 
+def cell_step(StepPlan plan not None, x, state=None, n_threads=None):
+    """fastrnn.functional.cell_step(plan, x, state=None, n_threads=None): the step of
+    ``rnn_step``, ``lstm_step`` or ``gru_step`` with the state in the form a cell takes it:
+    None (zeros), the array h (RNN, GRU) or exactly a tuple (h, c) of two arrays (LSTM);
+    ``n_threads`` as those functions take it. Returns what they return, or None, computing
+    nothing, where :meth:`StepPlan.step` would return None or the state has another form:
+    call the cell's function then, whose checks say what is wrong. One native call, no
+    Python frame: the cells' hot path. (A module function, not a method, so that a wrong
+    ``plan`` is refused by its type.)"""
+    cdef int nt = 1 if n_threads == 1 and type(n_threads) is int \
+        else effective_n_threads(n_threads)
+    return plan._state_step(x, state, nt)
+
+
+# doubles of stack scratch a StepPlan step uses before it mallocs: 32 KiB, a batch-1 LSTM
+# step (14 H values of the dtype) up to H=585 in float32, well inside any thread's stack
+cdef enum:
+    _SMALL_SCRATCH = 4096
+
+
 cdef class StepPlan:
     """One layer's native step for any batch, the state passed in and returned new: what
     cells, ``layer.step`` and ``SequenceModel.step`` run, through
@@ -713,6 +733,23 @@ cdef class StepPlan:
         what the step reads in place (a plain ndarray of the dtype, native byte order,
         C-contiguous, aligned, of these shapes) or the batch exceeds the kernels' 32-bit
         sizes: the caller checks it with its own messages, converts, and calls again."""
+        return self._step(x, h, c, n_threads)
+
+    cdef object _state_step(self, x, state, int n_threads):
+        if state is None:
+            return self._step(x, None, None, n_threads)
+        if self.lstm:
+            if type(state) is not tuple or len(<tuple>state) != 2:
+                return None
+            h, c = <tuple>state
+            if h is None or c is None:
+                return None
+            return self._step(x, h, c, n_threads)
+        if type(state) is tuple:
+            return None
+        return self._step(x, state, None, n_threads)
+
+    cdef object _step(self, x, h, c, int n_threads):
         if not self.built or self.lp0.W_ih == NULL:
             raise RuntimeError("this StepPlan was not built: use fastrnn.functional.step_plan")
         cdef int ndim, B, H = self.base.H, GH = self.base.GH, I = self.input_size
@@ -761,7 +798,8 @@ cdef class StepPlan:
         cdef LayerPlan lp = self.lp0
         cdef Py_ssize_t isz = self.itemsize, BH = <Py_ssize_t>B * p.H
         cdef Py_ssize_t n = 4 * BH + <Py_ssize_t>B * p.GH + 2 * BH + p.GH
-        cdef char *buf = <char *>malloc(n * isz)
+        cdef double small[_SMALL_SCRATCH]   # on the stack: a small step costs no malloc
+        cdef char *buf = <char *>small if n * isz <= sizeof(small) else <char *>malloc(n * isz)
         cdef const void *xp = cnp.PyArray_DATA(<cnp.ndarray>x)
         cdef void *yp = cnp.PyArray_DATA(<cnp.ndarray>y)
         cdef bint done
@@ -794,7 +832,8 @@ cdef class StepPlan:
             if self.lstm:
                 memcpy(cnp.PyArray_DATA(<cnp.ndarray>cy), <char *>lp.c + BH * isz, BH * isz)
         finally:
-            free(buf)
+            if buf != <char *>small:
+                free(buf)
         return 0
 
     def __reduce__(self):

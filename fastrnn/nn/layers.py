@@ -1025,7 +1025,6 @@ class _StepPlans(dict):
 
 
 _NONE_PART = np.asarray(None)       # a state part given as None: refused by the check
-_NO_PLANS = {}
 
 
 def _in_place(a):
@@ -1052,6 +1051,8 @@ class RecurrentCell:
                                        seed=seed, n_threads=n_threads, **variant)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.params = {k[:-3]: v for k, v in self._layer.params.items()}   # drop "_l0"
+        # the layer's step plans, held here too: one lookup less on every call
+        self._plans = self._layer.__dict__.setdefault("_plans", _StepPlans())
 
     def state_dict(self):
         """Copies of every parameter, by PyTorch's cell names (``weight_ih``, ``weight_hh``,
@@ -1087,7 +1088,14 @@ class RecurrentCell:
         # read in place when they are C-contiguous arrays of the cell's dtype and shapes;
         # anything else goes through _checked_step, which says what does not fit
         layer = self._layer
-        plan = layer.__dict__.get("_plans", _NO_PLANS).get("_l0") or layer._step_plan("_l0")
+        plan = self._plans.get("_l0") or layer._step_plan("_l0")
+        out = F.cell_step(plan, x, state, layer.n_threads)
+        return out if out is not None else self._call_checked(plan, x, state)
+
+    def _call_checked(self, plan, x, state):
+        """The cell's call of inputs F.cell_step did not read in place: the state's form
+        checked here, the rest by the cell's function through _checked_step."""
+        layer = self._layer
         if plan.lstm:
             h = c = None
             if state is not None:

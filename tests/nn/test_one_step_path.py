@@ -82,19 +82,21 @@ def test_cells_layer_step_model_step_and_stream_agree_bit_for_bit(cell, kw, dtyp
 
 @pytest.mark.parametrize("cell,kw", VARIANTS, ids=IDS)
 def test_every_entry_point_goes_through_functional_step(cell, kw, monkeypatch):
-    """Cells, layer.step and SequenceModel.step call fastrnn.functional.<cell>_step and
-    nothing else that steps (a whole-sequence call of length 1 would be a second path)."""
+    """Cells, layer.step and SequenceModel.step call fastrnn.functional.<cell>_step (cells:
+    its form with a cell's state, functional.cell_step) and nothing else that steps (a
+    whole-sequence call of length 1 would be a second path)."""
     calls = []
-    step_name = f"{cell}_step"
-    original = getattr(F, step_name)
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
+    def counting(original):
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return original(*args, **kwargs)
+        return counted
 
     def refused(*args, **kwargs):
         raise AssertionError("a step went through a whole-sequence function")
-    monkeypatch.setattr(F, step_name, counted)
+    for name in (f"{cell}_step", "cell_step"):
+        monkeypatch.setattr(F, name, counting(getattr(F, name)))
     for name in ("rnn_forward", "lstm_forward", "gru_forward"):
         monkeypatch.setattr(F, name, refused)
     Layer, Cell = LAYERS[cell]
@@ -158,6 +160,57 @@ def test_step_plans_are_not_shared_by_copies():
     twin.load_state_dict({k: v * 0 for k, v in twin.state_dict().items()})
     assert np.abs(layer.step(x, None)[0]).sum() > 0
     np.testing.assert_array_equal(twin.step(x, None)[0], np.zeros((1, 4), np.float32))
+
+
+def test_cell_step_reads_a_cells_state_forms_and_declines_the_rest():
+    """functional.cell_step, the cells' hot path: None, h or exactly (h, c) stepped as
+    <cell>_step steps them; any other form returns None (computing nothing) for the
+    cell's checks to explain."""
+    rng = np.random.default_rng(3)
+    x, h, c = (rng.standard_normal((2, n)).astype(np.float32) for n in (3, 4, 4))
+    lstm = LSTM(3, 4, seed=0)._step_plan("_l0")
+    for state, args in ((None, ()), ((h, c), (h, c))):
+        want = F.lstm_step(lstm, x, *args)
+        for nt in (1, None, 2):
+            got = F.cell_step(lstm, x, state, nt)
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b)
+    for bad in ([h, c], (h,), (h, c, c), (h, None), (None, c), h, (h, c.astype(np.float64)),
+                (h[:1], c), (np.ones((2, 8), np.float32)[:, ::2], c)):
+        assert F.cell_step(lstm, x, bad, 1) is None
+    gru = GRU(3, 4, seed=0)._step_plan("_l0")
+    np.testing.assert_array_equal(F.cell_step(gru, x, h), F.gru_step(gru, x, h))
+    for bad in ((h,), [h], h.astype(np.float64), h[:, :2]):
+        assert F.cell_step(gru, x, bad, 1) is None
+    assert F.cell_step(gru, x.astype(np.float64), h, 1) is None
+    with pytest.raises(TypeError):
+        F.cell_step("not a plan", x, h, 1)
+    with pytest.raises(ValueError):
+        F.cell_step(gru, x, h, 0)
+    cell = LSTMCell(3, 4, seed=0)
+    with pytest.raises(TypeError, match="state must be a pair"):
+        cell(x, [h, c])
+    with pytest.raises(TypeError, match="GRUCell state must be one array h"):
+        GRUCell(3, 4, seed=0)(x, (h,))
+
+
+@pytest.mark.parametrize("H", [8, 600])
+def test_large_and_small_steps_match_the_reference(H):
+    """A batch-1 step's scratch lives on the stack up to 32 KiB (H=600's LSTM step needs
+    33.6 KiB, so it is allocated): both give the oracle's numbers, and a copied cell steps
+    on its own weights."""
+    import copy
+    cell = LSTMCell(H, H, seed=1)
+    rng = np.random.default_rng(4)
+    x, h, c = (rng.standard_normal((1, H)).astype(np.float32) for _ in range(3))
+    got = cell(x, (h, c))
+    ref = _reference_step("lstm", {}, x, h, c, cell.params)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-5, atol=2e-6)
+    twin = copy.deepcopy(cell)
+    twin.load_state_dict({k: v * 0 for k, v in twin.state_dict().items()})
+    np.testing.assert_array_equal(cell(x, (h, c))[0], got[0])
+    np.testing.assert_array_equal(twin(x, (h, c))[1], c * 0.5)     # f = sigmoid(0)
 
 
 def _imports(path):
