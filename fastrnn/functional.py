@@ -631,7 +631,29 @@ def step_plan(cell, W_ih, W_hh, b_ih=None, b_hh=None, p_i=None, p_f=None, p_o=No
     take them (``b_ih, b_hh`` both None: no bias; peepholes ``(H,)`` for the LSTM), aligned
     C-contiguous arrays of one float dtype, read in place on every step (update them in
     place; the plan keeps them alive). ``guard``: the fastrnn.kernels._guard.WeightGuard the
-    weights are written under, so that each step computes from one version of them."""
+    weights are written under, so that each step computes from one version of them.
+
+    A decoder-style loop over one LSTM's steps, the state kept by the caller (what
+    ``fastrnn.LSTMCell`` runs), equal to the whole-sequence function's result:
+
+        >>> import numpy as np
+        >>> import fastrnn.functional as F
+        >>> rng = np.random.default_rng(0)
+        >>> I, H, B, T = 3, 4, 2, 5
+        >>> W_ih, W_hh = (0.3 * rng.standard_normal((4 * H, n)).astype(np.float32)
+        ...               for n in (I, H))
+        >>> b_ih, b_hh = np.zeros((2, 4 * H), np.float32)
+        >>> plan = F.step_plan("lstm", W_ih, W_hh, b_ih, b_hh)
+        >>> x = rng.standard_normal((T, B, I)).astype(np.float32)
+        >>> h = c = None                            # zeros
+        >>> for x_t in x:
+        ...     h, c = F.lstm_step(plan, x_t, h, c, n_threads=1)
+        >>> out, h_n, c_n, _ = F.lstm_forward(x, np.zeros((B, H), np.float32),
+        ...                                   np.zeros((B, H), np.float32), W_ih, W_hh,
+        ...                                   b_ih, b_hh)
+        >>> bool(np.allclose(h, h_n, atol=1e-6)), bool(np.allclose(c, c_n, atol=1e-6))
+        (True, True)
+    """
     params = {"W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh}
     for name, p in (("p_i", p_i), ("p_f", p_f), ("p_o", p_o)):
         if p is not None:

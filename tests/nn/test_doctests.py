@@ -12,7 +12,7 @@ import fastrnn
 
 MODULES = ["fastrnn", "fastrnn.nn.layers", "fastrnn.nn.models", "fastrnn.functional",
            "fastrnn.reference", "fastrnn.nn.losses", "fastrnn.nn.optim", "fastrnn.io",
-           "fastrnn.training"]
+           "fastrnn.training", "fastrnn.interop.keras_io"]     # keras_io's runs without Keras
 # the converters' examples need the optional packages they convert with (the test extras)
 INTEROP = {"fastrnn.interop.torch_io": ("torch",), "fastrnn.interop.compare": ("torch",),
            "fastrnn.interop.onnx_export": ("onnx", "onnxruntime"),
