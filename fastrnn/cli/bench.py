@@ -210,7 +210,7 @@ def peer_versions():
     return found
 
 
-def time_alternating(fns, repeats=5, min_time=0.2, settle=0.03):
+def time_alternating(fns, repeats=5, min_time=0.2, settle=0.03, rounds=None):
     """Median seconds of single calls of each ``fns[name]()``: a warm-up call each, then
     ``repeats`` rounds in which every side runs a block of at least 3 calls (about
     ``min_time / repeats`` seconds), each call timed on its own, as in :func:`compare`.
@@ -220,9 +220,12 @@ def time_alternating(fns, repeats=5, min_time=0.2, settle=0.03):
     intra-op pool, the OpenMP runtimes, OpenBLAS), and with two cores a side timed right
     after another shares a core with the other's spinning threads. Measured here: fastrnn
     LSTM B=64 H=256 at 2 threads took 57 ms in blocks right after ONNX Runtime's, 43 ms
-    alone. A user runs one library, so each side is timed on a quiet machine, warm."""
+    alone. A user runs one library, so each side is timed on a quiet machine, warm.
+
+    ``rounds``: a dict that, when given, receives each side's per-round figures (the
+    median of that round's block), for :func:`spread`."""
     return _in_rounds(fns, repeats, min_time, settle, (3, 20000),
-                      lambda fn, n: [_once(fn) for _ in range(n)])
+                      lambda fn, n: [_once(fn) for _ in range(n)], rounds)
 
 
 def _block(fn, n):
@@ -233,23 +236,36 @@ def _block(fn, n):
     return [(time.perf_counter() - t) / n]
 
 
-def _in_rounds(fns, repeats, min_time, settle, k_bounds, measure):
+def _in_rounds(fns, repeats, min_time, settle, k_bounds, measure, rounds=None):
     """The median of what ``measure(fn, k)`` gives for each side over ``repeats`` rounds:
     a warm-up call each first; per round and side a pause of ``settle`` seconds, one
     untimed call, then ``k`` calls (about ``min_time / repeats`` seconds, within
-    ``k_bounds``) measured."""
+    ``k_bounds``) measured. When ``rounds`` is a dict, ``rounds[name]`` is set to the
+    side's ``repeats`` per-round figures (the median of each round's measurements)."""
     for fn in fns.values():
         fn()
     low, high = k_bounds
     k = {name: int(min(high, max(low, min_time / max(_once(fn), 1e-7) / repeats)))
          for name, fn in fns.items()}
     times = {name: [] for name in fns}
+    per_round = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             time.sleep(settle)
             fn()
-            times[name] += measure(fn, k[name])
+            got = measure(fn, k[name])
+            times[name] += got
+            per_round[name].append(float(np.median(got)))
+    if rounds is not None:
+        rounds.update(per_round)
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def spread(per_round):
+    """max / min of a side's per-round figures (``rounds=`` of :func:`time_alternating`
+    or :func:`time_blocks`): 1.0 when every round agreed; how far apart runs of the same
+    call land on this machine. With the rounds of one timing, a repeat costs nothing."""
+    return max(per_round) / min(per_round)
 
 
 def rel_err(a, b):
@@ -298,7 +314,6 @@ def onnx_session(cell, p, n_threads, T, B):
     """An ONNX Runtime session of one LSTM/GRU node (GRU with linear_before_reset=1, i.e.
     PyTorch's form) with the weights ``p`` as initializers; inputs X (T, B, I) and
     initial_h (and initial_c) (1, B, H); outputs Y (T, 1, B, H), Y_h (and Y_c) (1, B, H)."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
     GH, I = p["W_ih"].shape
     H = GH // gate_count(cell)
@@ -320,10 +335,17 @@ def onnx_session(cell, p, n_threads, T, B):
         [helper.make_tensor_value_info(o, f32, None) for o in outs],
         [numpy_helper.from_array(np.ascontiguousarray(a), k) for k, a in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ort_session(model.SerializeToString(), n_threads)
+
+
+def ort_session(model_bytes, n_threads):
+    """An ONNX Runtime CPU session of a serialized model, as every peer here gets it:
+    ``intra_op_num_threads=n_threads``, ``inter_op_num_threads=1``, sequential execution."""
+    import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = n_threads, 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
 def onnx_forward(c, n_threads):
@@ -338,7 +360,9 @@ def onnx_forward(c, n_threads):
 def compare_peers(c, n_threads=1, peers=("torch", "onnxruntime"), repeats=5, min_time=0.2):
     """Whole-sequence inference: fastrnn, the numpy reference and each peer, timed in
     alternating blocks after fastrnn is checked against the reference and every peer's
-    output is checked against fastrnn's. Returns {"time": {side: s}, "err": {side: rel}}."""
+    output is checked against fastrnn's. Returns {"time": {side: s}, "err": {side: rel},
+    "gflops": fastrnn's rate, "spread": {side: max/min of its ``repeats`` per-round medians}}
+    (:func:`spread`: the spread is over the rounds of this one timing, not extra runs)."""
     from threadpoolctl import threadpool_limits
     err = {"numpy": verify(c, False, n_threads)}
     fns = {"fastrnn": lambda: _forward(F, c, n_threads=n_threads)[0],
@@ -349,21 +373,29 @@ def compare_peers(c, n_threads=1, peers=("torch", "onnxruntime"), repeats=5, min
         for name in peers:
             fns[name] = builders[name](c, n_threads)
             err[name] = _check(name, rel_err(ours, fns[name]()), c)
-        t = time_alternating(fns, repeats, min_time)
-    return {"time": t, "err": err, "gflops": flops(c, False) / t["fastrnn"] / 1e9}
+        rounds = {}
+        t = time_alternating(fns, repeats, min_time, rounds=rounds)
+    return {"time": t, "err": err, "gflops": flops(c, False) / t["fastrnn"] / 1e9,
+            "spread": {name: spread(r) for name, r in rounds.items()}}
 
 
 # ---- training step: forward, backward, Adam -----------------------------------------------
 
-def fastrnn_train_step(c, n_threads, lr=1e-3):
-    """(step, layer): one fastrnn.LSTM/GRU layer with the case's weights, zero initial
-    state, upstream gradient c["dhs"]; step() = zero_grad, forward, backward, Adam update."""
+def case_layer(c, n_threads):
+    """A fastrnn.LSTM/GRU layer (one layer, PyTorch's form) holding the case's weights."""
     from ..nn.layers import GRU, LSTM
-    from ..nn.optim import Adam
     layer = {"lstm": LSTM, "gru": GRU}[c["cell"]](c["I"], c["H"], n_threads=n_threads)
     layer.load_state_dict({name + "_l0": c["params"][k] for k, name in
                            (("W_ih", "weight_ih"), ("W_hh", "weight_hh"),
                             ("b_ih", "bias_ih"), ("b_hh", "bias_hh"))})
+    return layer
+
+
+def fastrnn_train_step(c, n_threads, lr=1e-3):
+    """(step, layer): one fastrnn.LSTM/GRU layer with the case's weights, zero initial
+    state, upstream gradient c["dhs"]; step() = zero_grad, forward, backward, Adam update."""
+    from ..nn.optim import Adam
+    layer = case_layer(c, n_threads)
     opt = Adam([(layer.flat, layer.grad)], lr=lr)
 
     def step():
@@ -574,14 +606,15 @@ def compare_stream(H, n_threads=1, peers=("torch", "onnxruntime"), repeats=5, mi
     return {"time": t, "err": err}
 
 
-def time_blocks(fns, repeats=7, min_time=0.3, settle=0.03):
+def time_blocks(fns, repeats=7, min_time=0.3, settle=0.03, rounds=None):
     """Median seconds per call of each ``fns[name]()``, each side timed as whole blocks:
     a warm-up call each, then ``repeats`` rounds in which every side, after a pause of
     ``settle`` seconds and one untimed call, runs ``k`` calls back to back under one
     clock (about ``min_time / repeats`` seconds a block). For calls of a few microseconds,
     where reading the clock around each call (:func:`time_alternating`) would add a
-    visible share to every side."""
-    return _in_rounds(fns, repeats, min_time, settle, (10, 200000), _block)
+    visible share to every side. ``rounds``: as in :func:`time_alternating` (a round's
+    figure is its block's seconds per call)."""
+    return _in_rounds(fns, repeats, min_time, settle, (10, 200000), _block, rounds)
 
 
 def cell_steppers(cell, p, n_threads=1, peers=("torch",)):
@@ -659,3 +692,140 @@ def compare_cell_step(cell, H, peers=("torch",), repeats=7, min_time=0.3, check_
                if name != "numpy"}
         t = time_blocks(fns, repeats, min_time)
     return {"time": t, "err": err}
+
+
+# ---- contention: 2 threads while something else wants the cores (issue 14) --------------
+
+CONDITIONS = ("idle", "busy", "pool")   # idle; one core busy (another process spinning);
+                                        # an ONNX Runtime pool running in this process
+
+
+def layer_forward(c, n_threads):
+    """Whole-sequence inference through a fastrnn layer, as a user calls it:
+    ``layer(x, state)`` with the case's h0 (and c0 = h0, as :func:`_forward`); the callable
+    returns the outputs (T, B, H)."""
+    layer = case_layer(c, n_threads)
+    h0 = c["h0"][None]
+    state = (h0, h0) if c["cell"] == "lstm" else h0
+    return lambda: layer(c["x"], state)[0]
+
+
+def onnx_export_forward(c, n_threads):
+    """Whole-sequence inference in ONNX Runtime of the case's layer exported by fastrnn's
+    own ``to_onnx`` (``with_state=True``; its parity check on), in a session from
+    :func:`ort_session`; the callable returns the graph's ``out`` (T, B, H)."""
+    from ..interop.onnx_export import to_onnx
+    sess = ort_session(to_onnx(case_layer(c, 1), with_state=True).SerializeToString(),
+                       n_threads)
+    feed = {"x": c["x"], "h0": c["h0"][None]}
+    if c["cell"] == "lstm":
+        feed["c0"] = c["h0"][None]
+    return lambda: sess.run(["out"], feed)[0]
+
+
+@contextlib.contextmanager
+def busy_core(start=0.3):
+    """Another process spinning on one core (``while True: pass``) for the duration of the
+    block; killed and reaped on the way out, whatever happens inside. ``start``: seconds
+    given to it to start spinning before the block runs."""
+    import subprocess
+    import sys
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(start)
+        if hog.poll() is not None:
+            raise RuntimeError(f"the busy-core process exited at once (status {hog.returncode})")
+        yield hog
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+@contextlib.contextmanager
+def running_in_background(run, start_timeout=60.0):
+    """``run()`` called again and again in a background thread of this process for the
+    duration of the block (an ONNX Runtime session's inferences: its intra-op pool busy
+    beside the code timed in the block). Yields a dict whose "runs" counts the calls done;
+    on the way out the thread is stopped (an Event) and joined, whatever happens inside,
+    and an exception raised in it is raised here."""
+    import threading
+    stop, started = threading.Event(), threading.Event()
+    state = {"runs": 0, "error": None}
+
+    def loop():
+        try:
+            while not stop.is_set():
+                run()
+                state["runs"] += 1
+                started.set()
+        except BaseException as exc:         # reported by the caller's thread
+            state["error"] = exc
+        finally:
+            started.set()
+    worker = threading.Thread(target=loop, name="fastrnn-bench-load", daemon=True)
+    worker.start()
+    try:
+        if not started.wait(start_timeout):
+            raise RuntimeError(f"the background load made no call in {start_timeout} s")
+        if state["error"] is not None:
+            raise state["error"]
+        yield state
+    finally:
+        stop.set()
+        worker.join()
+    if state["error"] is not None:
+        raise state["error"]
+
+
+def compare_contention(c, n_threads=2, peers=("torch", "onnxruntime"), repeats=5,
+                       min_time=0.2, settle=0.03):
+    """Whole-sequence inference at ``n_threads`` under three conditions (:data:`CONDITIONS`):
+
+    * "idle": nothing else runs; fastrnn is also timed at one thread here, the yardstick
+      of the targets ("fastrnn under load within 1.3x of its own 1-thread idle time").
+    * "busy": another process spins on one core for the whole timing (:func:`busy_core`).
+    * "pool": an ONNX Runtime session of the same model with ``n_threads`` intra-op
+      threads runs inferences continuously in a background thread of this process
+      (:func:`running_in_background`) while fastrnn and PyTorch are timed; ONNX Runtime
+      itself is not timed there. Needs onnxruntime; skipped (None) without it.
+
+    Sides: fastrnn's layer (``layer(x, state)``, :func:`layer_forward`), ONNX Runtime
+    running that layer as exported by ``to_onnx`` (:func:`onnx_export_forward`) and
+    PyTorch (:func:`torch_forward`), each at ``n_threads``. Before any timing fastrnn (both
+    thread counts) is checked against the numpy reference and each peer against fastrnn.
+    Each condition is one :func:`time_alternating` (blocks after a ``settle`` pause, so in
+    the idle condition no side runs beside another library's spinning threads).
+
+    Returns {"time": {condition: {side: s} or None}, "spread": {condition: max/min of
+    fastrnn's ``repeats`` per-round medians (:func:`spread`) or None}, "err": {side:
+    rel}, "load_runs": inferences the background pool ran}. Sides are "fastrnn",
+    "fastrnn 1t" (idle only), "onnxruntime" (idle, busy) and "torch"."""
+    ref = _forward(R, c)[0]
+    ours = layer_forward(c, n_threads)
+    one = layer_forward(c, 1)
+    out = np.array(ours())
+    err = {"numpy": _check("the numpy reference", max(rel_err(out, ref), rel_err(one(), ref)),
+                           c)}
+    builders = {"torch": torch_forward, "onnxruntime": onnx_export_forward}
+    others = {}
+    for name in peers:
+        others[name] = builders[name](c, n_threads)
+        err[name] = _check(name, rel_err(others[name](), out), c)
+    result = {"time": dict.fromkeys(CONDITIONS), "spread": dict.fromkeys(CONDITIONS),
+              "err": err, "load_runs": 0}
+
+    def timed(condition, fns):
+        rounds = {}
+        result["time"][condition] = time_alternating(fns, repeats, min_time, settle, rounds)
+        result["spread"][condition] = spread(rounds["fastrnn"])
+
+    timed("idle", {"fastrnn": ours, "fastrnn 1t": one, **others})
+    with busy_core():
+        timed("busy", {"fastrnn": ours, **others})
+    if "onnxruntime" in peers:
+        load = onnx_export_forward(c, n_threads)        # a session of its own
+        with running_in_background(load) as state:
+            timed("pool", {"fastrnn": ours, **{k: v for k, v in others.items()
+                                               if k != "onnxruntime"}})
+        result["load_runs"] = state["runs"]
+    return result
