@@ -31,3 +31,14 @@ cdef int chunk_stop(int n, int n_chunks, int chunk, int align) noexcept nogil
 # Threads for the per-step work of a recurrent kernel: at most one per 8 hidden units, and
 # one when a step is too small to pay for waking a second thread (work = multiply-adds).
 cdef int step_threads(int n_threads, int H, long long work) noexcept nogil
+
+# fastrnn's thread pool (include/fastrnn/pool.h): fn(ctx, phase, chunk) for every chunk of
+# every phase, phase by phase, chunks claimed dynamically by the caller and up to
+# n_threads - 1 workers. One pool per process, kept here; every kernel module uses it.
+ctypedef void (*chunk_fn)(void *ctx, int phase, int chunk) noexcept nogil
+cdef int pool_run(int n_threads, int n_phases, int n_chunks, chunk_fn fn, void *ctx) noexcept nogil
+
+# hidden units per chunk of a step's work: chunks do not depend on the thread count, so
+# neither do the results; about 8 chunks a step at batch 1 (4 for larger batches, whose
+# per-chunk BLAS calls each repack the state)
+cdef int unit_chunk(int H, int B) noexcept nogil

@@ -1,15 +1,20 @@
-"""Row-major GEMM/GEMV over scipy's BLAS, plus a GEMM split across OpenMP threads.
+"""Row-major GEMM/GEMV over scipy's BLAS, fastrnn's thread pool, and a GEMM split over it.
 
 Why scipy.linalg.cython_blas: it is a well-kept OpenBLAS that arrives with a wheel, so
 nothing is linked at build time and no headers are needed. Row-major is handled by
 swapping operands (C^T = B^T A^T), as scikit-learn's _cython_blas does.
 
 Threads: the kernels call BLAS only with BLAS limited to one thread (the Python layer
-does that with threadpoolctl) and parallelise themselves with OpenMP, so BLAS's own
-pthread pool never runs inside, or next to, an OpenMP region.
+does that with threadpoolctl) and parallelise themselves with fastrnn's pool
+(include/fastrnn/pool.h, kept in this module), so BLAS's own pthread pool never runs
+inside, or next to, a kernel's work.
 """
-from cython.parallel cimport prange
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
+
+cdef extern from "fastrnn/pool.h" nogil:
+    ctypedef void (*fr_chunk_fn)(void *ctx, int phase, int chunk) noexcept nogil
+    int fr_pool_run(int n_threads, int n_phases, int n_chunks, fr_chunk_fn fn, void *ctx)
+    void fr_pool_take_counts(long long *counts, int n)
 
 cdef extern from "fastrnn/gemv.h" nogil:
     void fr_gemv_f32(int m, int k, const float *A, int lda, const float *x, float beta,
@@ -74,34 +79,84 @@ cdef int chunk_stop(int n, int n_chunks, int chunk, int align) noexcept nogil:
     return min(n, (chunk + 1) * _chunk_size(n, n_chunks, align))
 
 
+cdef int pool_run(int n_threads, int n_phases, int n_chunks, chunk_fn fn, void *ctx) noexcept nogil:
+    return fr_pool_run(n_threads, n_phases, n_chunks, <fr_chunk_fn>fn, ctx)
+
+
+def pool_counts(int n=2):
+    """Chunks of pool jobs run by the calling threads ([0]) and by workers 1 .. n-1 since the
+    last call, as a list; the counts restart from zero. Chunks of jobs that ran on their
+    caller alone (one thread) are not counted. How a test sees who did the work."""
+    cdef long long counts[256]
+    n = max(1, min(n, 256))
+    fr_pool_take_counts(counts, n)
+    return [counts[i] for i in range(n)]
+
+
+cdef int unit_chunk(int H, int B) noexcept nogil:
+    cdef int per = (H + (7 if B == 1 else 3)) // (8 if B == 1 else 4)
+    return max(16, (per + 15) // 16 * 16)
+
+
+cdef struct GemmJob:
+    BLAS_Trans ta, tb
+    int m, n, k, lda, ldb, ldc, block, split_cols
+    double alpha, beta                  # in the dtype of the call
+    const void *A
+    const void *B
+    void *C
+
+
+cdef void _gemm_block(GemmJob *j, floating dtype_of, int chunk) noexcept nogil:
+    cdef int lo = chunk * j.block, hi
+    cdef const floating *A = <const floating *>j.A
+    cdef const floating *B = <const floating *>j.B
+    cdef floating *C = <floating *>j.C
+    if j.split_cols:
+        hi = min(j.n, lo + j.block)
+        # C[:, lo:hi] = op(A) @ op(B)[:, lo:hi]
+        _gemm(j.ta, j.tb, j.m, hi - lo, j.k, <floating>j.alpha, A, j.lda,
+              B + (lo if j.tb == NoTrans else <Py_ssize_t>lo * j.ldb), j.ldb,
+              <floating>j.beta, C + lo, j.ldc)
+    else:
+        hi = min(j.m, lo + j.block)
+        # C[lo:hi] = op(A)[lo:hi] @ op(B)
+        _gemm(j.ta, j.tb, hi - lo, j.n, j.k, <floating>j.alpha,
+              A + (<Py_ssize_t>lo * j.lda if j.ta == NoTrans else lo), j.lda,
+              B, j.ldb, <floating>j.beta, C + <Py_ssize_t>lo * j.ldc, j.ldc)
+
+
+cdef void _gemm_chunk_f32(void *ctx, int phase, int chunk) noexcept nogil:
+    _gemm_block(<GemmJob *>ctx, <float>0, chunk)
+
+
+cdef void _gemm_chunk_f64(void *ctx, int phase, int chunk) noexcept nogil:
+    _gemm_block(<GemmJob *>ctx, <double>0, chunk)
+
+
 cdef void _gemm_split(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
                       floating alpha, const floating *A, int lda,
                       const floating *B, int ldb,
                       floating beta, floating *C, int ldc,
                       int n_threads, bint split_cols) noexcept nogil:
-    """_gemm with C's rows (or columns) split across n_threads OpenMP threads, each
-    calling single-threaded BLAS on its block. Must not be called inside prange."""
-    cdef int tid, lo, hi
-    if n_threads <= 1:
+    """_gemm with C's rows (or columns) split into blocks run by the pool, each a
+    single-threaded BLAS call. Two blocks per thread, so a thread that is not running
+    leaves its second block to the others."""
+    cdef GemmJob j
+    cdef int extent = n if split_cols else m, n_blocks
+    if n_threads <= 1 or extent < 32:
         _gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
         return
-    for tid in prange(n_threads, schedule='static', num_threads=n_threads):
-        if split_cols:
-            lo = chunk_start(n, n_threads, tid, 16)
-            hi = chunk_stop(n, n_threads, tid, 16)
-            if hi > lo:
-                # C[:, lo:hi] = op(A) @ op(B)[:, lo:hi]
-                _gemm(ta, tb, m, hi - lo, k, alpha, A, lda,
-                      B + (lo if tb == NoTrans else <Py_ssize_t>lo * ldb), ldb,
-                      beta, C + lo, ldc)
-        else:
-            lo = chunk_start(m, n_threads, tid, 4)
-            hi = chunk_stop(m, n_threads, tid, 4)
-            if hi > lo:
-                # C[lo:hi] = op(A)[lo:hi] @ op(B)
-                _gemm(ta, tb, hi - lo, n, k, alpha,
-                      A + (<Py_ssize_t>lo * lda if ta == NoTrans else lo), lda,
-                      B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    j.ta, j.tb, j.m, j.n, j.k = ta, tb, m, n, k
+    j.lda, j.ldb, j.ldc, j.split_cols = lda, ldb, ldc, split_cols
+    j.alpha, j.beta, j.A, j.B, j.C = alpha, beta, A, B, C
+    j.block = (extent + 2 * n_threads - 1) // (2 * n_threads)
+    j.block = (j.block + 15) // 16 * 16
+    n_blocks = (extent + j.block - 1) // j.block
+    if floating is float:
+        pool_run(n_threads, 1, n_blocks, _gemm_chunk_f32, &j)
+    else:
+        pool_run(n_threads, 1, n_blocks, _gemm_chunk_f64, &j)
 
 
 def _gemm_memview(BLAS_Trans ta, BLAS_Trans tb, double alpha,
@@ -129,7 +184,7 @@ globals().update(NoTrans=BLAS_Trans.NoTrans, Trans=BLAS_Trans.Trans)
 
 
 # ---- BLAS held at one thread while a kernel runs, at C speed ------------------------
-# The OpenMP kernels call BLAS from inside parallel regions, so scipy's OpenBLAS must run
+# The kernels call BLAS from their pool's threads, so scipy's OpenBLAS must run
 # single-threaded meanwhile (see fastrnn/kernels/_threads.py). threadpoolctl does that through
 # Python properties (~2 us a call); with the library's own get/set functions registered
 # here it costs a few hundred ns, which matters for one-step streaming calls. Callers hold

@@ -1,10 +1,9 @@
 # Shared by the cell kernels (_rnn.pyx, _lstm.pyx, _gru.pyx): gate activations for both
 # dtypes, and the lengths mask.
 from cython cimport floating
-from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 from ._blas cimport (_gemm, _gemv, _gemm_split, chunk_start, chunk_stop, step_threads,
-                     NoTrans, Trans)
+                     NoTrans, Trans, chunk_fn, pool_run, unit_chunk)
 
 # work figure that always passes step_threads' threshold: a whole sequence (or its backward)
 # keeps the threads hot from one step to the next
@@ -22,27 +21,12 @@ cdef extern from *:
     #ifdef I
     #undef I
     #endif
-    #ifdef _OPENMP
-    #include <omp.h>
-    #endif
-    /* a barrier of the enclosing parallel region (orphaned: legal inside a function
-       called from the region); nothing without OpenMP, where there is one thread */
-    static inline void fr_omp_barrier(void) {
-    #ifdef _OPENMP
-        _Pragma("omp barrier")
-    #endif
-    }
-    /* the size of the current team (1 outside a region or without OpenMP) */
-    static inline int fr_team_size(void) {
-    #ifdef _OPENMP
-        return omp_get_num_threads();
-    #else
-        return 1;
-    #endif
-    }
     """
-    void fr_omp_barrier() noexcept nogil
-    int fr_team_size() noexcept nogil
+
+
+cdef inline int n_chunks_of(int H, int chunk) noexcept nogil:
+    # chunks of `chunk` units (unit_chunk) covering H units
+    return (H + chunk - 1) // chunk
 
 
 cdef extern from "fastrnn/activations.h" nogil:
@@ -83,30 +67,59 @@ cdef inline void add_block_bias(floating *a, const floating *bias, int H, int j0
             a[j] += bias[j]
 
 
+cdef struct ColumnJob:
+    # acc (n_cols,) += column sums of A (n_rows, lda)[:, :n_cols], times C (n_rows, n_cols)
+    # elementwise when C is not NULL; columns in blocks of 64
+    void *acc
+    const void *A
+    const void *C
+    Py_ssize_t n_rows
+    int n_cols, lda
+
+
+cdef void _column_block(ColumnJob *q, floating dtype_of, int block) noexcept nogil:
+    cdef floating *acc = <floating *>q.acc
+    cdef const floating *A = <const floating *>q.A
+    cdef const floating *C = <const floating *>q.C
+    cdef int j, c0 = block * 64, c1 = min(q.n_cols, c0 + 64)
+    cdef Py_ssize_t r
+    for r in range(q.n_rows):
+        if C == NULL:
+            for j in range(c0, c1):
+                acc[j] += A[r * q.lda + j]
+        else:
+            for j in range(c0, c1):
+                acc[j] += A[r * q.lda + j] * C[r * q.n_cols + j]
+
+
+cdef void _column_chunk_f32(void *ctx, int phase, int chunk) noexcept nogil:
+    _column_block(<ColumnJob *>ctx, <float>0, chunk)
+
+
+cdef void _column_chunk_f64(void *ctx, int phase, int chunk) noexcept nogil:
+    _column_block(<ColumnJob *>ctx, <double>0, chunk)
+
+
+cdef inline void _column_sums(floating *acc, const floating *A, int lda, const floating *C,
+                              Py_ssize_t n_rows, int n_cols, int n_threads) noexcept nogil:
+    cdef ColumnJob q
+    q.acc, q.A, q.C, q.n_rows, q.n_cols, q.lda = acc, A, C, n_rows, n_cols, lda
+    if floating is float:
+        pool_run(n_threads, 1, n_chunks_of(n_cols, 64), _column_chunk_f32, &q)
+    else:
+        pool_run(n_threads, 1, n_chunks_of(n_cols, 64), _column_chunk_f64, &q)
+
+
 cdef inline void colsum_into(floating *acc, const floating *A, Py_ssize_t n_rows, int n_cols,
                              int lda, int n_threads) noexcept nogil:
-    # acc (n_cols,) += A[:, :n_cols].sum(axis=0), A (n_rows, lda); columns split over threads
-    cdef int tid, c0, c1, j
-    cdef Py_ssize_t r
-    for tid in prange(n_threads, schedule='static', num_threads=n_threads):
-        c0 = chunk_start(n_cols, n_threads, tid, 16)
-        c1 = chunk_stop(n_cols, n_threads, tid, 16)
-        for r in range(n_rows):
-            for j in range(c0, c1):
-                acc[j] += A[r * lda + j]
+    # acc (n_cols,) += A[:, :n_cols].sum(axis=0), A (n_rows, lda); column blocks on the pool
+    _column_sums(acc, A, lda, <const floating *>NULL, n_rows, n_cols, n_threads)
 
 
 cdef inline void coldot_into(floating *acc, const floating *A, int lda, const floating *C,
                              Py_ssize_t n_rows, int n_cols, int n_threads) noexcept nogil:
     # acc (n_cols,) += (A[:, :n_cols] * C).sum(axis=0), A (n_rows, lda), C (n_rows, n_cols)
-    cdef int tid, c0, c1, j
-    cdef Py_ssize_t r
-    for tid in prange(n_threads, schedule='static', num_threads=n_threads):
-        c0 = chunk_start(n_cols, n_threads, tid, 16)
-        c1 = chunk_stop(n_cols, n_threads, tid, 16)
-        for r in range(n_rows):
-            for j in range(c0, c1):
-                acc[j] += A[r * lda + j] * C[r * n_cols + j]
+    _column_sums(acc, A, lda, C, n_rows, n_cols, n_threads)
 
 
 cdef inline void gate_blocks_product(floating *a, int lda, const floating *W, const floating *v,
@@ -136,10 +149,11 @@ cdef inline const floating *input_projection(floating *out, const floating *x,
                                              int n_threads) noexcept nogil:
     # out (T*B, GH) = x (T*B, I) @ W_ih.T, one GEMM for all steps, and return NULL; a
     # one-step call (T == 1) returns x instead, so each thread projects its own units
-    # inside the step and reads only its rows of W_ih
+    # inside the step and reads only its rows of W_ih. Split by columns of out: each block
+    # packs only its rows of W_ih (split by rows, every block packed all of W_ih)
     if T > 1:
         _gemm_split(NoTrans, Trans, T * B, GH, I, <floating>1, x, I, W_ih, I, <floating>0,
-                    out, GH, n_threads, False)
+                    out, GH, n_threads, True)
         return NULL
     return x
 

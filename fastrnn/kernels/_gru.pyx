@@ -43,9 +43,9 @@
 # bias_x (GH,) is added to the input projection inside the step: b_ih + b_hh for every block
 # except, with reset_after, the n block, where b_hn sits inside r * (...).
 #
-# Parallelism: OpenMP over hidden units inside a step, one region per sequence with a
-# barrier per step; reset-before needs every r before the n product: a second barrier.
-# BLAS is single-threaded.
+# Parallelism: fastrnn's pool (include/fastrnn/pool.h), chunks of hidden units, a phase
+# per step; reset-before needs every r before the n product (and, backward, every d a_n
+# before d(rh)): two phases per step. BLAS is single-threaded.
 include "_common.pxi"
 
 
@@ -161,7 +161,8 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
                 bint reset_after, int n_threads):
     cdef GRUShape s
     s.T = x.shape[0]; s.B = x.shape[1]; s.I = x.shape[2]; s.H = W_hh.shape[1]; s.GH = 3 * s.H
-    cdef int t, tid, j0, j1, team
+    cdef int t
+    cdef SeqJob q
     cdef floating *g = &gates[0, 0, 0]
     cdef floating *hb = &hbuf[0, 0, 0]
     cdef floating *sd = &side[0, 0, 0]
@@ -195,22 +196,97 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
                     gru_before_rz_units(s, g, hb, sd, xp, Wih, Whh, bx, len_ptr, t, 0, s.H)
                     gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, 0, s.H)
         else:
-            # one region for the whole sequence, a barrier per step (step t+1 reads all of
-            # h_t) and, reset-before, one between r and n (n reads r * h of every unit)
-            with parallel(num_threads=nt):
-                team = fr_team_size()
-                tid = threadid()
-                j0 = chunk_start(s.H, team, tid, 8)
-                j1 = chunk_stop(s.H, team, tid, 8)
-                for t in range(s.T):
-                    if reset_after:
-                        gru_after_step_units(s, g, hb, sd, xp, Wih, Whh, bx, b_hn, len_ptr, t,
-                                             j0, j1)
-                    else:
-                        gru_before_rz_units(s, g, hb, sd, xp, Wih, Whh, bx, len_ptr, t, j0, j1)
-                        fr_omp_barrier()
-                        gru_before_n_units(s, g, hb, sd, Whh, len_ptr, t, j0, j1)
-                    fr_omp_barrier()
+            # a phase per step (step t+1 reads all of h_t); reset-before two, r and z then n
+            # (n reads r * h of every unit)
+            q.s, q.gates, q.hbuf, q.side, q.x, q.W_ih, q.W_hh = s, g, hb, sd, xp, Wih, Whh
+            q.bias_x, q.b_hn, q.lengths, q.reset_after = bx, b_hn, len_ptr, reset_after
+            q.chunk = unit_chunk(s.H, s.B)
+            if floating is float:
+                pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
+                         _forward_chunk_f32, &q)
+            else:
+                pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
+                         _forward_chunk_f64, &q)
+
+
+cdef struct SeqJob:
+    # one whole-sequence forward or backward for the pool's chunks: the pointers of the
+    # *_units functions (backward: gates = dgx, side = dside, hbuf = dh_carry, x = dhs,
+    # W_ih = drh; fw_* the forward cache), the variant, and the units per chunk
+    GRUShape s
+    void *gates
+    void *hbuf
+    void *side
+    const void *x
+    void *W_ih
+    const void *W_hh
+    const void *bias_x
+    const void *b_hn
+    const void *fw_gates
+    const void *fw_hbuf
+    const void *fw_side
+    const long long *lengths
+    bint reset_after
+    int chunk
+
+
+cdef void _forward_chunk(SeqJob *q, floating dtype_of, int phase, int c) noexcept nogil:
+    cdef int j0 = c * q.chunk, j1 = min(q.s.H, j0 + q.chunk), t
+    cdef floating *g = <floating *>q.gates
+    cdef floating *hb = <floating *>q.hbuf
+    cdef floating *sd = <floating *>q.side
+    cdef const floating *xp = <const floating *>q.x
+    cdef const floating *Wih = <const floating *>q.W_ih
+    cdef const floating *Whh = <const floating *>q.W_hh
+    cdef const floating *bx = <const floating *>q.bias_x
+    if q.reset_after:
+        gru_after_step_units(q.s, g, hb, sd, xp, Wih, Whh, bx, <const floating *>q.b_hn,
+                             q.lengths, phase, j0, j1)
+        return
+    t = phase // 2
+    if phase % 2 == 0:
+        gru_before_rz_units(q.s, g, hb, sd, xp, Wih, Whh, bx, q.lengths, t, j0, j1)
+    else:
+        gru_before_n_units(q.s, g, hb, sd, Whh, q.lengths, t, j0, j1)
+
+
+cdef void _forward_chunk_f32(void *ctx, int phase, int c) noexcept nogil:
+    _forward_chunk(<SeqJob *>ctx, <float>0, phase, c)
+
+
+cdef void _forward_chunk_f64(void *ctx, int phase, int c) noexcept nogil:
+    _forward_chunk(<SeqJob *>ctx, <double>0, phase, c)
+
+
+cdef void _backward_chunk(SeqJob *q, floating dtype_of, int phase, int c) noexcept nogil:
+    # steps from the last to the first; reset-before: two phases per step
+    cdef int j0 = c * q.chunk, j1 = min(q.s.H, j0 + q.chunk), t
+    cdef floating *dG = <floating *>q.gates
+    cdef floating *dh = <floating *>q.hbuf
+    cdef const floating *dhs = <const floating *>q.x
+    cdef const floating *G = <const floating *>q.fw_gates
+    cdef const floating *hb = <const floating *>q.fw_hbuf
+    cdef const floating *Whh = <const floating *>q.W_hh
+    if q.reset_after:
+        gru_after_backstep_units(q.s, dG, <floating *>q.side, dh, dhs, G, hb,
+                                 <const floating *>q.fw_side, Whh, q.lengths,
+                                 q.s.T - 1 - phase, j0, j1)
+        return
+    t = q.s.T - 1 - phase // 2
+    if phase % 2 == 0:
+        gru_before_backstep1_units(q.s, dG, dh, dhs, G, hb, Whh, q.lengths, t, j0, j1)
+    else:
+        gru_before_backstep2_units(q.s, dG, dh, <floating *>q.W_ih, G, hb, Whh, q.lengths, t,
+                                   j0, j1)
+
+
+cdef void _backward_chunk_f32(void *ctx, int phase, int c) noexcept nogil:
+    _backward_chunk(<SeqJob *>ctx, <float>0, phase, c)
+
+
+cdef void _backward_chunk_f64(void *ctx, int phase, int c) noexcept nogil:
+    _backward_chunk(<SeqJob *>ctx, <double>0, phase, c)
+
 
 cdef void gru_carry_rz_units(GRUShape s, floating *dh_carry, const floating *dgx_next,
                              const floating *W_hh, int j0, int j1) noexcept nogil:
@@ -346,7 +422,8 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
                  bint reset_after, int n_threads, bint need_dx=True):
     cdef GRUShape s
     s.T = x.shape[0]; s.B = x.shape[1]; s.I = x.shape[2]; s.H = W_hh.shape[1]; s.GH = 3 * s.H
-    cdef int t, tid, j0, j1, H = s.H
+    cdef int t, H = s.H
+    cdef SeqJob q
     cdef Py_ssize_t TB = <Py_ssize_t>s.T * s.B
     cdef floating *dG = &dgx[0, 0, 0]
     cdef floating *dS = &dside[0, 0, 0]
@@ -378,8 +455,8 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
     if s.T == 0 or s.B == 0:
         return
     with nogil:
-        for t in range(s.T - 1, -1, -1):
-            if nt == 1:
+        if nt == 1:
+            for t in range(s.T - 1, -1, -1):
                 if reset_after:
                     gru_after_backstep_units(s, dG, dS, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
                                              &hbuf[0, 0, 0], &side[0, 0, 0], Whh, len_ptr, t, 0, H)
@@ -388,23 +465,18 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
                                                &hbuf[0, 0, 0], Whh, len_ptr, t, 0, H)
                     gru_before_backstep2_units(s, dG, &dh0[0, 0], &drh[0, 0], &gates[0, 0, 0],
                                                &hbuf[0, 0, 0], Whh, len_ptr, t, 0, H)
-            elif reset_after:
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(H, nt, tid, 8)
-                    j1 = chunk_stop(H, nt, tid, 8)
-                    gru_after_backstep_units(s, dG, dS, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
-                                             &hbuf[0, 0, 0], &side[0, 0, 0], Whh, len_ptr, t, j0, j1)
+        else:
+            # a phase per step, last to first (reset-before: two, d a_n before d(rh))
+            q.s, q.gates, q.side, q.hbuf, q.x, q.W_ih = s, dG, dS, &dh0[0, 0], dhs_ptr, &drh[0, 0]
+            q.fw_gates, q.fw_hbuf, q.fw_side = &gates[0, 0, 0], &hbuf[0, 0, 0], &side[0, 0, 0]
+            q.W_hh, q.lengths, q.reset_after = Whh, len_ptr, reset_after
+            q.chunk = unit_chunk(s.H, s.B)
+            if floating is float:
+                pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
+                         _backward_chunk_f32, &q)
             else:
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(H, nt, tid, 8)
-                    j1 = chunk_stop(H, nt, tid, 8)
-                    gru_before_backstep1_units(s, dG, &dh0[0, 0], dhs_ptr, &gates[0, 0, 0],
-                                               &hbuf[0, 0, 0], Whh, len_ptr, t, j0, j1)
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(H, nt, tid, 8)
-                    j1 = chunk_stop(H, nt, tid, 8)
-                    gru_before_backstep2_units(s, dG, &dh0[0, 0], &drh[0, 0], &gates[0, 0, 0],
-                                               &hbuf[0, 0, 0], Whh, len_ptr, t, j0, j1)
+                pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
+                         _backward_chunk_f64, &q)
         # dh0 += dgx[0][:, r,z] @ W_h{r,z}  (+ dghn[0] @ W_hn with reset_after)
         _gemm_split(NoTrans, NoTrans, s.B, H, 2 * H, <floating>1, dG, s.GH, Whh, H,
                     <floating>1, &dh0[0, 0], H, n_threads, True)

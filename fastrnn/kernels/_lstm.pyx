@@ -37,10 +37,12 @@
 # dgates may be the forward's gates buffer itself (fastrnn.functional without
 # retain_cache): each element is read before it is overwritten. Parameter grads accumulate.
 #
-# Parallelism: OpenMP over hidden units inside a step (a thread owns units [j0, j1) of
-# every gate block and every row, so the GEMM and the gate math of a step need no barrier
-# between them; one region per sequence, a barrier per step); over rows or columns in the
-# hoisted GEMMs. BLAS is single-threaded.
+# Parallelism: fastrnn's pool (include/fastrnn/pool.h): a step is a phase of chunks of
+# hidden units (a chunk computes units [j0, j1) of every gate block and every row, so its
+# products and gate math need nothing from other chunks; step t+1 starts once every chunk
+# of step t is done); the hoisted GEMMs split rows or columns into blocks. Chunks are
+# claimed by whichever thread is free, so a descheduled thread holds up no step.
+# BLAS is single-threaded.
 include "_common.pxi"
 
 
@@ -156,7 +158,8 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
                  const long long[::1] lengths,       # IN (B,) or None
                  bint coupled, int n_threads):
     cdef LSTMShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1], coupled)
-    cdef int t, tid, j0, j1, team
+    cdef int t
+    cdef SeqJob q
     cdef floating *g = &gates[0, 0, 0]
     cdef const floating *pi = NULL if p_i is None else &p_i[0]
     cdef const floating *pf = NULL if p_f is None else &p_f[0]
@@ -183,18 +186,76 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
                 lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0], xp,
                                 &W_ih[0, 0], &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr, t, 0, s.H)
         else:
-            # one region for the whole sequence, a barrier per step: a thread owns units
-            # [j0, j1) of every step; step t+1 reads all of h_t
-            with parallel(num_threads=nt):
-                team = fr_team_size()
-                tid = threadid()
-                j0 = chunk_start(s.H, team, tid, 8)
-                j1 = chunk_stop(s.H, team, tid, 8)
-                for t in range(s.T):
-                    lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0], xp,
-                                    &W_ih[0, 0], &W_hh[0, 0], &bias[0], pi, pf, po, len_ptr,
-                                    t, j0, j1)
-                    fr_omp_barrier()
+            # a phase per step, chunks of units: step t+1 reads all of h_t
+            q.s, q.gates, q.hbuf, q.cbuf, q.tcbuf = s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], \
+                &tcbuf[0, 0, 0]
+            q.x, q.W_ih, q.W_hh, q.bias = xp, &W_ih[0, 0], &W_hh[0, 0], &bias[0]
+            q.p_i, q.p_f, q.p_o, q.lengths = pi, pf, po, len_ptr
+            q.chunk = unit_chunk(s.H, s.B)
+            if floating is float:
+                pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _forward_chunk_f32, &q)
+            else:
+                pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _forward_chunk_f64, &q)
+
+
+cdef struct SeqJob:
+    # one whole-sequence forward or backward, for the pool's chunks: the pointers of
+    # lstm_step_units / lstm_backstep_units (gates doubles as dgates, hbuf as dh_carry,
+    # cbuf as dc_carry, x as dhs in backward), and the units per chunk
+    LSTMShape s
+    void *gates
+    void *hbuf
+    void *cbuf
+    void *tcbuf
+    const void *x
+    const void *W_ih
+    const void *W_hh
+    const void *bias
+    const void *p_i
+    const void *p_f
+    const void *p_o
+    const void *fw_gates
+    const void *fw_cbuf
+    const void *fw_tcbuf
+    const long long *lengths
+    int chunk
+
+
+cdef void _forward_chunk(SeqJob *q, floating dtype_of, int t, int c) noexcept nogil:
+    cdef int j0 = c * q.chunk
+    lstm_step_units(q.s, <floating *>q.gates, <floating *>q.hbuf, <floating *>q.cbuf,
+                    <floating *>q.tcbuf, <const floating *>q.x, <const floating *>q.W_ih,
+                    <const floating *>q.W_hh, <const floating *>q.bias,
+                    <const floating *>q.p_i, <const floating *>q.p_f, <const floating *>q.p_o,
+                    q.lengths, t, j0, min(q.s.H, j0 + q.chunk))
+
+
+cdef void _forward_chunk_f32(void *ctx, int t, int c) noexcept nogil:
+    _forward_chunk(<SeqJob *>ctx, <float>0, t, c)
+
+
+cdef void _forward_chunk_f64(void *ctx, int t, int c) noexcept nogil:
+    _forward_chunk(<SeqJob *>ctx, <double>0, t, c)
+
+
+cdef void _backward_chunk(SeqJob *q, floating dtype_of, int phase, int c) noexcept nogil:
+    # phase p is step T-1-p: backward runs from the last step to the first
+    cdef int j0 = c * q.chunk
+    lstm_backstep_units(q.s, <floating *>q.gates, <floating *>q.hbuf, <floating *>q.cbuf,
+                        <const floating *>q.x, <const floating *>q.fw_gates,
+                        <const floating *>q.fw_cbuf, <const floating *>q.fw_tcbuf,
+                        <const floating *>q.W_hh, <const floating *>q.p_i,
+                        <const floating *>q.p_f, <const floating *>q.p_o, q.lengths,
+                        q.s.T - 1 - phase, j0, min(q.s.H, j0 + q.chunk))
+
+
+cdef void _backward_chunk_f32(void *ctx, int phase, int c) noexcept nogil:
+    _backward_chunk(<SeqJob *>ctx, <float>0, phase, c)
+
+
+cdef void _backward_chunk_f64(void *ctx, int phase, int c) noexcept nogil:
+    _backward_chunk(<SeqJob *>ctx, <double>0, phase, c)
+
 
 cdef void lstm_backstep_units(LSTMShape s, floating *dgates, floating *dh_carry,
                               floating *dc_carry, const floating *dhs,
@@ -284,7 +345,8 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
                   const long long[::1] lengths,       # IN (B,) or None
                   bint coupled, int n_threads, bint need_dx=True):
     cdef LSTMShape s = make_shape(x.shape[0], x.shape[1], x.shape[2], W_hh.shape[1], coupled)
-    cdef int t, tid, j0, j1
+    cdef int t
+    cdef SeqJob q
     cdef Py_ssize_t TB = <Py_ssize_t>s.T * s.B, BH = <Py_ssize_t>s.B * s.H
     cdef floating *dG = &dgates[0, 0, 0]
     cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
@@ -318,18 +380,21 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
     if s.T == 0 or s.B == 0:
         return
     with nogil:
-        for t in range(s.T - 1, -1, -1):
-            if nt == 1:
+        if nt == 1:
+            for t in range(s.T - 1, -1, -1):
                 lstm_backstep_units(s, dG, &dh0[0, 0], &dc0[0, 0], dhs_ptr, &gates[0, 0, 0],
                                     &cbuf[0, 0, 0], &tcbuf[0, 0, 0], &W_hh[0, 0], pi, pf, po,
                                     len_ptr, t, 0, s.H)
+        else:
+            # a phase per step, last to first, chunks of units (SeqJob's backward fields)
+            q.s, q.gates, q.hbuf, q.cbuf, q.x = s, dG, &dh0[0, 0], &dc0[0, 0], dhs_ptr
+            q.fw_gates, q.fw_cbuf, q.fw_tcbuf = &gates[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0]
+            q.W_hh, q.p_i, q.p_f, q.p_o, q.lengths = &W_hh[0, 0], pi, pf, po, len_ptr
+            q.chunk = unit_chunk(s.H, s.B)
+            if floating is float:
+                pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _backward_chunk_f32, &q)
             else:
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(s.H, nt, tid, 8)
-                    j1 = chunk_stop(s.H, nt, tid, 8)
-                    lstm_backstep_units(s, dG, &dh0[0, 0], &dc0[0, 0], dhs_ptr, &gates[0, 0, 0],
-                                        &cbuf[0, 0, 0], &tcbuf[0, 0, 0], &W_hh[0, 0], pi, pf, po,
-                                        len_ptr, t, j0, j1)
+                pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _backward_chunk_f64, &q)
         # dh0 += dgates[0] @ W_hh
         _gemm_split(NoTrans, NoTrans, s.B, s.H, s.GH, <floating>1, dG, s.GH, &W_hh[0, 0], s.H,
                     <floating>1, &dh0[0, 0], s.H, n_threads, True)

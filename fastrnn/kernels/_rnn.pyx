@@ -18,10 +18,10 @@
 # A padding step (t >= lengths[b]) has dpre[t, b] = 0, ignores dhs[t, b], and passes row b's
 # dh through unchanged, so dh_n reaches the row's last valid step. Parameter grads accumulate.
 #
-# Parallelism: OpenMP over hidden units inside a step (each thread owns units [j0, j1)
-# of every batch row and computes them with a single-threaded BLAS call; one region per
-# sequence, a barrier per step), and over rows
-# or columns of the hoisted GEMMs. BLAS must be limited to one thread by the caller.
+# Parallelism: fastrnn's pool (include/fastrnn/pool.h): a phase per step, chunks of hidden
+# units (a chunk computes units [j0, j1) of every batch row with a single-threaded BLAS
+# call), and blocks of rows or columns in the hoisted GEMMs. BLAS must be limited to one
+# thread by the caller.
 include "_common.pxi"
 
 
@@ -63,7 +63,8 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
                 const long long[::1] lengths,         # IN (B,) or None
                 int act, int n_threads):
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[0]
-    cdef int t, tid, j0, j1, team
+    cdef int t
+    cdef SeqJob q
     cdef Py_ssize_t r, TB = <Py_ssize_t>T * B
     cdef floating *hb = &hbuf[0, 0, 0]
     cdef floating *out = hb + <Py_ssize_t>B * H        # (T*B, H)
@@ -87,16 +88,61 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
                 rnn_step_units(hb, xp, &W_ih[0, 0], I, &W_hh[0, 0], &bias[0], len_ptr, t, B, H,
                                act, 0, H)
         else:
-            # one region for the whole sequence, a barrier per step (step t+1 reads all of h_t)
-            with parallel(num_threads=nt):
-                team = fr_team_size()
-                tid = threadid()
-                j0 = chunk_start(H, team, tid, 8)
-                j1 = chunk_stop(H, team, tid, 8)
-                for t in range(T):
-                    rnn_step_units(hb, xp, &W_ih[0, 0], I, &W_hh[0, 0], &bias[0], len_ptr, t, B,
-                                   H, act, j0, j1)
-                    fr_omp_barrier()
+            # a phase per step, chunks of units: step t+1 reads all of h_t
+            q.hbuf, q.x, q.W_ih, q.W_hh, q.bias, q.lengths = hb, xp, &W_ih[0, 0], &W_hh[0, 0], \
+                &bias[0], len_ptr
+            q.T, q.B, q.I, q.H, q.act, q.chunk = T, B, I, H, act, unit_chunk(H, B)
+            if floating is float:
+                pool_run(nt, T, n_chunks_of(H, q.chunk), _forward_chunk_f32, &q)
+            else:
+                pool_run(nt, T, n_chunks_of(H, q.chunk), _forward_chunk_f64, &q)
+
+
+cdef struct SeqJob:
+    # one whole-sequence forward or backward for the pool's chunks (backward: hbuf = dpre,
+    # x = dh_carry, bias = dhs, W_ih = the forward's hbuf), sizes, units per chunk
+    void *hbuf
+    const void *x
+    const void *W_ih
+    const void *W_hh
+    const void *bias
+    const long long *lengths
+    int T, B, I, H, act, chunk
+
+
+cdef void _forward_chunk(SeqJob *q, floating dtype_of, int t, int c) noexcept nogil:
+    cdef int j0 = c * q.chunk
+    rnn_step_units(<floating *>q.hbuf, <const floating *>q.x, <const floating *>q.W_ih, q.I,
+                   <const floating *>q.W_hh, <const floating *>q.bias, q.lengths, t, q.B, q.H,
+                   q.act, j0, min(q.H, j0 + q.chunk))
+
+
+cdef void _forward_chunk_f32(void *ctx, int t, int c) noexcept nogil:
+    _forward_chunk(<SeqJob *>ctx, <float>0, t, c)
+
+
+cdef void _forward_chunk_f64(void *ctx, int t, int c) noexcept nogil:
+    _forward_chunk(<SeqJob *>ctx, <double>0, t, c)
+
+
+cdef void _backward_chunk(SeqJob *q, floating dtype_of, int phase, int c) noexcept nogil:
+    # phase p is step T-1-p
+    cdef int j0 = c * q.chunk, t = q.T - 1 - phase
+    cdef Py_ssize_t BH = <Py_ssize_t>q.B * q.H
+    cdef floating *dp = <floating *>q.hbuf
+    rnn_backstep_units(dp + t * BH, <floating *>q.x, dp + (t + 1) * BH,
+                       <const floating *>q.bias, <const floating *>q.W_ih,
+                       <const floating *>q.W_hh, q.lengths, t, q.T, q.B, q.H, q.act, j0,
+                       min(q.H, j0 + q.chunk))
+
+
+cdef void _backward_chunk_f32(void *ctx, int phase, int c) noexcept nogil:
+    _backward_chunk(<SeqJob *>ctx, <float>0, phase, c)
+
+
+cdef void _backward_chunk_f64(void *ctx, int phase, int c) noexcept nogil:
+    _backward_chunk(<SeqJob *>ctx, <double>0, phase, c)
+
 
 cdef void rnn_backstep_units(floating *dpre, floating *dh_carry, const floating *dpre_next,
                              const floating *dhs, const floating *hbuf, const floating *W_hh,
@@ -143,7 +189,8 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I), written wh
                  const long long[::1] lengths,        # IN (B,) or None
                  int act, int n_threads, bint need_dx=True):
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = W_hh.shape[0]
-    cdef int t, tid, j0, j1, j
+    cdef int t, j
+    cdef SeqJob q
     cdef Py_ssize_t r, TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
     cdef floating *dp = &dpre[0, 0, 0]
     cdef const floating *dhs_ptr = NULL if dhs is None else &dhs[0, 0, 0]
@@ -168,16 +215,19 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I), written wh
     if T == 0 or B == 0:
         return
     with nogil:
-        for t in range(T - 1, -1, -1):
-            if nt == 1:
+        if nt == 1:
+            for t in range(T - 1, -1, -1):
                 rnn_backstep_units(dp + t * BH, &dh0[0, 0], dp + (t + 1) * BH, dhs_ptr,
                                    &hbuf[0, 0, 0], &W_hh[0, 0], len_ptr, t, T, B, H, act, 0, H)
+        else:
+            # a phase per step, last to first, chunks of units (SeqJob's backward fields)
+            q.hbuf, q.x, q.bias, q.W_ih, q.W_hh, q.lengths = dp, &dh0[0, 0], dhs_ptr, \
+                &hbuf[0, 0, 0], &W_hh[0, 0], len_ptr
+            q.T, q.B, q.I, q.H, q.act, q.chunk = T, B, I, H, act, unit_chunk(H, B)
+            if floating is float:
+                pool_run(nt, T, n_chunks_of(H, q.chunk), _backward_chunk_f32, &q)
             else:
-                for tid in prange(nt, schedule='static', num_threads=nt):
-                    j0 = chunk_start(H, nt, tid, 8)
-                    j1 = chunk_stop(H, nt, tid, 8)
-                    rnn_backstep_units(dp + t * BH, &dh0[0, 0], dp + (t + 1) * BH, dhs_ptr,
-                                       &hbuf[0, 0, 0], &W_hh[0, 0], len_ptr, t, T, B, H, act, j0, j1)
+                pool_run(nt, T, n_chunks_of(H, q.chunk), _backward_chunk_f64, &q)
         # dh0 += dpre[0] @ W_hh
         _gemm_split(NoTrans, NoTrans, B, H, H, <floating>1, dp, H, &W_hh[0, 0], H,
                     <floating>1, &dh0[0, 0], H, n_threads, True)

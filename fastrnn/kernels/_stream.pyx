@@ -14,9 +14,9 @@
 # bias (GH,) fused from b_ih and b_hh on every call, so weights updated in place (by an
 # optimizer) are seen, exactly as the layer's own forward sees them.
 #
-# Threads: one OpenMP region per call; thread k owns hidden units [j0, j1) of every layer
-# and gate block, with a barrier between layers (a layer reads all of the one below) and,
-# for the reset-before GRU, between r and n. Small steps run on one thread (step_threads).
+# Threads: one pool job per call (include/fastrnn/pool.h): a phase per layer (a layer reads
+# all of the one below; the reset-before GRU has two, r then n), chunks of hidden units of
+# every gate block. Small steps run on one thread (step_threads).
 # A lock serialises calls on one Stream; separate Streams run concurrently.
 #
 # StepPlan: the same run_step for one layer whose state the caller holds (cells, layer.step,
@@ -45,7 +45,6 @@
 # does not change the result, bit for bit); its lock is made anew if a thread of the parent
 # held it, and a state that thread was writing at that moment is refused until reset().
 from cython cimport floating
-from cython.parallel cimport parallel, threadid
 from cpython.buffer cimport PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK,
@@ -59,7 +58,7 @@ import numpy as np
 
 from ._threads import effective_n_threads, serial_blas
 
-include "_common.pxi"      # fr_omp_barrier, fr_team_size, kernel_threads: the kernels' own
+include "_common.pxi"      # kernel_threads, pool_run, unit_chunk: the kernels' own
 from ._lstm cimport LSTMShape, make_shape, lstm_step_units
 from ._gru cimport GRUShape, gru_after_step_units, gru_before_rz_units, gru_before_n_units
 from ._rnn cimport rnn_step_units
@@ -172,9 +171,11 @@ cdef void fuse_bias(Plan *p, LayerPlan *lp, floating *bias) noexcept nogil:
 
 
 cdef void layer_units(Plan *p, LayerPlan *lp, const floating *x, const floating *zero_hn,
-                      int j0, int j1) noexcept nogil:
+                      int part, int j0, int j1) noexcept nogil:
     """One layer's step for units [j0, j1) of every row: x (B, I) in, lp.h[1] (and
-    lp.c[1]) out. A GRU without bias passes zero_hn (H,) zeros as b_hn."""
+    lp.c[1]) out. A GRU without bias passes zero_hn (H,) zeros as b_hn. ``part``: -1 the
+    whole step; a reset-before GRU's step in two parts, 0 (r, z) then 1 (n), which reads
+    r * h of every unit (see layer_phases)."""
     cdef floating *g = <floating *>p.gates
     cdef floating *h = <floating *>lp.h
     cdef const floating *W_ih = <const floating *>lp.W_ih
@@ -195,14 +196,19 @@ cdef void layer_units(Plan *p, LayerPlan *lp, const floating *x, const floating 
             gru_after_step_units(gs, g, h, <floating *>p.side, x, W_ih, W_hh, bias, b_hn, NULL,
                                  0, j0, j1)
         else:
-            gru_before_rz_units(gs, g, h, <floating *>p.side, x, W_ih, W_hh, bias, NULL, 0,
-                                j0, j1)
-            if p.n_threads > 1:
-                fr_omp_barrier()       # n reads r * h of every unit
-            gru_before_n_units(gs, g, h, <const floating *>p.side, W_hh, NULL, 0, j0, j1)
+            if part <= 0:
+                gru_before_rz_units(gs, g, h, <floating *>p.side, x, W_ih, W_hh, bias, NULL, 0,
+                                    j0, j1)
+            if part != 0:
+                gru_before_n_units(gs, g, h, <const floating *>p.side, W_hh, NULL, 0, j0, j1)
     else:
         rnn_step_units(h, x, W_ih, lp.I, W_hh, bias, NULL, 0, p.B, p.H,
                        0 if p.cell == CELL_RNN_TANH else 1, j0, j1)
+
+
+cdef inline int layer_phases(Plan *p) noexcept nogil:
+    # pool phases per layer: a reset-before GRU's n needs every unit's r first
+    return 2 if p.cell == CELL_GRU and not p.reset_after else 1
 
 
 cdef void carry_units(Plan *p, Py_ssize_t isz, int j0, int j1) noexcept nogil:
@@ -222,33 +228,54 @@ cdef void carry_units(Plan *p, Py_ssize_t isz, int j0, int j1) noexcept nogil:
                 memcpy(c + off, c + BH * isz + off, (j1 - j0) * isz)
 
 
-cdef void thread_step(Plan *p, const floating *x, const floating *zero_hn, int tid,
-                      int n_team) noexcept nogil:
-    """Thread tid of n_team: every layer's units [j0, j1), a barrier after each layer. The
-    carried state [0] is only read (the caller carries, once the step is known good)."""
-    cdef int per = ((p.H + n_team - 1) // n_team + 7) // 8 * 8    # multiples of 8 units
-    cdef int j0 = min(p.H, tid * per), j1 = min(p.H, (tid + 1) * per), l
-    cdef const floating *inp = x
-    for l in range(p.L):
-        layer_units(p, &p.layers[l], inp, zero_hn, j0, j1)
-        if n_team > 1:
-            fr_omp_barrier()
-        inp = <const floating *>p.layers[l].h + <Py_ssize_t>p.B * p.H
+cdef struct StepJob:
+    # one step of every layer for the pool: phase = layer (two per reset-before GRU layer)
+    Plan *p
+    const void *x
+    const void *zero_hn
+    int chunk
+
+
+cdef inline const floating *layer_input(Plan *p, const floating *x, int l) noexcept nogil:
+    # layer l reads x (l = 0) or the layer below's new h, its h[1]
+    return x if l == 0 else <const floating *>p.layers[l - 1].h + <Py_ssize_t>p.B * p.H
+
+
+cdef void _step_chunk(StepJob *q, floating dtype_of, int phase, int c) noexcept nogil:
+    cdef Plan *p = q.p
+    cdef int per = layer_phases(p), l = phase // per, j0 = c * q.chunk
+    layer_units(p, &p.layers[l], layer_input(p, <const floating *>q.x, l),
+                <const floating *>q.zero_hn, -1 if per == 1 else phase % per, j0,
+                min(p.H, j0 + q.chunk))
+
+
+cdef void _step_chunk_f32(void *ctx, int phase, int c) noexcept nogil:
+    _step_chunk(<StepJob *>ctx, <float>0, phase, c)
+
+
+cdef void _step_chunk_f64(void *ctx, int phase, int c) noexcept nogil:
+    _step_chunk(<StepJob *>ctx, <double>0, phase, c)
 
 
 cdef void run_step(Plan *p, const floating *x, floating *y, const floating *zero_hn) noexcept nogil:
-    """x (B, I) -> y (B, H) and every layer's h[1] (c[1]); h[0] (c[0]) unchanged."""
-    cdef int l, tid
-    cdef int nt = p.n_threads
+    """x (B, I) -> y (B, H) and every layer's h[1] (c[1]); h[0] (c[0]) unchanged. The
+    carried state [0] is only read (the caller carries, once the step is known good)."""
+    cdef int l
+    cdef StepJob q
     for l in range(p.L):
         fuse_bias(p, &p.layers[l], <floating *>p.layers[l].bias)
-    if nt == 1:
-        thread_step(p, x, zero_hn, 0, 1)
+    if p.n_threads == 1:
+        for l in range(p.L):
+            layer_units(p, &p.layers[l], layer_input(p, x, l), zero_hn, -1, 0, p.H)
     else:
-        with parallel(num_threads=nt):
-            tid = threadid()
-            # the team may be smaller than asked for: chunk by its real size
-            thread_step(p, x, zero_hn, tid, fr_team_size())
+        # a phase per layer (layer l reads all of layer l-1's new h), chunks of units
+        q.p, q.x, q.zero_hn, q.chunk = p, x, zero_hn, unit_chunk(p.H, p.B)
+        if floating is float:
+            pool_run(p.n_threads, p.L * layer_phases(p), n_chunks_of(p.H, q.chunk),
+                     _step_chunk_f32, &q)
+        else:
+            pool_run(p.n_threads, p.L * layer_phases(p), n_chunks_of(p.H, q.chunk),
+                     _step_chunk_f64, &q)
     # y = the top layer's h[1] (the step's result; not yet carried to h[0])
     memcpy(y, <floating *>p.layers[p.L - 1].h + <Py_ssize_t>p.B * p.H,
            <Py_ssize_t>p.B * p.H * sizeof(floating))
@@ -423,7 +450,7 @@ cdef class Stream:
 
     @property
     def n_threads(self):
-        """OpenMP threads a step runs on (one for small steps: see step_threads; one in
+        """Threads a step runs on (one for small steps: see step_threads; one in
         a process forked after the stream was made)."""
         self._check_process()
         return self.plan.n_threads
