@@ -1,20 +1,22 @@
-"""Thread control: how many OpenMP threads a kernel uses, and keeping BLAS serial under it.
+"""Thread control: how many threads a kernel uses, and keeping BLAS serial under it.
 
-The kernels parallelise with OpenMP and call BLAS from inside their parallel regions, so
-BLAS's own thread pool must be limited to one thread while a kernel runs (an OpenMP thread
-calling a multi-threaded OpenBLAS oversubscribes the cores or serialises on its lock).
+The kernels parallelise on fastrnn's own pool (include/fastrnn/pool.h, kept in
+fastrnn.kernels._blas) and call BLAS from its threads, so BLAS's own thread pool must be
+limited to one thread while a kernel runs (a pool thread calling a multi-threaded OpenBLAS
+oversubscribes the cores or serialises on its lock). The count itself is resolved as
+OpenMP would (``OMP_NUM_THREADS``, capped at the CPUs: fastrnn.kernels._openmp).
 
-Fork: GCC's OpenMP runtime (libgomp) cannot be used in a child forked after the parent ran
-a parallel region: the child inherits the parent's idea of its thread pool, not its
-threads, and its first parallel region waits for them forever (measured here: a
-``multiprocessing`` "fork" pool child hung in ``lstm_forward``). So in a process forked
-from one that had handed a kernel more than one thread, :func:`effective_n_threads` answers
-1: its kernels run on the calling thread, never entering a multi-thread region (OpenBLAS
-resets its own pool at fork). Use the "forkserver" or "spawn" start method for children
-that should run multi-threaded kernels. A :class:`fastrnn.Stream` made before the fork
-steps on the calling thread alone in the child, with the same results (the thread split
-does not change them); make streams in the child for threaded steps there. Weights being
-replaced in another thread at the fork are never inherited half copied (fastrnn.kernels._guard).
+Fork: a child forked after the parent handed a kernel more than one thread runs its
+kernels on the calling thread: :func:`effective_n_threads` answers 1 there. The rule dates
+from the OpenMP kernels (GCC's libgomp cannot be used in such a child: its first parallel
+region waited forever for the parent's threads, measured in a ``multiprocessing`` "fork"
+child); the pool itself starts afresh in a child, but the rule stays until the fork tests
+run threaded children (noted in issue 14's closing note). Use the "forkserver" or "spawn"
+start method for children that should run multi-threaded kernels. A :class:`fastrnn.Stream`
+made before the fork steps on the calling thread alone in the child, with the same results
+(the thread split does not change them); make streams in the child for threaded steps
+there. Weights being replaced in another thread at the fork are never inherited half
+copied (fastrnn.kernels._guard).
 """
 import os
 import threading
@@ -139,3 +141,19 @@ class _SerialBLAS:
 
 
 serial_blas = _SerialBLAS()
+
+
+_controller = None
+
+
+def all_blas_serial():
+    """Context manager: every BLAS in the process (numpy's and scipy's) on one thread, for
+    the library's own small numpy calls outside the kernels (the orthogonal init's QR).
+    A multi-threaded BLAS call wakes that BLAS's threads, which then spin for a while
+    (OpenBLAS: tens of ms) and take the core the kernels' pool wants: measured here, LSTM
+    B=1 H=256 on 2 threads right after making the layer, 3.6 ms against 1.8 ms without."""
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")

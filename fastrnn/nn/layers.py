@@ -27,6 +27,7 @@ import numpy as np
 from .. import functional as F
 from .._spec import INT32_MAX, flag, float_dtype, gate_count, lengths_array, positive_int
 from ..kernels._guard import WeightGuard
+from ..kernels._threads import all_blas_serial
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -105,8 +106,10 @@ def _refuse_unknown_keywords(owner, given, valid):
 
 
 def _orthogonal(rng, n):
-    """A uniformly random (n, n) orthogonal matrix (QR of a Gaussian, signs fixed)."""
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    """A uniformly random (n, n) orthogonal matrix (QR of a Gaussian, signs fixed). On one
+    BLAS thread, so that making a layer leaves no BLAS threads spinning beside its kernels."""
+    with all_blas_serial():
+        q, r = np.linalg.qr(rng.standard_normal((n, n)))
     return q * np.sign(np.diag(r))
 
 
@@ -662,8 +665,8 @@ class RNN(RecurrentLayer):
       each row's valid steps backwards; outputs are concatenated ``[forward, reverse]``.
     * ``dtype=np.float32``: float32 or float64; inputs and states must have it.
     * ``seed=None``: seeds the initialisation and the dropout masks (same seed,
-      bit-identical layer). ``n_threads=None``: OpenMP threads of the kernels (None:
-      OpenMP's default, capped at the CPUs; -1 all CPUs, -2 all but one).
+      bit-identical layer). ``n_threads=None``: threads of the kernels (None:
+      OMP_NUM_THREADS or the CPUs; -1 all CPUs, -2 all but one).
 
     Inputs of ``layer(x, state=None, lengths=None)`` (D = num_directions, L = num_layers):
 
@@ -775,8 +778,8 @@ class LSTM(RecurrentLayer):
       each row's valid steps backwards; outputs are concatenated ``[forward, reverse]``.
     * ``dtype=np.float32``: float32 or float64; inputs and states must have it.
     * ``seed=None``: seeds the initialisation and the dropout masks (same seed,
-      bit-identical layer). ``n_threads=None``: OpenMP threads of the kernels (None:
-      OpenMP's default, capped at the CPUs; -1 all CPUs, -2 all but one).
+      bit-identical layer). ``n_threads=None``: threads of the kernels (None:
+      OMP_NUM_THREADS or the CPUs; -1 all CPUs, -2 all but one).
 
     Inputs of ``layer(x, state=None, lengths=None)``:
 
@@ -929,8 +932,8 @@ class GRU(RecurrentLayer):
       each row's valid steps backwards; outputs are concatenated ``[forward, reverse]``.
     * ``dtype=np.float32``: float32 or float64; inputs and states must have it.
     * ``seed=None``: seeds the initialisation and the dropout masks (same seed,
-      bit-identical layer). ``n_threads=None``: OpenMP threads of the kernels (None:
-      OpenMP's default, capped at the CPUs; -1 all CPUs, -2 all but one).
+      bit-identical layer). ``n_threads=None``: threads of the kernels (None:
+      OMP_NUM_THREADS or the CPUs; -1 all CPUs, -2 all but one).
 
     Inputs of ``layer(x, state=None, lengths=None)``:
 
@@ -1163,8 +1166,8 @@ class RNNCell(RecurrentCell):
 
     Arguments: ``input_size`` (I), ``hidden_size`` (H), ``bias=True`` (False: no
     ``bias_ih``/``bias_hh``), ``dtype=np.float32`` (or float64; ``x`` and the state must
-    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (OpenMP
-    threads; None: OpenMP's default, -1 all CPUs), and by keyword only ``nonlinearity="tanh"``
+    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (the
+    kernels' threads; None: OMP_NUM_THREADS or the CPUs, -1 all CPUs), and by keyword only ``nonlinearity="tanh"``
     (or ``"relu"``).
 
     ``cell(x, state=None)``: ``x (B, I)`` or ``(I,)`` unbatched, ``state`` the hidden
@@ -1216,8 +1219,8 @@ class LSTMCell(RecurrentCell):
 
     Arguments: ``input_size`` (I), ``hidden_size`` (H), ``bias=True`` (False: no
     ``bias_ih``/``bias_hh``), ``dtype=np.float32`` (or float64; ``x`` and the state must
-    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (OpenMP
-    threads; None: OpenMP's default, -1 all CPUs), and by keyword only ``peephole=False``
+    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (the
+    kernels' threads; None: OMP_NUM_THREADS or the CPUs, -1 all CPUs), and by keyword only ``peephole=False``
     (True, or a string of gates from ``"ifo"``) and ``coupled=False`` (f = 1 - i, three
     gate blocks).
 
@@ -1272,8 +1275,8 @@ class GRUCell(RecurrentCell):
 
     Arguments: ``input_size`` (I), ``hidden_size`` (H), ``bias=True`` (False: no
     ``bias_ih``/``bias_hh``), ``dtype=np.float32`` (or float64; ``x`` and the state must
-    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (OpenMP
-    threads; None: OpenMP's default, -1 all CPUs), and by keyword only ``reset_after=True``.
+    have it), ``seed=None`` (seeds the initialisation), ``n_threads=None`` (the
+    kernels' threads; None: OMP_NUM_THREADS or the CPUs, -1 all CPUs), and by keyword only ``reset_after=True``.
 
     ``cell(x, state=None)``: ``x (B, I)`` or ``(I,)`` unbatched, ``state`` the hidden
     state ``h (B, H)`` or ``(H,)`` (zeros when None) -> ``h' (B, H)`` or ``(H,)``, a new
