@@ -1,6 +1,6 @@
 """fastrnn: fast CPU recurrent neural networks.
 
-Compiled kernels (Cython, scipy's BLAS, OpenMP) for vanilla RNN, LSTM (plain, peephole,
+Compiled kernels (Cython, scipy's BLAS, a thread pool of their own) for vanilla RNN, LSTM (plain, peephole,
 coupled input-forget gates) and GRU (both reset forms), forward and backward over whole
 sequences; :mod:`fastrnn.reference` holds the numpy oracle of every cell.
 

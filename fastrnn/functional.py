@@ -219,7 +219,7 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
       nested list is taken in it).
     * ``lengths=None``: ``(B,)`` integers in [0, T]; steps ``t >= lengths[b]`` hold row
       b's state and output zero, and the final state is the one after its last valid step.
-    * ``n_threads=None``: OpenMP threads (None: OpenMP's default, capped at the CPUs; -1
+    * ``n_threads=None``: the kernels' threads (None: ``OMP_NUM_THREADS`` or the CPUs; -1
       all CPUs); backward uses the forward's count unless given its own.
     * ``workspace=None``: a :class:`Workspace` to take the buffers from (outputs and cache
       then live in it until its next use; the layers' inference path).
@@ -356,7 +356,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, p_i=None, p_f=None, p_o=None
       nested list is taken in it).
     * ``lengths=None``: ``(B,)`` integers in [0, T]; steps ``t >= lengths[b]`` hold row
       b's state and output zero, and the final state is the one after its last valid step.
-    * ``n_threads=None``: OpenMP threads (None: OpenMP's default, capped at the CPUs; -1
+    * ``n_threads=None``: the kernels' threads (None: ``OMP_NUM_THREADS`` or the CPUs; -1
       all CPUs); backward uses the forward's count unless given its own.
     * ``workspace=None``: a :class:`Workspace` to take the buffers from (outputs and cache
       then live in it until its next use; the layers' inference path).
@@ -507,7 +507,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=True, lengths=None, n
       nested list is taken in it).
     * ``lengths=None``: ``(B,)`` integers in [0, T]; steps ``t >= lengths[b]`` hold row
       b's state and output zero, and the final state is the one after its last valid step.
-    * ``n_threads=None``: OpenMP threads (None: OpenMP's default, capped at the CPUs; -1
+    * ``n_threads=None``: the kernels' threads (None: ``OMP_NUM_THREADS`` or the CPUs; -1
       all CPUs); backward uses the forward's count unless given its own.
     * ``workspace=None``: a :class:`Workspace` to take the buffers from (outputs and cache
       then live in it until its next use; the layers' inference path).

@@ -586,7 +586,7 @@ def fit(model, x, y, lengths=None, epochs=10, batch_size=32, optimizer="adam", l
         writer = _Checkpoints(checkpoint, (resumed[4], resumed[3]) if same else None)
 
     # every BLAS (numpy's included, for the output layer and the losses) on one thread while
-    # training: fastrnn's OpenMP threads are the parallelism, and an idle BLAS pool woken by
+    # training: fastrnn's pool threads are the parallelism, and an idle BLAS pool woken by
     # a numpy call spins on the cores they need (measured: a 17k-value np.dot woke numpy's
     # pool and made the next LSTM forward/backward 2x slower)
     with _other_blas_serial():

@@ -1,24 +1,16 @@
-"""Test-session setup: import path and OpenMP spin-waiting.
+"""Test-session setup: import path.
 
 * `python -m pytest` from the repository root puts the root on sys.path, a bare `pytest`
   does not (it inserts only the test file's folder and tests/); the compiled modules are
   built in place (`python setup.py build_ext --inplace`), so put the root first either way.
-* GOMP_SPINCOUNT=1000 (unless set): the kernels meet at an OpenMP barrier every time step
-  (and the backward kernels open a region per step), and libgomp's default spins ~300000
-  iterations at every barrier. On this 2-core
-  machine with two other busy processes (a benchmark, a build), kernels/test_kernels.py +
-  kernels/test_gradcheck.py took 73 s with the default, 16 s with OMP_WAIT_POLICY=passive and 18 s
-  with GOMP_SPINCOUNT=1000; idle, 5.5 s, 15.8 s (a futex wake per region) and 5.3 s.
-  Results do not depend on the wait policy. Must be set before fastrnn (hence libgomp)
-  loads, which is why it lives here; it only affects GCC's libgomp.
+* No thread environment variable is set: the kernels run on fastrnn's own pool, whose idle
+  workers sleep after ~50 us (until 2026-12 they met at OpenMP barriers, and this file set
+  GOMP_SPINCOUNT=1000 to keep libgomp's spinning from slowing the suite 4x on a busy box).
 """
-import os
 import pathlib
 import sys
 
 import pytest
-
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:

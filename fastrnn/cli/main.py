@@ -686,7 +686,7 @@ def build_parser():
     k = sub.add_parser("check", help="check every cell against numpy and time a few cases",
                        **kw)
     k.add_argument("--threads", type=_threads, default=1,
-                   help="OpenMP threads (-1: all CPUs)")
+                   help="kernel threads (-1: all CPUs)")
     k.set_defaults(func=_check)
     b = sub.add_parser("bench", help="benchmark against numpy, PyTorch and ONNX Runtime", **kw)
     b.add_argument("--threads", dest="threads_list", type=_threads, nargs="+", default=[1, 2],

@@ -1,5 +1,5 @@
-"""The compiled kernels (Cython over scipy's BLAS, with OpenMP) and their runtime: thread
-counts (_threads, _openmp), the weight guard streams read under (_guard). Only
+"""The compiled kernels (Cython over scipy's BLAS, on fastrnn's thread pool in
+_blas) and their runtime: thread counts (_threads, _openmp), the weight guard streams read under (_guard). Only
 fastrnn.functional calls the cell kernels; the C headers they share are in include/."""
 import sys as _sys
 

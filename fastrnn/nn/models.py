@@ -197,8 +197,8 @@ class SequenceModel:
     * ``dtype=np.float32``: float32 or float64, for every parameter and computation.
     * ``seed=None``: fixes every random choice of the model (initialisation, dropout
       masks); :meth:`fit`'s shuffling has its own ``seed``.
-    * ``n_threads=None``: OpenMP threads of the kernels (None: OpenMP's default, capped
-      at the CPUs; -1 all CPUs).
+    * ``n_threads=None``: threads of the kernels (None: ``OMP_NUM_THREADS`` or the
+      CPUs available; -1 all CPUs).
     * the cell's variant, by keyword: ``nonlinearity="tanh"`` (rnn), ``peephole=False``
       and ``coupled=False`` (lstm), ``reset_after=True`` (gru); see the layer classes.
 

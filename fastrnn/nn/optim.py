@@ -567,7 +567,7 @@ def clip_grad_norm(grads, max_norm):
     sq = 0.0
     for g in grads:
         # a ufunc reduction, not np.dot: numpy's BLAS would wake its own thread pool,
-        # which then competes with fastrnn's OpenMP threads (measured: 5 ms for 17k values)
+        # which then competes with fastrnn's pool threads (measured: 5 ms for 17k values)
         flat = g.ravel().astype(np.float64, copy=False)
         sq += float(np.add.reduce(flat * flat))
     norm = math.sqrt(sq)
