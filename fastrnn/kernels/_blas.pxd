@@ -39,6 +39,6 @@ ctypedef void (*chunk_fn)(void *ctx, int phase, int chunk) noexcept nogil
 cdef int pool_run(int n_threads, int n_phases, int n_chunks, chunk_fn fn, void *ctx) noexcept nogil
 
 # hidden units per chunk of a step's work: chunks do not depend on the thread count, so
-# neither do the results; about 8 chunks a step at batch 1 (4 for larger batches, whose
-# per-chunk BLAS calls each repack the state)
+# neither do the results; about 8 chunks a step at batch 1 (4, of at least 32 units, for
+# larger batches, whose per-chunk BLAS calls each repack the state)
 cdef int unit_chunk(int H, int B) noexcept nogil
