@@ -68,7 +68,7 @@ extensions = [
         extra_compile_args=["-O3"] + omp + (["-g", "-O0"] if debug else []),
         extra_link_args=omp,
         depends=["include/fastrnn/activations.h", "include/fastrnn/cpu.h",
-                 "include/fastrnn/gemv.h", "include/fastrnn/pool.h", "fastrnn/kernels/_blas.pxd",
+                 "include/fastrnn/gemv.h", "include/fastrnn/pool.h", "include/fastrnn/gemm.h", "fastrnn/kernels/_blas.pxd",
                  "fastrnn/kernels/_openmp.pxd", "fastrnn/kernels/_common.pxi"],
     )
     for name in names

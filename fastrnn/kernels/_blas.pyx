@@ -9,12 +9,22 @@ does that with threadpoolctl) and parallelise themselves with fastrnn's pool
 (include/fastrnn/pool.h, kept in this module), so BLAS's own pthread pool never runs
 inside, or next to, a kernel's work.
 """
+from libc.stdlib cimport free
+from posix.stdlib cimport posix_memalign
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 cdef extern from "fastrnn/pool.h" nogil:
     ctypedef void (*fr_chunk_fn)(void *ctx, int phase, int chunk) noexcept nogil
     int fr_pool_run(int n_threads, int n_phases, int n_chunks, fr_chunk_fn fn, void *ctx)
     void fr_pool_take_counts(long long *counts, int n)
+
+cdef extern from "fastrnn/gemm.h" nogil:
+    size_t fr_packed_size(int n, int k)
+    void fr_pack_nt_f32(int n, int k, const float *W, int ldw, float *P)
+    void fr_pack_tn_f32(int n, int k, const float *W, int ldw, float *P)
+    void fr_gemm_packed_f32(int m, int c0, int c1, int k, const float *A, int lda,
+                            const float *P, int accumulate, float *C, int ldc)
+    int fr_packed_path()
 
 cdef extern from "fastrnn/gemv.h" nogil:
     void fr_gemv_f32(int m, int k, const float *A, int lda, const float *x, float beta,
@@ -173,6 +183,31 @@ def _gemm_memview(BLAS_Trans ta, BLAS_Trans tb, double alpha,
     with nogil:
         _gemm_split(ta, tb, m, n, k, <floating>alpha, &A[0, 0], A.shape[1], &B[0, 0], B.shape[1],
                     <floating>beta, &C[0, 0], C.shape[1], n_threads, split_cols)
+
+
+def _packed_product(const float[:, ::1] A, const float[:, ::1] W, float[:, ::1] C,
+                    bint transposed=False, bint accumulate=False, c0=0, c1=None):
+    """Test hook of include/fastrnn/gemm.h: C[:, c0:c1] = (A @ W.T)[:, c0:c1] (W (n, k)),
+    or (A @ W)[:, c0:c1] when transposed (W (k, n)), plus C's own values when accumulate;
+    W packed here first. c0 a multiple of 16. Returns whether the kernels use this path
+    here (fr_packed_path: the AVX2 and AVX-512 paths)."""
+    cdef int m = A.shape[0], k = A.shape[1], n = C.shape[1]
+    cdef int lo = c0, hi = n if c1 is None else c1
+    cdef void *P = NULL
+    if (W.shape[0], W.shape[1]) != ((k, n) if transposed else (n, k)) or C.shape[0] != m:
+        raise ValueError("shapes do not fit: A (m, k), W (n, k) or (k, n), C (m, n)")
+    if lo % 16 or not 0 <= lo <= hi <= n:
+        raise ValueError("c0 must be a multiple of 16 and 0 <= c0 <= c1 <= n")
+    if posix_memalign(&P, 64, max(1, fr_packed_size(n, k)) * sizeof(float)) != 0:
+        raise MemoryError()
+    with nogil:
+        if transposed:
+            fr_pack_tn_f32(n, k, &W[0, 0], n, <float *>P)
+        else:
+            fr_pack_nt_f32(n, k, &W[0, 0], k, <float *>P)
+        fr_gemm_packed_f32(m, lo, hi, k, &A[0, 0], k, <const float *>P, accumulate, &C[0, 0], n)
+    free(P)
+    return bool(fr_packed_path())
 
 
 def _gemv_memview(BLAS_Trans ta, double alpha, const floating[:, ::1] A,

@@ -37,6 +37,34 @@ cdef extern from "fastrnn/activations.h" nogil:
     int fr_have_avx2_fma()
 
 
+cdef extern from "fastrnn/gemm.h" nogil:
+    size_t fr_packed_size(int n, int k)
+    void fr_pack_nt_f32(int n, int k, const float *W, int ldw, float *P)
+    void fr_pack_tn_f32(int n, int k, const float *W, int ldw, float *P)
+    void fr_gemm_packed_f32(int m, int c0, int c1, int k, const float *A, int lda,
+                            const float *P, int accumulate, float *C, int ldc)
+    int fr_packed_path()
+
+from libc.stdlib cimport free
+from posix.stdlib cimport posix_memalign
+
+
+cdef inline float *packed_copy(const float *W, int rows, int cols, bint transposed) noexcept nogil:
+    # W (rows, cols) row-major packed for fr_gemm_packed_f32: as the product's W^T
+    # (transposed=False: C = A @ W.T, n = rows) or as W itself (transposed=True: C = A @ W,
+    # n = cols); NULL when the packed path does not run here or memory is short (the
+    # caller then keeps BLAS). Free with free().
+    cdef void *P = NULL
+    cdef int n = cols if transposed else rows, k = rows if transposed else cols
+    if not fr_packed_path() or posix_memalign(&P, 64, fr_packed_size(n, k) * sizeof(float)) != 0:
+        return NULL
+    if transposed:
+        fr_pack_tn_f32(n, k, W, cols, <float *>P)
+    else:
+        fr_pack_nt_f32(n, k, W, cols, <float *>P)
+    return <float *>P
+
+
 cdef inline void sigmoid_inplace(floating *y, int n) noexcept nogil:
     # y (n,) <- 1 / (1 + exp(-y))
     if floating is float:

@@ -48,7 +48,7 @@ include "_common.pxi"
 
 cdef LSTMShape make_shape(int T, int B, int I, int H, bint coupled) noexcept nogil:
     cdef LSTMShape s
-    s.T = T; s.B = B; s.I = I; s.H = H; s.coupled = coupled
+    s.T = T; s.B = B; s.I = I; s.H = H; s.coupled = coupled; s.packed = NULL
     if coupled:
         s.GH = 3 * H; s.off_i = 0; s.off_f = -1; s.off_g = H; s.off_o = 2 * H
     else:
@@ -99,7 +99,14 @@ cdef void lstm_step_units(LSTMShape s, floating *gates, floating *hbuf, floating
         # thread reads only its own rows of W_ih (at batch 1 the weights are the traffic)
         gate_blocks_product(a, GH, W_ih, x, B, s.I, H, G, j0, j1, <floating>0)
     # a[:, blocks, j0:j1] += h_prev @ W_hh[blocks, j0:j1].T
-    gate_blocks_product(a, GH, W_hh, h_prev, B, H, H, G, j0, j1, <floating>1)
+    if floating is float and s.packed != NULL:
+        if n == H:
+            fr_gemm_packed_f32(B, 0, GH, H, h_prev, H, s.packed, 1, a, GH)
+        else:                       # chunks of 16-multiples: whole panels (lstm_forward)
+            for k in range(G):
+                fr_gemm_packed_f32(B, k * H + j0, k * H + j1, H, h_prev, H, s.packed, 1, a, GH)
+    else:
+        gate_blocks_product(a, GH, W_hh, h_prev, B, H, H, G, j0, j1, <floating>1)
     for b in range(B):
         cb = c + <Py_ssize_t>b * H + j0
         hb = h + <Py_ssize_t>b * H + j0
@@ -181,6 +188,9 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
     with nogil:
         # gates = x @ W_ih.T (bias added per step, in cache)
         xp = input_projection(g, &x[0, 0, 0], &W_ih[0, 0], s.T, s.B, s.I, s.GH, n_threads)
+        if floating is float and s.B > 1 and s.T > 1 and (nt == 1 or s.H % 16 == 0):
+            # W_hh packed once for the T recurrent products (batch 1 keeps gemv.h)
+            s.packed = packed_copy(&W_hh[0, 0], s.GH, s.H, False)
         if nt == 1:
             for t in range(s.T):
                 lstm_step_units(s, g, &hbuf[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0], xp,
@@ -196,6 +206,7 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
                 pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _forward_chunk_f32, &q)
             else:
                 pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _forward_chunk_f64, &q)
+        free(<void *>s.packed)
 
 
 cdef struct SeqJob:
@@ -275,8 +286,12 @@ cdef void lstm_backstep_units(LSTMShape s, floating *dgates, floating *dh_carry,
         return
     if t + 1 < s.T:
         # dh_carry[:, j0:j1] += dgates[t+1] (B, GH) @ W_hh[:, j0:j1] (GH, n)
-        _gemm(NoTrans, NoTrans, B, n, GH, <floating>1, dgates + <Py_ssize_t>(t + 1) * B * GH, GH,
-              W_hh + j0, H, <floating>1, dh_carry + j0, H)
+        if floating is float and s.packed != NULL:
+            fr_gemm_packed_f32(B, j0, j1, GH, dgates + <Py_ssize_t>(t + 1) * B * GH, GH,
+                               s.packed, 1, dh_carry, H)
+        else:
+            _gemm(NoTrans, NoTrans, B, n, GH, <floating>1, dgates + <Py_ssize_t>(t + 1) * B * GH,
+                  GH, W_hh + j0, H, <floating>1, dh_carry + j0, H)
     for b in range(B):
         row = <Py_ssize_t>t * B + b
         G = gates + row * GH
@@ -380,6 +395,8 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
     if s.T == 0 or s.B == 0:
         return
     with nogil:
+        if floating is float and s.T > 1 and (nt == 1 or s.H % 16 == 0):
+            s.packed = packed_copy(&W_hh[0, 0], s.GH, s.H, True)    # for dgates @ W_hh
         if nt == 1:
             for t in range(s.T - 1, -1, -1):
                 lstm_backstep_units(s, dG, &dh0[0, 0], &dc0[0, 0], dhs_ptr, &gates[0, 0, 0],
@@ -395,6 +412,7 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
                 pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _backward_chunk_f32, &q)
             else:
                 pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _backward_chunk_f64, &q)
+        free(<void *>s.packed)
         # dh0 += dgates[0] @ W_hh
         _gemm_split(NoTrans, NoTrans, s.B, s.H, s.GH, <floating>1, dG, s.GH, &W_hh[0, 0], s.H,
                     <floating>1, &dh0[0, 0], s.H, n_threads, True)

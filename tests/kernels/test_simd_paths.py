@@ -2,9 +2,10 @@
 
 The kernels choose their vector code at run time (include/fastrnn/cpu.h); FASTRNN_SIMD=0
 forces the plain C paths and FASTRNN_SIMD=avx2 the AVX2 ones. The choice is made once per
-process, so each path runs in a subprocess: the batch-1 matrix-vector product against
-float64 numpy at awkward sizes, and a 2-layer LSTM and GRU stream against the numpy
-reference."""
+process, so each path runs in a subprocess: the batch-1 matrix-vector product and the
+packed recurrent product (gemm.h) against float64 numpy at awkward sizes, a 2-layer LSTM
+and GRU stream against the numpy reference, and an LSTM's batched forward and backward
+against the reference and the float64 layer."""
 import os
 import subprocess
 import sys
@@ -45,6 +46,42 @@ for cls in (LSTM, GRU):
         else:
             inp = R.gru_forward(inp, z, W_ih, W_hh, b_ih, b_hh)[0]
     assert np.abs(ys - inp).max() < 2e-5, (cls, np.abs(ys - inp).max())
+# the packed recurrent product (gemm.h) at awkward sizes: row tails of the 6-row tile,
+# column tails of the 16-column panels, a column range, both packings, accumulate or not
+for m, n, k in [(1, 16, 1), (5, 37, 13), (6, 32, 64), (7, 100, 5), (13, 48, 64), (64, 96, 33)]:
+    for transposed in (False, True):
+        for accumulate in (False, True):
+            for c0, c1 in ((0, n), (16, n), (16, min(n, 40))):
+                A = rng.standard_normal((m, k)).astype(np.float32)
+                W = rng.standard_normal((k, n) if transposed else (n, k)).astype(np.float32)
+                C = rng.standard_normal((m, n)).astype(np.float32)
+                C0 = C.copy()
+                used = _blas._packed_product(A, W, C, transposed, accumulate, c0, c1)
+                prod = A.astype(np.float64) @ (W if transposed else W.T).astype(np.float64)
+                want = C0.astype(np.float64)
+                want[:, c0:c1] = prod[:, c0:c1] + (C0[:, c0:c1] if accumulate else 0)
+                scale = np.abs(A).astype(np.float64) @ np.abs(W if transposed else W.T) + 10
+                assert np.all(np.abs(C - want) <= 1e-6 * scale), (m, n, k, transposed, c0, c1)
+assert used == (_blas.vector_path() != "plain")
+# an LSTM at batch > 1 (its recurrent products packed where the path runs), forward and
+# backward, against the reference and its gradients by finite differences of float64
+layer = LSTM(8, 32, seed=1, n_threads=2)
+xs = rng.standard_normal((6, 7, 8)).astype(np.float32)
+out, _, tape = layer.forward(xs)
+W_ih, W_hh, b_ih, b_hh = layer._kernel_params("_l0")
+z = np.zeros((7, 32), np.float32)
+ref = R.lstm_forward(xs, z, z, W_ih, W_hh, b_ih, b_hh)[0]
+assert np.abs(out - ref).max() < 2e-5, np.abs(out - ref).max()
+dout = rng.standard_normal(out.shape).astype(np.float32)
+layer.zero_grad()
+dx, _ = layer.backward(dout, None, tape)
+layer64 = LSTM(8, 32, seed=1, dtype=np.float64)
+out64, _, tape64 = layer64.forward(xs.astype(np.float64))
+dx64, _ = layer64.backward(dout.astype(np.float64), None, tape64)
+assert np.abs(dx - dx64).max() < 1e-4 * max(1, np.abs(dx64).max()), np.abs(dx - dx64).max()
+for name in layer.grads:
+    g, g64 = layer.grads[name], layer64.grads[name]
+    assert np.abs(g - g64).max() < 1e-4 * max(1, np.abs(g64).max()), name
 from fastrnn import LSTMCell, GRUCell                 # the one-step path cells share (StepPlan)
 for cls in (LSTMCell, GRUCell):
     cell = cls(12, 20, seed=0)
