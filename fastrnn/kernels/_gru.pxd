@@ -4,6 +4,11 @@ from cython cimport floating
 
 cdef struct GRUShape:
     int T, B, I, H, GH
+    # W_hh packed for the float32 recurrent products (gemm.h), or NULL (BLAS): forward the
+    # r, z rows' and the n rows' transposes, backward the blocks themselves (set per call
+    # by gru_forward / gru_backward)
+    const float *packed_rz
+    const float *packed_n
 
 
 cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floating *hn,

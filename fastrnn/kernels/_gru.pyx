@@ -58,7 +58,15 @@ cdef void gru_rz_units(GRUShape s, floating *gates, const floating *h_prev,
     cdef floating *a = gates + <Py_ssize_t>t * s.B * s.GH
     if x != NULL:
         gate_blocks_product(a, s.GH, W_ih, x, s.B, s.I, s.H, 3, j0, j1, <floating>0)
-    gate_blocks_product(a, s.GH, W_hh, h_prev, s.B, s.H, s.H, 2, j0, j1, <floating>1)
+    if floating is float and s.packed_rz != NULL:
+        if j1 - j0 == s.H:
+            fr_gemm_packed_f32(s.B, 0, 2 * s.H, s.H, h_prev, s.H, s.packed_rz, 1, a, s.GH)
+        else:                       # chunks of 16-multiples: whole panels (gru_forward)
+            fr_gemm_packed_f32(s.B, j0, j1, s.H, h_prev, s.H, s.packed_rz, 1, a, s.GH)
+            fr_gemm_packed_f32(s.B, s.H + j0, s.H + j1, s.H, h_prev, s.H, s.packed_rz, 1, a,
+                               s.GH)
+    else:
+        gate_blocks_product(a, s.GH, W_hh, h_prev, s.B, s.H, s.H, 2, j0, j1, <floating>1)
 
 
 cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floating *hn,
@@ -76,8 +84,11 @@ cdef void gru_after_step_units(GRUShape s, floating *gates, floating *hbuf, floa
         return
     gru_rz_units(s, gates, h_prev, x, W_ih, W_hh, t, j0, j1)
     # hn[t][:, j0:j1] = h_prev @ W_hn[j0:j1].T
-    gate_blocks_product(hn_t, H, W_hh + <Py_ssize_t>2 * H * H, h_prev, B, H, H, 1, j0, j1,
-                        <floating>0)
+    if floating is float and s.packed_n != NULL:
+        fr_gemm_packed_f32(B, j0, j1, H, h_prev, H, s.packed_n, 0, hn_t, H)
+    else:
+        gate_blocks_product(hn_t, H, W_hh + <Py_ssize_t>2 * H * H, h_prev, B, H, H, 1, j0, j1,
+                            <floating>0)
     for b in range(B):
         if not step_is_valid(lengths, t, b):
             memset(h + b * H + j0, 0, n * sizeof(floating))
@@ -133,7 +144,9 @@ cdef void gru_before_n_units(GRUShape s, floating *gates, floating *hbuf, const 
     if n <= 0:
         return
     # a[:, n block, j0:j1] += rh[t] @ W_hn[j0:j1].T
-    if B == 1:
+    if floating is float and s.packed_n != NULL:
+        fr_gemm_packed_f32(B, j0, j1, H, rh_t, H, s.packed_n, 1, a + 2 * H, GH)
+    elif B == 1:
         _gemv(NoTrans, n, H, <floating>1, W_hh + <Py_ssize_t>(2 * H + j0) * H, H, rh_t,
               <floating>1, a + 2 * H + j0)
     else:
@@ -161,6 +174,7 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
                 bint reset_after, int n_threads):
     cdef GRUShape s
     s.T = x.shape[0]; s.B = x.shape[1]; s.I = x.shape[2]; s.H = W_hh.shape[1]; s.GH = 3 * s.H
+    s.packed_rz = s.packed_n = NULL
     cdef int t
     cdef SeqJob q
     cdef floating *g = &gates[0, 0, 0]
@@ -188,6 +202,10 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
     with nogil:
         # gates = x @ W_ih.T (bias_x added per step, in cache)
         xp = input_projection(g, &x[0, 0, 0], Wih, s.T, s.B, s.I, s.GH, n_threads)
+        if floating is float and s.B > 1 and s.T > 1 and (nt == 1 or s.H % 16 == 0):
+            # W_hh's blocks packed once for the T recurrent products (batch 1 keeps gemv.h)
+            s.packed_rz = packed_copy(Whh, 2 * s.H, s.H, False)
+            s.packed_n = packed_copy(Whh + <Py_ssize_t>2 * s.H * s.H, s.H, s.H, False)
         if nt == 1:
             for t in range(s.T):
                 if reset_after:
@@ -207,6 +225,8 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
             else:
                 pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
                          _forward_chunk_f64, &q)
+        free(<void *>s.packed_rz)
+        free(<void *>s.packed_n)
 
 
 cdef struct SeqJob:
@@ -291,8 +311,11 @@ cdef void _backward_chunk_f64(void *ctx, int phase, int c) noexcept nogil:
 cdef void gru_carry_rz_units(GRUShape s, floating *dh_carry, const floating *dgx_next,
                              const floating *W_hh, int j0, int j1) noexcept nogil:
     """dh_carry[:, j0:j1] += dgx[t+1][:, r,z blocks] (B, 2H) @ W_h{r,z}[:, j0:j1] (2H, n)."""
-    _gemm(NoTrans, NoTrans, s.B, j1 - j0, 2 * s.H, <floating>1, dgx_next, s.GH, W_hh + j0, s.H,
-          <floating>1, dh_carry + j0, s.H)
+    if floating is float and s.packed_rz != NULL:
+        fr_gemm_packed_f32(s.B, j0, j1, 2 * s.H, dgx_next, s.GH, s.packed_rz, 1, dh_carry, s.H)
+    else:
+        _gemm(NoTrans, NoTrans, s.B, j1 - j0, 2 * s.H, <floating>1, dgx_next, s.GH, W_hh + j0,
+              s.H, <floating>1, dh_carry + j0, s.H)
 
 
 cdef void gru_after_backstep_units(GRUShape s, floating *dgx, floating *dghn, floating *dh_carry,
@@ -312,8 +335,11 @@ cdef void gru_after_backstep_units(GRUShape s, floating *dgx, floating *dghn, fl
     if t + 1 < s.T:
         gru_carry_rz_units(s, dh_carry, dgx + (t + 1) * BH * 3, W_hh, j0, j1)
         # dh_carry[:, j0:j1] += dghn[t+1] @ W_hn[:, j0:j1]
-        _gemm(NoTrans, NoTrans, B, n, H, <floating>1, dghn + (t + 1) * BH, H,
-              W_hh + <Py_ssize_t>2 * H * H + j0, H, <floating>1, dh_carry + j0, H)
+        if floating is float and s.packed_n != NULL:
+            fr_gemm_packed_f32(B, j0, j1, H, dghn + (t + 1) * BH, H, s.packed_n, 1, dh_carry, H)
+        else:
+            _gemm(NoTrans, NoTrans, B, n, H, <floating>1, dghn + (t + 1) * BH, H,
+                  W_hh + <Py_ssize_t>2 * H * H + j0, H, <floating>1, dh_carry + j0, H)
     for b in range(B):
         row = <Py_ssize_t>t * B + b
         G = gates + row * GH
@@ -387,8 +413,11 @@ cdef void gru_before_backstep2_units(GRUShape s, floating *dgx, floating *dh_car
     if n <= 0:
         return
     # drh[:, j0:j1] = dgx[t][:, n block] (B, H) @ W_hn[:, j0:j1] (H, n)
-    _gemm(NoTrans, NoTrans, B, n, H, <floating>1, dgx + t * BH * 3 + 2 * H, GH,
-          W_hh + <Py_ssize_t>2 * H * H + j0, H, <floating>0, drh + j0, H)
+    if floating is float and s.packed_n != NULL:
+        fr_gemm_packed_f32(B, j0, j1, H, dgx + t * BH * 3 + 2 * H, GH, s.packed_n, 0, drh, H)
+    else:
+        _gemm(NoTrans, NoTrans, B, n, H, <floating>1, dgx + t * BH * 3 + 2 * H, GH,
+              W_hh + <Py_ssize_t>2 * H * H + j0, H, <floating>0, drh + j0, H)
     for b in range(B):
         row = <Py_ssize_t>t * B + b
         G = gates + row * GH
@@ -422,6 +451,7 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
                  bint reset_after, int n_threads, bint need_dx=True):
     cdef GRUShape s
     s.T = x.shape[0]; s.B = x.shape[1]; s.I = x.shape[2]; s.H = W_hh.shape[1]; s.GH = 3 * s.H
+    s.packed_rz = s.packed_n = NULL
     cdef int t, H = s.H
     cdef SeqJob q
     cdef Py_ssize_t TB = <Py_ssize_t>s.T * s.B
@@ -455,6 +485,10 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
     if s.T == 0 or s.B == 0:
         return
     with nogil:
+        if floating is float and s.T > 1 and (nt == 1 or s.H % 16 == 0):
+            # for dgx @ W_h{r,z} and d(W_hn h) @ W_hn
+            s.packed_rz = packed_copy(Whh, 2 * H, H, True)
+            s.packed_n = packed_copy(Whh + <Py_ssize_t>2 * H * H, H, H, True)
         if nt == 1:
             for t in range(s.T - 1, -1, -1):
                 if reset_after:
@@ -477,6 +511,8 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
             else:
                 pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
                          _backward_chunk_f64, &q)
+        free(<void *>s.packed_rz)
+        free(<void *>s.packed_n)
         # dh0 += dgx[0][:, r,z] @ W_h{r,z}  (+ dghn[0] @ W_hn with reset_after)
         _gemm_split(NoTrans, NoTrans, s.B, H, 2 * H, <floating>1, dG, s.GH, Whh, H,
                     <floating>1, &dh0[0, 0], H, n_threads, True)

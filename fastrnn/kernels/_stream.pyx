@@ -191,6 +191,7 @@ cdef void layer_units(Plan *p, LayerPlan *lp, const floating *x, const floating 
                         <const floating *>lp.p_o, NULL, 0, j0, j1)
     elif p.cell == CELL_GRU:
         gs.T = 1; gs.B = p.B; gs.I = lp.I; gs.H = p.H; gs.GH = p.GH
+        gs.packed_rz = gs.packed_n = NULL
         if p.reset_after:
             b_hn = zero_hn if lp.b_hh == NULL else <const floating *>lp.b_hh + 2 * p.H
             gru_after_step_units(gs, g, h, <floating *>p.side, x, W_ih, W_hh, bias, b_hn, NULL,

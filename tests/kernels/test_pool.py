@@ -40,18 +40,19 @@ VARIANTS = [("rnn", {}), ("lstm", {}), ("lstm", dict(peephole="io", coupled=True
 IDS = [c + "".join(f"-{k}" for k in kw) for c, kw in VARIANTS]
 
 
-@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("B,H", [(1, 72), (3, 72), (3, 64), (5, 128)])
 @pytest.mark.parametrize("cell,variant", VARIANTS, ids=IDS)
-def test_team_sizes_agree_and_each_repeats_its_bits(cell, variant, B):
-    """H=72: 5 chunks of 16 units (the last 8) at either batch, so teams of 2, 3 and 4
-    split them differently. Each thread count repeats its own bits exactly (which thread
+def test_team_sizes_agree_and_each_repeats_its_bits(cell, variant, B, H):
+    """Batch 1, H=72: 5 chunks of 16 units (the last 8); batch 3, H=72: 3 of 32 (the last 8,
+    BLAS products: 72 is no multiple of 16); H=64 and 128: 2 and 4 chunks of 32, the packed
+    products (gemm.h) on whole panels; teams of 2, 3 and 4 split them differently. Each thread count repeats its own bits exactly (which thread
     ran a chunk does not matter); counts differ from one another only by float32 rounding
     (the hoisted GEMMs are split into 2 blocks per thread, and BLAS rounds a split product
     differently)."""
-    one = _run(cell, B, 72, 1, **variant)[0]
+    one = _run(cell, B, H, 1, **variant)[0]
     for n in (2, 3, 4):
-        first = _run(cell, B, 72, n, **variant)[0]
-        for a, b in zip(_run(cell, B, 72, n, **variant)[0], first):
+        first = _run(cell, B, H, n, **variant)[0]
+        for a, b in zip(_run(cell, B, H, n, **variant)[0], first):
             np.testing.assert_array_equal(a, b)
         for a, b in zip(first, one):
             assert np.abs(a - b).max() <= 2e-6 * max(1.0, np.abs(b).max())

@@ -63,25 +63,23 @@ for m, n, k in [(1, 16, 1), (5, 37, 13), (6, 32, 64), (7, 100, 5), (13, 48, 64),
                 scale = np.abs(A).astype(np.float64) @ np.abs(W if transposed else W.T) + 10
                 assert np.all(np.abs(C - want) <= 1e-6 * scale), (m, n, k, transposed, c0, c1)
 assert used == (_blas.vector_path() != "plain")
-# an LSTM at batch > 1 (its recurrent products packed where the path runs), forward and
-# backward, against the reference and its gradients by finite differences of float64
-layer = LSTM(8, 32, seed=1, n_threads=2)
-xs = rng.standard_normal((6, 7, 8)).astype(np.float32)
-out, _, tape = layer.forward(xs)
-W_ih, W_hh, b_ih, b_hh = layer._kernel_params("_l0")
-z = np.zeros((7, 32), np.float32)
-ref = R.lstm_forward(xs, z, z, W_ih, W_hh, b_ih, b_hh)[0]
-assert np.abs(out - ref).max() < 2e-5, np.abs(out - ref).max()
-dout = rng.standard_normal(out.shape).astype(np.float32)
-layer.zero_grad()
-dx, _ = layer.backward(dout, None, tape)
-layer64 = LSTM(8, 32, seed=1, dtype=np.float64)
-out64, _, tape64 = layer64.forward(xs.astype(np.float64))
-dx64, _ = layer64.backward(dout.astype(np.float64), None, tape64)
-assert np.abs(dx - dx64).max() < 1e-4 * max(1, np.abs(dx64).max()), np.abs(dx - dx64).max()
-for name in layer.grads:
-    g, g64 = layer.grads[name], layer64.grads[name]
-    assert np.abs(g - g64).max() < 1e-4 * max(1, np.abs(g64).max()), name
+# LSTM and GRU (both reset forms) at batch > 1, their recurrent products packed where the
+# path runs, forward and backward on 1 and 2 threads, against the float64 layer
+for cls, kw in ((LSTM, {}), (GRU, {"reset_after": True}), (GRU, {"reset_after": False})):
+    for nt in (1, 2):
+        layer = cls(8, 32, seed=1, n_threads=nt, **kw)
+        layer64 = cls(8, 32, seed=1, dtype=np.float64, **kw)
+        xs = rng.standard_normal((6, 7, 8)).astype(np.float32)
+        out, _, tape = layer.forward(xs)
+        out64, _, tape64 = layer64.forward(xs.astype(np.float64))
+        assert np.abs(out - out64).max() < 2e-5, (cls, np.abs(out - out64).max())
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        dx, _ = layer.backward(dout, None, tape)
+        dx64, _ = layer64.backward(dout.astype(np.float64), None, tape64)
+        assert np.abs(dx - dx64).max() < 1e-4 * max(1, np.abs(dx64).max()), (cls, nt)
+        for name in layer.grads:
+            g, g64 = layer.grads[name], layer64.grads[name]
+            assert np.abs(g - g64).max() < 1e-4 * max(1, np.abs(g64).max()), (cls, nt, name)
 from fastrnn import LSTMCell, GRUCell                 # the one-step path cells share (StepPlan)
 for cls in (LSTMCell, GRUCell):
     cell = cls(12, 20, seed=0)
