@@ -29,6 +29,17 @@ cdef inline int n_chunks_of(int H, int chunk) noexcept nogil:
     return (H + chunk - 1) // chunk
 
 
+cdef inline void run_unit_chunks(int n_threads, int n_phases, int H, int chunk,
+                                 chunk_fn for_f32, chunk_fn for_f64, void *job,
+                                 floating dtype_of) noexcept nogil:
+    # a kernel's pool job: n_phases phases of H units in chunks, by the chunk function of
+    # the kernel's dtype (pass <floating>0 as dtype_of)
+    if floating is float:
+        pool_run(n_threads, n_phases, n_chunks_of(H, chunk), for_f32, job)
+    else:
+        pool_run(n_threads, n_phases, n_chunks_of(H, chunk), for_f64, job)
+
+
 cdef extern from "fastrnn/activations.h" nogil:
     void fr_sigmoid_f32(float *y, const float *x, int n)
     void fr_tanh_f32(float *y, const float *x, int n)

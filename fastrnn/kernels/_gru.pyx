@@ -219,12 +219,8 @@ def gru_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activa
             q.s, q.gates, q.hbuf, q.side, q.x, q.W_ih, q.W_hh = s, g, hb, sd, xp, Wih, Whh
             q.bias_x, q.b_hn, q.lengths, q.reset_after = bx, b_hn, len_ptr, reset_after
             q.chunk = unit_chunk(s.H, s.B)
-            if floating is float:
-                pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
-                         _forward_chunk_f32, &q)
-            else:
-                pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
-                         _forward_chunk_f64, &q)
+            run_unit_chunks(nt, s.T * (1 if reset_after else 2), s.H, q.chunk, _forward_chunk_f32,
+                            _forward_chunk_f64, &q, <floating>0)
         free(<void *>s.packed_rz)
         free(<void *>s.packed_n)
 
@@ -505,12 +501,8 @@ def gru_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written whe
             q.fw_gates, q.fw_hbuf, q.fw_side = &gates[0, 0, 0], &hbuf[0, 0, 0], &side[0, 0, 0]
             q.W_hh, q.lengths, q.reset_after = Whh, len_ptr, reset_after
             q.chunk = unit_chunk(s.H, s.B)
-            if floating is float:
-                pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
-                         _backward_chunk_f32, &q)
-            else:
-                pool_run(nt, s.T * (1 if reset_after else 2), n_chunks_of(s.H, q.chunk),
-                         _backward_chunk_f64, &q)
+            run_unit_chunks(nt, s.T * (1 if reset_after else 2), s.H, q.chunk,
+                            _backward_chunk_f32, _backward_chunk_f64, &q, <floating>0)
         free(<void *>s.packed_rz)
         free(<void *>s.packed_n)
         # dh0 += dgx[0][:, r,z] @ W_h{r,z}  (+ dghn[0] @ W_hn with reset_after)

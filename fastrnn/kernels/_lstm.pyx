@@ -202,10 +202,8 @@ def lstm_forward(floating[:, :, ::1] gates,          # OUT (T, B, GH) post-activ
             q.x, q.W_ih, q.W_hh, q.bias = xp, &W_ih[0, 0], &W_hh[0, 0], &bias[0]
             q.p_i, q.p_f, q.p_o, q.lengths = pi, pf, po, len_ptr
             q.chunk = unit_chunk(s.H, s.B)
-            if floating is float:
-                pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _forward_chunk_f32, &q)
-            else:
-                pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _forward_chunk_f64, &q)
+            run_unit_chunks(nt, s.T, s.H, q.chunk, _forward_chunk_f32, _forward_chunk_f64, &q,
+                            <floating>0)
         free(<void *>s.packed)
 
 
@@ -408,10 +406,8 @@ def lstm_backward(floating[:, :, ::1] dx,            # OUT (T, B, I), written wh
             q.fw_gates, q.fw_cbuf, q.fw_tcbuf = &gates[0, 0, 0], &cbuf[0, 0, 0], &tcbuf[0, 0, 0]
             q.W_hh, q.p_i, q.p_f, q.p_o, q.lengths = &W_hh[0, 0], pi, pf, po, len_ptr
             q.chunk = unit_chunk(s.H, s.B)
-            if floating is float:
-                pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _backward_chunk_f32, &q)
-            else:
-                pool_run(nt, s.T, n_chunks_of(s.H, q.chunk), _backward_chunk_f64, &q)
+            run_unit_chunks(nt, s.T, s.H, q.chunk, _backward_chunk_f32, _backward_chunk_f64, &q,
+                            <floating>0)
         free(<void *>s.packed)
         # dh0 += dgates[0] @ W_hh
         _gemm_split(NoTrans, NoTrans, s.B, s.H, s.GH, <floating>1, dG, s.GH, &W_hh[0, 0], s.H,

@@ -92,10 +92,8 @@ def rnn_forward(floating[:, :, ::1] hbuf,           # INOUT (T+1, B, H): hbuf[0]
             q.hbuf, q.x, q.W_ih, q.W_hh, q.bias, q.lengths = hb, xp, &W_ih[0, 0], &W_hh[0, 0], \
                 &bias[0], len_ptr
             q.T, q.B, q.I, q.H, q.act, q.chunk = T, B, I, H, act, unit_chunk(H, B)
-            if floating is float:
-                pool_run(nt, T, n_chunks_of(H, q.chunk), _forward_chunk_f32, &q)
-            else:
-                pool_run(nt, T, n_chunks_of(H, q.chunk), _forward_chunk_f64, &q)
+            run_unit_chunks(nt, T, H, q.chunk, _forward_chunk_f32, _forward_chunk_f64, &q,
+                            <floating>0)
 
 
 cdef struct SeqJob:
@@ -224,10 +222,8 @@ def rnn_backward(floating[:, :, ::1] dx,             # OUT (T, B, I), written wh
             q.hbuf, q.x, q.bias, q.W_ih, q.W_hh, q.lengths = dp, &dh0[0, 0], dhs_ptr, \
                 &hbuf[0, 0, 0], &W_hh[0, 0], len_ptr
             q.T, q.B, q.I, q.H, q.act, q.chunk = T, B, I, H, act, unit_chunk(H, B)
-            if floating is float:
-                pool_run(nt, T, n_chunks_of(H, q.chunk), _backward_chunk_f32, &q)
-            else:
-                pool_run(nt, T, n_chunks_of(H, q.chunk), _backward_chunk_f64, &q)
+            run_unit_chunks(nt, T, H, q.chunk, _backward_chunk_f32, _backward_chunk_f64, &q,
+                            <floating>0)
         # dh0 += dpre[0] @ W_hh
         _gemm_split(NoTrans, NoTrans, B, H, H, <floating>1, dp, H, &W_hh[0, 0], H,
                     <floating>1, &dh0[0, 0], H, n_threads, True)
