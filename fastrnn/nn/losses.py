@@ -227,7 +227,11 @@ def _elementwise_setup(xname, x, yname, y, mask, reduction, unit=False):
         valid = mask
     else:                                                  # per position: all its labels
         valid = np.broadcast_to(mask[..., None], x.shape)
-    _probability_targets(yname, y, valid, unit=unit)
+    # the targets where read (zero elsewhere), checked as a whole: the check of the valid
+    # values alone (a boolean-indexed copy) runs only to word the error
+    y = y if mask is None else np.where(valid, y, 0)
+    if not np.isfinite(y).all() or unit and y.size and (y.min() < 0 or y.max() > 1):
+        _probability_targets(yname, y, valid, unit=unit)
     if reduction == "mean":
         count = int(np.count_nonzero(valid))               # valid elements
     elif reduction == "sum_over_labels":
@@ -236,7 +240,7 @@ def _elementwise_setup(xname, x, yname, y, mask, reduction, unit=False):
         count = 1
     if count == 0:
         raise _nothing_to_average(reduction)
-    return x, np.where(valid, y, 0), valid, count
+    return x, y, valid, count
 
 
 def sigmoid_binary_cross_entropy(logits, targets, mask=None, reduction="mean"):
@@ -271,14 +275,27 @@ def sigmoid_binary_cross_entropy(logits, targets, mask=None, reduction="mean"):
     x, y, valid, count = _elementwise_setup("logits", logits, "targets", targets, mask,
                                             reduction, unit=True)
 
-    e = np.exp(-np.abs(x))                              # (..., C)
-    loss = np.maximum(x, 0) - x * y + np.log1p(e)       # (..., C)
-    sig = np.where(x >= 0, 1 / (1 + e), e / (1 + e))    # sigmoid(x) (..., C)
+    # the equations above in three (..., C) buffers, each pass in place: every fresh array
+    # of a batch (16 x 128 x 88 floats: 720 KB) is mapped and page-faulted anew, which cost
+    # more than the arithmetic (4.9 ms a call with a fresh array per operation, 21% of the
+    # JSB chorales recipe's fit)
+    e = np.abs(x)
+    np.negative(e, out=e)
+    np.exp(e, out=e)                                    # e = exp(-|x|)
+    loss = np.log1p(e)
+    tmp = np.maximum(x, 0)
+    loss += tmp
+    loss -= np.multiply(x, y, out=tmp)                  # max(x, 0) - x y + log1p(e)
     total = float(np.sum(loss, where=valid, dtype=np.float64))
 
     scale = 1.0 / count
-    dlogits = sig - y
-    dlogits *= valid.astype(x.dtype) * scale
+    dlogits = np.add(e, 1, out=loss)                    # 1 + e
+    np.reciprocal(dlogits, out=dlogits)                 # 1 / (1 + e): sigmoid(x) for x >= 0
+    np.minimum(x, 0, out=tmp)
+    dlogits *= np.exp(tmp, out=tmp)                     # x < 0: e / (1 + e), as exp(x) = e
+    dlogits -= y                                        # (a select by x < 0: 8x slower)
+    np.multiply(dlogits, valid, out=dlogits)
+    dlogits *= scale
     return total * scale, dlogits
 
 
@@ -306,9 +323,12 @@ def mean_squared_error(pred, target, mask=None, reduction="mean"):
         (2.5, [[1.0, 2.0]])
     """
     x, y, valid, count = _elementwise_setup("pred", pred, "target", target, mask, reduction)
+
     diff = x - y                                        # residual (..., C)
-    total = float(np.sum(diff * diff, where=valid, dtype=np.float64))
+    sq = np.multiply(diff, diff)
+    total = float(np.sum(sq, where=valid, dtype=np.float64))
 
     scale = 1.0 / count
-    dpred = diff * (valid.astype(x.dtype) * (2.0 * scale))
+    dpred = np.multiply(diff, valid, out=sq)            # in place, as the BCE's buffers
+    dpred *= 2.0 * scale
     return total * scale, dpred
