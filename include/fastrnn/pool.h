@@ -17,9 +17,11 @@
  * nothing it has not claimed: its home chunks are taken over each phase. Which thread
  * runs a chunk never changes its result: a chunk's bounds come from the job, not the team.
  *
- * Counters: a chunk is claimed by raising its stamp, (job generation << 32) | (phase + 1),
- * with a compare-and-swap, so it runs once per phase, and a worker late from an earlier job
- * can never claim a chunk of a later one; `done` = chunks finished in this job, from which
+ * Counters: a chunk is claimed by raising its stamp with a compare-and-swap, so it runs
+ * once per phase. Stamps come from one 64-bit count that every job advances by its number
+ * of phases and that never wraps (the 32-bit generation is only the futex word and the
+ * "a new job" signal), so a worker late from an earlier job, whose stamps are all below
+ * its own job's last ones, can never claim a chunk of a later job; `done` = chunks finished in this job, from which
  * a thread joining late reads the phase under way. Jobs' fields alternate between two
  * slots, read and then checked against the generation, so a late reader never uses a
  * half-written job. Waits spin briefly, then yield; idle workers spin ~50 us after a job
@@ -63,6 +65,7 @@ typedef struct {
     fr_chunk_fn fn;
     void *ctx;
     int n_phases, n_chunks, team;        /* team: the caller and team - 1 workers */
+    uint64_t base;                       /* phase p's stamp: base + p + 1 */
     int caller_cpu;                      /* where the caller posted it from, or -1 */
     signed char slot[FR_POOL_MAX_WORKERS + 1];  /* worker i's place in the team, or -1 */
 } fr_job_t;
@@ -74,6 +77,7 @@ typedef struct { uint64_t stamp, finished; int owner; char pad[44]; } fr_stamp_t
 typedef struct {
     /* written by the caller once per job, read by everyone */
     uint32_t gen __attribute__((aligned(64)));   /* job generation; the futex word */
+    uint64_t next_stamp;                 /* the count stamps are taken from (callers only) */
     fr_job_t jobs[2];                    /* job gen lives in jobs[gen & 1] */
     /* written by every chunk */
     int64_t done __attribute__((aligned(64)));
@@ -245,7 +249,7 @@ static void fr_pool_work(fr_pool_t *p, uint32_t gen, const fr_job_t *j, int slot
     for (;;) {
         int phase = (int)(FR_LOAD(&p->done) / n);
         if (phase >= j->n_phases || FR_LOAD(&p->gen) != gen) return;
-        uint64_t stamp = ((uint64_t)gen << 32) | (uint32_t)(phase + 1);
+        uint64_t stamp = j->base + (uint64_t)phase + 1;
         int64_t target = (int64_t)(phase + 1) * n, start = fr_now_ns();
         if (me > 0 && FR_LOAD_RELAXED(&p->benched_until[me]) > start) return;
         for (int c = h0; c < h1; c++)
@@ -272,8 +276,17 @@ static void *fr_worker_main(void *arg) {
     int me = (int)((uint64_t)(uintptr_t)arg & 0xffffffffu) + 1;
     uint32_t seen = (uint32_t)((uint64_t)(uintptr_t)arg >> 32);
     for (;;) {
+        /* sitting out (it stalled a phase lately): no jobs to wait for, so neither spin nor
+           count as a sleeper to wake (a caller's wake and yield would be for nothing);
+           look again every millisecond until the time is up */
+        int64_t start = fr_now_ns(), until = FR_LOAD_RELAXED(&p->benched_until[me]);
+        if (until > start) {
+            struct timespec nap = {0, until - start < 1000000 ? (long)(until - start) : 1000000};
+            nanosleep(&nap, NULL);
+            seen = FR_LOAD(&p->gen);
+            continue;
+        }
         /* idle: spin a little for the next job, then sleep until one is posted */
-        int64_t start = fr_now_ns();
         uint32_t gen;
         int spins = 0;
         while ((gen = FR_LOAD(&p->gen)) == seen) {
@@ -295,8 +308,11 @@ static void *fr_worker_main(void *arg) {
         j.n_phases = FR_LOAD_RELAXED(&src->n_phases);
         j.n_chunks = FR_LOAD_RELAXED(&src->n_chunks);
         j.team = FR_LOAD_RELAXED(&src->team);
+        j.base = FR_LOAD_RELAXED(&src->base);
         int slot = FR_LOAD_RELAXED(&src->slot[me]);
         int caller_cpu = FR_LOAD_RELAXED(&src->caller_cpu);
+        /* the field loads above stay before the recheck on weakly ordered CPUs too */
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (FR_LOAD(&p->gen) == gen && slot > 0) {
             if (caller_cpu >= 0 && fr_cpu() == caller_cpu) fr_leave_cpu(caller_cpu);
             fr_pool_work(p, gen, &j, slot, me);
@@ -342,6 +358,8 @@ static int fr_pool_run(int n_threads, int n_phases, int n_chunks, fr_chunk_fn fn
     fr_pool_t *p = &fr_pool;
     if (n_phases <= 0 || n_chunks <= 0) return 1;
     int expected = 0;
+    /* the fork handler first, so that no fork can come between taking `busy` and it */
+    if (n_threads > 1) pthread_once(&fr_pool_once, fr_pool_init);
     if (n_threads <= 1 || n_chunks > FR_POOL_MAX_CHUNKS ||
             (int64_t)n_phases * n_chunks >= INT32_MAX || (n_chunks == 1 && n_phases == 1) ||
             !__atomic_compare_exchange_n(&p->busy, &expected, 1, 0, __ATOMIC_SEQ_CST,
@@ -351,7 +369,6 @@ static int fr_pool_run(int n_threads, int n_phases, int n_chunks, fr_chunk_fn fn
                 fn(ctx, ph, c);
         return 1;
     }
-    pthread_once(&fr_pool_once, fr_pool_init);
     if (p->n_workers < n_threads - 1) fr_pool_grow(p, n_threads - 1);
     /* the team: the caller, and each of the first n_threads - 1 workers not sitting out */
     int64_t now = fr_now_ns();
@@ -368,13 +385,10 @@ static int fr_pool_run(int n_threads, int n_phases, int n_chunks, fr_chunk_fn fn
                 fn(ctx, ph, c);
         return 1;
     }
-    uint32_t gen = FR_LOAD(&p->gen) + 1;
-    if ((gen & 0xffffffffu) == 0) {
-        /* 2^32 jobs: stamps restart from 0, so clear them (no worker is in a job) */
-        for (int c = 0; c < FR_POOL_MAX_CHUNKS; c++) FR_STORE(&p->stamps[c].stamp, 0);
-        gen = 1;
-    }
+    uint32_t gen = FR_LOAD(&p->gen) + 1;                /* wraps harmlessly, see above */
     fr_job_t *j = &p->jobs[gen & 1];
+    FR_STORE(&j->base, p->next_stamp);
+    p->next_stamp += (uint64_t)n_phases;
     FR_STORE(&j->fn, fn);
     FR_STORE(&j->ctx, ctx);
     FR_STORE(&j->n_phases, n_phases);
