@@ -41,6 +41,7 @@
 #include <time.h>
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -275,6 +276,16 @@ static void *fr_worker_main(void *arg) {
        job its starter is about to post is the first it joins. */
     int me = (int)((uint64_t)(uintptr_t)arg & 0xffffffffu) + 1;
     uint32_t seen = (uint32_t)((uint64_t)(uintptr_t)arg >> 32);
+#if defined(__linux__)
+    prctl(PR_SET_NAME, "fastrnn-pool", 0, 0, 0);       /* named in top, perf, /proc */
+#endif
+#if defined(__linux__) && defined(SYS_sched_getaffinity)
+    /* a new thread inherits its creator's CPUs: a worker started by a thread pinned to one
+       CPU would stay there for good. Take the process's (its main thread's) instead. */
+    unsigned long cpus[16];
+    long n = syscall(SYS_sched_getaffinity, (pid_t)getpid(), sizeof(cpus), cpus);
+    if (n > 0) syscall(SYS_sched_setaffinity, 0, (size_t)n, cpus);
+#endif
     for (;;) {
         /* sitting out (it stalled a phase lately): no jobs to wait for, so neither spin nor
            count as a sleeper to wake (a caller's wake and yield would be for nothing);

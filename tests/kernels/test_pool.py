@@ -9,6 +9,7 @@ What it promises, checked here against the one-thread run and the numpy referenc
 * the pool runs with no thread environment variable set (tests/conftest.py sets none).
 Timing under load is the benchmark's (`fastrnn bench`, contention group), not a test's.
 """
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,41 @@ def test_pool_counts_reads_and_restarts():
     fastrnn.GRU(64, 64, seed=0, n_threads=1)(np.ones((50, 1, 64), np.float32))
     assert _blas.pool_counts(3) == [0, 0, 0]
     assert len(_blas.pool_counts(1000)) == 256
+
+
+PINNED = r"""
+import os, threading
+import numpy as np
+import fastrnn
+from fastrnn.kernels import _blas
+def first_use():                      # the pool's workers start here, on a pinned thread
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    layer = fastrnn.LSTM(64, 64, seed=0, n_threads=2)
+    for _ in range(2000):             # until the worker has run (it starts asynchronously)
+        layer(np.ones((20, 1, 64), np.float32))
+        if _blas.pool_counts(2)[1] > 0:
+            break
+t = threading.Thread(target=first_use)
+t.start(); t.join()
+main = sorted(os.sched_getaffinity(0))
+workers = []                          # the pool's threads, by name (OpenBLAS's are not ours)
+for tid in os.listdir("/proc/self/task"):
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        if f.read().strip() == "fastrnn-pool":
+            workers.append(sorted(os.sched_getaffinity(int(tid))))
+print(all(w == main for w in workers), len(workers))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux affinity calls and 2 CPUs")
+def test_workers_started_by_a_pinned_thread_keep_the_process_cpus():
+    """A thread pinned to one CPU that makes the pool's first job starts its workers
+    (threads named "fastrnn-pool"); they take the process's CPUs (its main thread's), not
+    the pinned thread's. Checked in a fresh interpreter, whose pool has no workers yet."""
+    out = subprocess.run([sys.executable, "-c", PINNED], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    same, n_threads = out.stdout.split()
+    assert same == "True" and int(n_threads) >= 1, out.stdout
