@@ -177,6 +177,16 @@ static void fr_wait_done(fr_pool_t *p, uint32_t gen, int64_t target) {
     }
 }
 
+/* wait until done >= target, for at most `ns` nanoseconds; 1 if it got there */
+static int fr_wait_done_for(fr_pool_t *p, int64_t target, int64_t ns) {
+    int64_t until = fr_now_ns() + ns;
+    for (int i = 1;; i++) {
+        if (__atomic_load_n(&p->done, __ATOMIC_ACQUIRE) >= target) return 1;
+        FR_PAUSE();
+        if (i % 32 == 0 && fr_now_ns() > until) return 0;
+    }
+}
+
 /* fr_wait_done for the end of a phase whose stamp this is: if it has not ended `stall_ns`
    after the wait began, a worker holding one of its chunks was descheduled mid-chunk
    (another process, another pool wants its core): that worker sits out jobs for a while
@@ -185,12 +195,7 @@ static void fr_wait_done(fr_pool_t *p, uint32_t gen, int64_t target) {
    it again, and a one-off hiccup costs little */
 static void fr_wait_phase(fr_pool_t *p, uint32_t gen, int64_t target, uint64_t stamp, int n,
                           int64_t stall_ns) {
-    int64_t start = fr_now_ns();
-    for (int i = 1;; i++) {
-        if (__atomic_load_n(&p->done, __ATOMIC_ACQUIRE) >= target) return;
-        FR_PAUSE();
-        if (i % 64 == 0 && fr_now_ns() - start > stall_ns) break;
-    }
+    if (fr_wait_done_for(p, target, stall_ns)) return;
     int64_t now = fr_now_ns();
     for (int c = 0; c < n; c++) {
         fr_stamp_t *st = &p->stamps[c];
@@ -225,16 +230,6 @@ static inline int fr_try_chunk(fr_pool_t *p, const fr_job_t *j, uint64_t stamp, 
         }
     }
     return 0;
-}
-
-/* wait until done >= target, for at most `ns` nanoseconds; 1 if it got there */
-static int fr_wait_done_for(fr_pool_t *p, int64_t target, int64_t ns) {
-    int64_t until = fr_now_ns() + ns;
-    for (int i = 1;; i++) {
-        if (__atomic_load_n(&p->done, __ATOMIC_ACQUIRE) >= target) return 1;
-        FR_PAUSE();
-        if (i % 32 == 0 && fr_now_ns() > until) return 0;
-    }
 }
 
 /* worker `me` (0: the caller) in place `slot` of job gen's team: every phase, its home
@@ -364,7 +359,8 @@ static void fr_pool_grow(fr_pool_t *p, int n) {
 
 /* Run fn(ctx, phase, chunk) for every phase < n_phases and chunk < n_chunks, phase by
    phase, on the calling thread and up to n_threads - 1 workers. Returns the size of the
-   team the job was offered to (1: it ran on the caller alone). */
+   team the job was offered to (1: it ran on the caller alone, as a job of one chunk per
+   phase always does: a second thread could only wait on it). */
 static int fr_pool_run(int n_threads, int n_phases, int n_chunks, fr_chunk_fn fn, void *ctx) {
     fr_pool_t *p = &fr_pool;
     if (n_phases <= 0 || n_chunks <= 0) return 1;
@@ -372,7 +368,7 @@ static int fr_pool_run(int n_threads, int n_phases, int n_chunks, fr_chunk_fn fn
     /* the fork handler first, so that no fork can come between taking `busy` and it */
     if (n_threads > 1) pthread_once(&fr_pool_once, fr_pool_init);
     if (n_threads <= 1 || n_chunks > FR_POOL_MAX_CHUNKS ||
-            (int64_t)n_phases * n_chunks >= INT32_MAX || (n_chunks == 1 && n_phases == 1) ||
+            (int64_t)n_phases * n_chunks >= INT32_MAX || n_chunks == 1 ||
             !__atomic_compare_exchange_n(&p->busy, &expected, 1, 0, __ATOMIC_SEQ_CST,
                                          __ATOMIC_SEQ_CST)) {
         for (int ph = 0; ph < n_phases; ph++)
